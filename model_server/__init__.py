@@ -1,0 +1,1 @@
+"""The inference server: HTTP API, model backends, per-thread conversation memory."""

@@ -1,0 +1,1 @@
+"""Model backends: everything that turns (wafer map, conversation, question) into an answer."""

@@ -1,0 +1,68 @@
+"""The one small interface every model backend implements (hf, openai, visualglm).
+
+The server hands a backend a batch of `GenerationRequest`s — each with the wafer map
+already read into a die grid, the earlier turns of the thread and the new question —
+and gets one answer string per request back, in order. Backends build their own
+prompt (their model decides what it needs to see) and render the map the way their
+model was trained on. `generate` is synchronous and may be slow; the server calls it
+from a worker thread and batches concurrent requests into one call.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Literal
+
+from data_tools.wafer_map import WaferMap
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One earlier message of a conversation."""
+
+    role: Literal["user", "assistant"]
+    text: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a backend needs to answer one question."""
+
+    question: str
+    wafer: WaferMap | None = None  # the map the thread is about (None: text-only thread)
+    history: tuple[Turn, ...] = field(default_factory=tuple)  # oldest first, already trimmed
+    max_new_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """Identity of the loaded model, shown by /v1/models, /readyz and the bot's /wafer status."""
+
+    name: str  # model id, e.g. "defect-glm-small"
+    version: str  # checkpoint version or content hash
+    backend: str  # "hf", "openai", "visualglm"
+    details: dict = field(default_factory=dict)
+
+
+class BackendError(RuntimeError):
+    """The model failed to answer; the server replies 500 with a request id and keeps serving."""
+
+
+class Backend(abc.ABC):
+    """A loaded model that answers questions about wafer maps."""
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> BackendInfo: ...
+
+    @abc.abstractmethod
+    def generate(self, requests: list[GenerationRequest]) -> list[str]:
+        """Answer every request (one batch); answers in the same order. Raises BackendError."""
+
+    def max_history_turns(self) -> int | None:
+        """How many earlier turns fit the model's context (None: the server's default)."""
+        return None
+
+    def close(self) -> None:
+        """Free the model's memory (called after a reload swapped in a new backend)."""

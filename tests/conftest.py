@@ -1,0 +1,22 @@
+"""Shared test settings: offline, deterministic, single-threaded numerics."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mixedwm38_dev.npz"
+
+
+@pytest.fixture(scope="session")
+def real_mixedwm38() -> Path:
+    """Path of the real development maps; tests using it skip cleanly when it is absent."""
+    if not SHARED_DATA.exists():
+        pytest.skip(f"real MixedWM38 data not present at {SHARED_DATA}")
+    return SHARED_DATA
