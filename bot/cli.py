@@ -1,4 +1,4 @@
-"""`defect-glm` subcommands of the bot package."""
+"""`defect-glm bot`: run the Slack app (Socket Mode by default, HTTP mode when configured)."""
 
 from __future__ import annotations
 
@@ -6,4 +6,4 @@ import argparse
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
-    """Add this package's subcommands (handlers import heavy modules lazily)."""
+    """Add the `bot` subcommand (its handler imports slack-bolt lazily)."""

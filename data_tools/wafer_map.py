@@ -238,7 +238,7 @@ class WaferMap:
         }
 
     # ------------------------------------------------------------ transforms
-    def transformed(self, k_rot90: int = 0, flip: bool = False) -> "WaferMap":
+    def transformed(self, k_rot90: int = 0, flip: bool = False) -> WaferMap:
         """The map rotated by k×90° (counter-clockwise) and optionally mirrored left-right."""
         grid = np.rot90(self.grid, k_rot90)
         if flip:
@@ -249,7 +249,7 @@ class WaferMap:
         return self.grid.astype(int).tolist()
 
     @classmethod
-    def from_list(cls, rows: list[list[int]]) -> "WaferMap":
+    def from_list(cls, rows: list[list[int]]) -> WaferMap:
         try:
             grid = np.asarray(rows, dtype=np.int64)
         except (TypeError, ValueError) as exc:

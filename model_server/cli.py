@@ -1,4 +1,7 @@
-"""`defect-glm` subcommands of the model_server package."""
+"""`defect-glm serve | chat | demo`: run the server, chat in a terminal, or start the local demo.
+
+Each subcommand's handler imports its module lazily so `defect-glm --help` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -6,4 +9,22 @@ import argparse
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
-    """Add this package's subcommands (handlers import heavy modules lazily)."""
+    # Each block below belongs to one module; keep them independent.
+    _register_serve(subcommands)
+    _register_chat(subcommands)
+    _register_demo(subcommands)
+
+
+# --- serve (model_server.app / model_server.config) ------------------------------------------
+def _register_serve(subcommands: argparse._SubParsersAction) -> None:
+    pass
+
+
+# --- chat (model_server.chat_cli) --------------------------------------------------------------
+def _register_chat(subcommands: argparse._SubParsersAction) -> None:
+    pass
+
+
+# --- demo (model_server.demo) ------------------------------------------------------------------
+def _register_demo(subcommands: argparse._SubParsersAction) -> None:
+    pass
