@@ -18,17 +18,198 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 # --- train (finetune.train) ---------------------------------------------------------------
 def _register_training(subcommands: argparse._SubParsersAction) -> None:
-    pass
+    train = subcommands.add_parser(
+        "train",
+        help="train the small model from scratch, or a LoRA adapter on any image-text-to-text model",
+        description="Full training of the small wafer VLM on a corpus (`defect-glm data build`), or with --lora "
+        "an adapter on --base (QLoRA with --quant on CUDA). Writes the checkpoint, training_state/ (for --resume), "
+        "log.jsonl, loss_curve.png and train_meta.json into --out; never into the served checkpoint. "
+        "Several GPUs: `accelerate launch -m defect_glm train ...` with the same arguments.",
+    )
+    train.add_argument("--data", metavar="DIR", required=True, help="corpus directory from `defect-glm data build`")
+    train.add_argument("--out", metavar="DIR", required=True, help="new output directory for this run")
+    train.add_argument("--lora", action="store_true", help="train a LoRA adapter on --base instead of the full model")
+    train.add_argument("--base", metavar="MODEL_DIR", help="starting checkpoint (required with --lora)")
+    train.add_argument("--quant", choices=("4bit", "8bit"), help="QLoRA: load --base quantised (CUDA + bitsandbytes)")
+    train.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    train.add_argument("--batch-size", type=int, default=32, help="examples per step and process (default 32)")
+    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3; try 2e-4 for LoRA)")
+    train.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default 100)")
+    train.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default 0)")
+    train.add_argument("--eval-every", type=int, default=500, metavar="N", help="evaluate on val maps every N steps")
+    train.add_argument("--eval-maps", type=int, default=256, metavar="N", help="val maps per evaluation (default 256)")
+    train.add_argument("--save-every", type=int, default=500, metavar="N", help="save resumable state every N steps")
+    train.add_argument("--recognition-fraction", type=float, default=0.5, metavar="F",
+                       help="share of examples that are augmented recognition questions (default 0.5)")
+    train.add_argument("--max-length", type=int, default=512, help="longest example in tokens (default 512)")
+    train.add_argument("--vocab-size", type=int, default=3000, help="tokenizer size for a model from scratch")
+    train.add_argument("--model-config", metavar="JSON", default="{}",
+                       help='small-model size overrides, e.g. \'{"text_layers": 6}\' (see finetune/small_model.py)')
+    train.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
+    train.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
+    train.add_argument("--lora-targets", default="all-linear", help="comma-separated module names or all-linear")
+    train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_run_training)
+
+
+def _run_training(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from defect_glm import CommandError
+    from finetune.dataset import CorpusError
+    from finetune.loading import ModelLoadError
+    from finetune.train import TrainConfig, TrainingError, run_training
+
+    try:
+        model = json.loads(args.model_config)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"--model-config must be a JSON object: {exc}") from None
+    if not isinstance(model, dict):
+        raise CommandError(f"--model-config must be a JSON object, got {args.model_config!r}")
+    cfg = TrainConfig(
+        data=Path(args.data), out=Path(args.out), lora=args.lora, base=Path(args.base) if args.base else None,
+        quant=args.quant, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+        seed=args.seed, eval_every=args.eval_every, eval_maps=args.eval_maps, save_every=args.save_every,
+        recognition_fraction=args.recognition_fraction, max_length=args.max_length, vocab_size=args.vocab_size,
+        model=model, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
+        threads=args.threads, resume=args.resume, progress=not args.no_progress,
+    )
+    try:
+        out = run_training(cfg)
+    except (TrainingError, CorpusError, ModelLoadError) as exc:
+        raise CommandError(str(exc)) from None
+    print(f"checkpoint written to {out}")
+    return 0
 
 
 # --- eval (finetune.evaluate) ---------------------------------------------------------------
 def _register_evaluation(subcommands: argparse._SubParsersAction) -> None:
-    pass
+    ev = subcommands.add_parser(
+        "eval",
+        help="evaluate a checkpoint on labelled MixedWM38 maps through generation",
+        description="Asks the model in natural language what defects each map shows, parses the generated answer "
+        "back to a pattern set and scores it (exact match, per-pattern P/R/F1, Defect-GLM 36-class protocol, "
+        "ms per map, and a failing-dies/yield number check on a sample).",
+    )
+    ev.add_argument("--model", metavar="DIR", help="checkpoint directory (default: the served checkpoint)")
+    ev.add_argument("--adapter", metavar="DIR", help="LoRA adapter to apply on --model")
+    ev.add_argument("--mixedwm38", metavar="FILE.npz", required=True, help="labelled maps (arr_0, arr_1)")
+    ev.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
+                    help="keep only maps of this corpus split (by content hash; default all)")
+    ev.add_argument("--limit", type=int, metavar="N", help="evaluate a seeded random sample of N maps")
+    ev.add_argument("--batch-size", type=int, default=32, help="generation batch size (default 32)")
+    ev.add_argument("--numbers", type=int, default=50, metavar="N", help="maps for the number check (0: skip)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the sample and question choice")
+    ev.add_argument("--threads", type=int, help="torch CPU threads")
+    ev.add_argument("--json", action="store_true", help="print the full result as JSON")
+    ev.add_argument("--report", metavar="DIR", help="write confusion_matrix.png and report.md here")
+    ev.set_defaults(handler=_run_evaluation)
+
+
+def _run_evaluation(args: argparse.Namespace) -> int:
+    from defect_glm import CommandError
+    from finetune.checkpoints import serving_model_dir
+    from finetune.evaluate import EvaluationError, dumps, evaluate_file
+    from finetune.loading import ModelLoadError
+
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        result = evaluate_file(
+            args.model or serving_model_dir(), args.mixedwm38, adapter_dir=args.adapter, split=args.split,
+            limit=args.limit, batch_size=args.batch_size, numbers=args.numbers, seed=args.seed,
+            report_dir=args.report, threads=args.threads,
+        )
+    except (EvaluationError, ModelLoadError) as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        print(dumps(result))
+    else:
+        protocol = result["defect_glm_protocol"]
+        print(f"exact match {100 * result['exact_match']:.2f}% of {result['n']} maps "
+              f"(Defect-GLM 36-class protocol {100 * protocol['exact_match']:.2f}% of {protocol['n']}); "
+              f"{result['ms_per_map']} ms per map; unparsed {result['unparsed']}")
+        if "numbers" in result:
+            numbers = result["numbers"]
+            print(f"numbers: failing dies ±1 {100 * numbers['failing_within_1_die']:.1f}%, "
+                  f"yield ±0.5% {100 * numbers['yield_within_0_5_pct']:.1f}% on {numbers['n_maps']} maps")
+        if "report" in result:
+            print(f"report: {result['report']}")
+    return 0
 
 
 # --- promote / checkpoints (finetune.checkpoints) -------------------------------------------
 def _register_checkpoints(subcommands: argparse._SubParsersAction) -> None:
-    pass
+    listing = subcommands.add_parser(
+        "checkpoints",
+        help="list registered checkpoint versions and the served one; --add DIR registers a checkpoint",
+        description="Checkpoints live under $DEFECT_GLM_HOME/checkpoints (default ~/.local/share/defect-glm). "
+        "The server loads the promoted one, or the committed finetune/default_model when none is promoted.",
+    )
+    listing.add_argument("--add", metavar="DIR", help="copy a checkpoint directory into the registry as a new version")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=_run_checkpoints)
+    promote = subcommands.add_parser(
+        "promote",
+        help="serve a checkpoint if it evaluates at least as well as the served one on a held-out file",
+        description="Evaluates the candidate and the currently served checkpoint on the same held-out file; "
+        "switches serving only if the candidate's exact match is at least as high. The server picks it up at "
+        "start or on POST /admin/reload.",
+    )
+    promote.add_argument("candidate", metavar="VERSION_OR_DIR", help="registered version (e.g. v0002) or a directory")
+    promote.add_argument("--mixedwm38", metavar="HELDOUT.npz", required=True, help="held-out labelled maps")
+    promote.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
+                         help="corpus split of the file to use (default all)")
+    promote.add_argument("--limit", type=int, metavar="N", help="seeded sample of N maps (same for both)")
+    promote.add_argument("--batch-size", type=int, default=32, help="generation batch size (default 32)")
+    promote.set_defaults(handler=_run_promote)
+
+
+def _run_checkpoints(args: argparse.Namespace) -> int:
+    import json
+
+    from defect_glm import CommandError
+    from finetune.checkpoints import CheckpointError, add_checkpoint, list_checkpoints, registry_root, serving_info
+
+    if args.add:
+        try:
+            path = add_checkpoint(args.add)
+        except CheckpointError as exc:
+            raise CommandError(str(exc)) from None
+        print(f"registered {path.name} at {path}")
+        return 0
+    rows, served = list_checkpoints(), serving_info()
+    if args.json:
+        print(json.dumps({"registry": str(registry_root()), "serving": served, "checkpoints": rows}, indent=2))
+        return 0
+    print(f"registry: {registry_root()}")
+    print(f"serving:  {served['version']} ({served['path']})")
+    for row in rows:
+        last = (row.get("evaluations") or [{}])[-1]
+        score = f"exact match {last['exact_match']:.4f} on {last['n']} maps" if "exact_match" in last else "not evaluated"
+        print(f"{'*' if row['serving'] else ' '} {row['version']}  {row.get('created', '?')}  {score}")
+    return 0
+
+
+def _run_promote(args: argparse.Namespace) -> int:
+    from defect_glm import CommandError
+    from finetune.checkpoints import CheckpointError, promote
+    from finetune.evaluate import EvaluationError
+    from finetune.loading import ModelLoadError
+
+    try:
+        decision = promote(args.candidate, args.mixedwm38, split=args.split, limit=args.limit,
+                           batch_size=args.batch_size)
+    except (CheckpointError, EvaluationError, ModelLoadError) as exc:
+        raise CommandError(str(exc)) from None
+    candidate, current = decision["candidate_eval"], decision["current_eval"]
+    print(f"promoted {decision['serving']['version']}: exact match {candidate['exact_match']:.4f} vs "
+          f"{current['exact_match'] if current else 'n/a'} for the previous checkpoint; now serving "
+          f"{decision['serving']['path']} (reload the server: POST /admin/reload)")
+    return 0
 
 
 # --- convert (finetune.visualglm.convert_sat) -----------------------------------------------

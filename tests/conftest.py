@@ -20,3 +20,11 @@ def real_mixedwm38() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"real MixedWM38 data not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random checkpoint of the small model's architecture (finetune.tiny), built once per session."""
+    from finetune.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model") / "checkpoint")

@@ -11,6 +11,7 @@ from a worker thread and batches concurrent requests into one call.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -59,6 +60,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def generate(self, requests: list[GenerationRequest]) -> list[str]:
         """Answer every request (one batch); answers in the same order. Raises BackendError."""
+
+    def generate_stream(self, request: GenerationRequest) -> Iterator[str]:
+        """Answer one request as pieces of text as they are produced (for SSE streaming).
+
+        The default yields the whole answer at once; backends that can stream override it.
+        Closing the iterator early should stop generation. Raises BackendError.
+        """
+        yield from self.generate([request])
 
     def max_history_turns(self) -> int | None:
         """How many earlier turns fit the model's context (None: the server's default)."""

@@ -1,0 +1,771 @@
+"""Reading a user's wafer-map image back into a die grid, and refusing images that are not wafer maps.
+
+`read_wafer_image(source)` accepts PNG/JPEG/GIF/… bytes, a path or a `PIL.Image` and returns
+a `WaferMap` (0 off wafer, 1 good, 2 failing). It needs no knowledge of how the image was made:
+
+1. colours: the image's main colours are found from a colour histogram; an image whose
+   pixels are not concentrated on a few colours (photo, gradient, noise) is refused;
+2. crop: the colour of the image border is the margin/background; the content box is what
+   differs from it (either the whole die grid, or the box of on-wafer dies);
+3. die pitch, per axis (dies need not be square, the grid size is inferred):
+   - sharp images (every pixel exactly a palette colour, e.g. PNG at 1 px per die and up,
+     non-integer scales): the coarsest lattice on which every colour change lies on a die
+     boundary, solved exactly for nearest-neighbour sampling;
+   - blurred images (JPEG, smoothed screenshots; dies of 3 px and up) and images with die grid
+     lines: the lattice whose boundaries carry the colour changes, found from the spectrum of
+     the edge energy and checked by how little edge energy falls inside dies;
+4. dies: each cell's colour is the majority colour of its central pixels; the off-wafer colour
+   is the background's (or the grid corners'), and good versus failing comes from the known
+   palettes (grey, viridis, fab, highlight) or, for other colours, from hue (red/yellow fail,
+   green/blue good) and counts;
+5. sanity: the on-wafer region must be one round-ish blob of enough dies, else the image is refused.
+
+Every refusal is a `NotAWaferMapError` whose message says why, in words for users.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
+
+from data_tools.render import PALETTES
+from data_tools.wafer_map import FAIL, GOOD, OFF, WaferMap
+
+
+class NotAWaferMapError(ValueError):
+    """The image is not a readable wafer map; the message says why (for users)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ImageTooLargeError(NotAWaferMapError):
+    """The image has more pixels than the reader's limit (decompression-bomb guard)."""
+
+
+@dataclass(frozen=True)
+class ReaderLimits:
+    """The reader's limits; all configurable."""
+
+    max_pixels: int = 40_000_000  # refuse larger images before decoding them
+    work_pixels: int = 6_000_000  # larger images are reduced to about this before analysis
+    min_cells: int = 8  # fewest dies across the on-wafer region, per axis
+    max_cells: int = 512  # most dies across the grid, per axis
+    min_dies: int = 30  # fewest on-wafer dies
+    min_image_side: int = 8  # pixels
+    max_colours: int = 8  # distinct main colours (off, good, failing bins, grid, margin)
+    min_colour_coverage: float = 0.9  # share of pixels near a main colour
+    min_roundness: float = 0.8  # IoU of the die region with the ellipse in its bounding box
+    max_holes: float = 0.03  # off-wafer cells enclosed by dies, as a share of dies
+
+
+DEFAULT_LIMITS = ReaderLimits()
+
+
+@dataclass
+class ReadDetails:
+    """How an image was read: lattice, colours and the grid (for debugging and the benchmark)."""
+
+    wafer: WaferMap
+    method: str  # "exact" (sharp nearest-neighbour image) or "periodic" (blurred / grid lines)
+    pitch: tuple[float, float]  # pixels per die (x, y), in the analysed image
+    colours: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # role → RGB
+    palette: str | None = None  # known palette matched, if any
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_image(source: bytes | bytearray | str | Path | Image.Image, max_pixels: int) -> np.ndarray:
+    """Decode `source` into an (H, W, 3) uint8 RGB array (first frame; alpha over white)."""
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        try:
+            handle = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else open(source, "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise NotAWaferMapError(f"could not open the image file: {exc}") from exc
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(handle)
+                image.size  # noqa: B018 - header only, nothing decoded yet
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise NotAWaferMapError(
+                "the file is not an image I can decode (expected PNG, JPEG, GIF, BMP or WebP)"
+            ) from exc
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageTooLargeError(f"the image is too large to open safely: {exc}") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"the image is {width}×{height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
+            "send a smaller screenshot of the wafer map"
+        )
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)  # animated: the first frame
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+        image = ImageOps.exif_transpose(image) if image.format == "JPEG" else image
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            canvas.alpha_composite(rgba)
+            image = canvas
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            arr = np.asarray(image, dtype=np.float64)
+            span = float(arr.max() - arr.min()) or 1.0
+            image = Image.fromarray(((arr - arr.min()) * (255.0 / span)).astype(np.uint8))
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise NotAWaferMapError(f"the image could not be decoded ({exc}); it may be truncated or corrupt") from exc
+    return np.ascontiguousarray(rgb)
+
+
+# ----------------------------------------------------------------------------- colours
+
+
+def _codes(img: np.ndarray) -> np.ndarray:
+    """15-bit colour code (5 bits per channel) of each pixel."""
+    q = (img >> 3).astype(np.int32)
+    return (q[..., 0] << 10) | (q[..., 1] << 5) | q[..., 2]
+
+
+_BIN_CENTRES = (
+    np.stack(np.meshgrid(np.arange(32), np.arange(32), np.arange(32), indexing="ij"), axis=-1).reshape(-1, 3) * 8.0
+    + 3.5
+)
+
+
+def _main_colours(img: np.ndarray, max_clusters: int = 12, radius: float = 48.0) -> tuple[np.ndarray, np.ndarray]:
+    """The image's main colours (K, 3) float and the 15-bit code histogram."""
+    codes = _codes(img).ravel()
+    hist = np.bincount(codes, minlength=32768).astype(np.float64)
+    sums = np.stack(
+        [np.bincount(codes, weights=img[..., ch].ravel().astype(np.float64), minlength=32768) for ch in range(3)],
+        axis=-1,
+    )
+    remaining = hist.reshape(32, 32, 32).copy()
+    total = hist.sum()
+    centres: list[np.ndarray] = []
+    min_mass = max(1.0, 2e-6 * total)
+    for _ in range(max_clusters):
+        smooth = ndimage.uniform_filter(remaining, size=3, mode="constant") * 27.0
+        peak = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+        if smooth[peak] < min_mass:
+            break
+        lo = [max(0, v - 1) for v in peak]
+        hi = [min(32, v + 2) for v in peak]
+        block = np.zeros((32, 32, 32), dtype=bool)
+        block[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
+        block &= remaining > 0
+        flat = block.ravel()
+        centre = sums[flat].sum(axis=0) / hist[flat].sum()
+        centres.append(centre)
+        near = np.linalg.norm(_BIN_CENTRES - centre, axis=1) <= radius
+        remaining.ravel()[near] = 0.0
+    return np.array(centres, dtype=np.float64), hist
+
+
+def _label_lut(centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each 15-bit code: the nearest main colour and the distance to it."""
+    dist = np.linalg.norm(_BIN_CENTRES[:, None, :] - centres[None, :, :], axis=-1)
+    return dist.argmin(axis=1).astype(np.int16), dist.min(axis=1)
+
+
+def _hsv(colour: np.ndarray) -> tuple[float, float, float]:
+    r, g, b = (float(v) / 255.0 for v in colour)
+    h, s, v = colorsys.rgb_to_hsv(r, g, b)
+    return h * 360.0, s, v
+
+
+def _fail_likeness(colour: np.ndarray) -> float:
+    """How much a die colour looks like 'failing' in common wafer-map colour schemes (higher = failing)."""
+    hue, sat, val = _hsv(colour)
+    if sat < 0.25:  # greys: darker reads as failing (black-on-grey maps)
+        return 0.5 - val
+    if hue < 25 or hue >= 320:
+        return 2.0  # red / magenta
+    if hue < 70:
+        return 1.5  # orange / yellow (viridis failing)
+    if hue < 170:
+        return -2.0  # green
+    if hue < 260:
+        return -1.0  # teal / blue
+    return 0.5  # purple
+
+
+# ----------------------------------------------------------------------------- lattice
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """A die lattice along one axis of the cropped image: cell index of each pixel (−1: border, unsampled)."""
+
+    cells: int
+    pitch: float
+    first_edge: float  # pixel-edge coordinate of the first cell's start, in crop coordinates
+    pixel_cell: np.ndarray  # (length,) int: cell sampled by each pixel, −1 where not sampled
+
+
+def _phase_sweep(xs: np.ndarray, p: float) -> float:
+    """The phase c in [0, 1) that allows the most changes at positions `xs` for pitch p (interval sweep)."""
+    eps = 1e-9
+    starts, ends = [], []
+    k_top = np.floor((xs + 1) / p)
+    for k in (k_top, k_top - 1):
+        d = k * p - xs
+        d = d[(d > -1 + eps) & (d < 1 - eps)]
+        starts.append(np.where(d >= 0, d, 0.0))
+        ends.append(np.where(d >= 0, 1.0, d + 1.0))
+    s, e = np.concatenate(starts), np.concatenate(ends)
+    coords = np.concatenate([s, e])
+    deltas = np.concatenate([np.ones_like(s), -np.ones_like(e)])
+    order = np.lexsort((deltas, coords))
+    running = np.cumsum(deltas[order])
+    best = int(np.argmax(running))
+    sorted_coords = coords[order]
+    nxt = sorted_coords[best + 1] if best + 1 < sorted_coords.size else 1.0
+    return float(np.clip((sorted_coords[best] + nxt) / 2, 0.0, 1.0 - 1e-9))
+
+
+def _fit_exact(xs: np.ndarray, ks: np.ndarray, length: int, n: int) -> tuple[float, float] | None:
+    """(p, c) with x − 1 + c < k·p ≤ x + c for every change x at boundary k (and the crop's ends), or None.
+
+    The spread max(k·p − x) − min(k·p − x) is convex in p; a golden-section search finds its minimum
+    and the lattice exists iff that minimum is below one pixel.
+    """
+    x = np.concatenate([[0.0], xs, [float(length)]])
+    k = np.concatenate([[0.0], ks, [float(n)]])
+
+    def spread(p: float) -> float:
+        v = k * p - x
+        return float(v.max() - v.min())
+
+    lo, hi = max(1.0, (length - 1) / n), (length + 1) / n
+    if lo > hi:
+        return None
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    for _ in range(80):
+        m1, m2 = b - ratio * (b - a), a + ratio * (b - a)
+        if spread(m1) <= spread(m2):
+            b = m2
+        else:
+            a = m1
+    p = (a + b) / 2
+    g = spread(p)
+    if g >= 1 - 1e-7:
+        return None
+    v = k * p - x
+    return p, float(v.max() + (1 - g) / 2)
+
+
+def _exact_axis(trans: np.ndarray, length: int, n_lo: int, n_hi: int) -> _Axis | None:
+    """Coarsest nearest-neighbour lattice putting every colour change on a die boundary.
+
+    trans[x] (x = 1 … length−1) counts colour changes between pixels x−1 and x. Pixel x lies in
+    cell floor((x + c) / p) for a pitch p ≥ 1 and a phase c in [0, 1); the crop starts and ends on
+    die boundaries. A change at x is allowed iff (x + c) mod p < 1. Candidates n go from the fewest
+    cells that can hold the changes upwards; for each, changes are assigned to boundaries and the
+    exact (p, c) feasibility is solved.
+    """
+    xs = np.nonzero(trans)[0].astype(np.float64)
+    if xs.size == 0:
+        return None
+    n_lo = max(n_lo, xs.size + 1)  # n cells have n − 1 inner boundaries
+    for n in range(n_lo, n_hi + 1):
+        if n == xs.size + 1:
+            ks = np.arange(1, n, dtype=np.float64)  # every boundary carries a change
+            fit = _fit_exact(xs, ks, length, n)
+        else:
+            fit = None
+            p, c = length / n, 0.0
+            for _ in range(3):
+                c = _phase_sweep(xs, p) if fit is None else c
+                ks = np.floor((xs + c) / p)
+                if np.any(np.diff(ks) <= 0) or ks[0] < 1 or ks[-1] > n - 1:
+                    break
+                fit = _fit_exact(xs, ks, length, n)
+                if fit is None:
+                    break
+                p, c = fit
+                if np.array_equal(np.floor((xs + c) / p), ks):
+                    break
+        if fit is None:
+            continue
+        p, c = fit
+        pixel_cell = np.clip(np.floor((np.arange(length) + c) / p).astype(np.int64), 0, n - 1)
+        return _Axis(n, p, 0.5 - c, pixel_cell)
+    return None
+
+
+def _periodic_axis(energy: np.ndarray, length: int, n_lo: int, n_hi: int, max_off: float) -> _Axis | None:
+    """Lattice whose boundaries carry the edge energy (blurred images, grid lines); dies ≥ 2.5 px.
+
+    Candidates come from the spectrum of the edge-energy profile; each is refined by weighted
+    regression of edge positions on boundary index and accepted when at most `max_off` of the
+    edge energy lies farther than max(1, p/5) px from a boundary. The coarsest accepted lattice wins.
+    """
+    total = float(energy.sum())
+    if total <= 0:
+        return None
+    spectrum = np.abs(np.fft.rfft(energy)) / total
+    n_hi = min(n_hi, int(length / 2.5))
+    if n_hi < n_lo:
+        return None
+    band = spectrum[n_lo : n_hi + 1]
+    threshold = 0.3 * float(band.max())
+    xs = np.nonzero(energy)[0].astype(np.float64)
+    w = energy[xs.astype(np.int64)].astype(np.float64)
+    fft_full = np.fft.rfft(energy)
+    for n in range(n_lo, n_hi + 1):
+        if spectrum[n] < threshold or spectrum[n] < max(spectrum[n - 1], spectrum[min(n + 1, spectrum.size - 1)]):
+            continue
+        p = length / n
+        x0 = (-np.angle(fft_full[n]) / (2 * np.pi)) * p % p
+        for _ in range(3):  # refine pitch and phase by weighted least squares
+            k = np.round((xs - x0) / p)
+            near = np.abs(xs - (x0 + k * p)) <= max(1.0, p / 4)
+            if near.sum() < 3:
+                break
+            kk, xx, ww = k[near], xs[near], w[near]
+            a = np.vstack([np.ones_like(kk), kk]).T * np.sqrt(ww)[:, None]
+            sol, *_ = np.linalg.lstsq(a, xx * np.sqrt(ww), rcond=None)
+            x0, p = float(sol[0]), float(sol[1])
+            if p < 2.0:
+                break
+        if p < 2.0:
+            continue
+        reach = max(1.0, p / 5) + 0.25
+        dist = np.abs(xs - (x0 + np.round((xs - x0) / p) * p))
+        off = float(w[dist > reach].sum()) / total
+        if off > max_off:
+            continue
+        first = x0 + math.floor((0.5 - x0) / p + 0.5) * p  # boundary nearest the crop start
+        cells = max(1, round((length - first) / p))
+        centres = np.arange(length) + 0.5
+        rel = (centres - first) / p
+        idx = np.floor(rel).astype(np.int64)
+        frac = rel - idx
+        margin = min(0.25, 1.0 / p) if p >= 3 else 0.0
+        inside = (frac >= margin) & (frac <= 1 - margin) & (idx >= 0) & (idx < cells)
+        pixel_cell = np.where(inside, idx, -1)
+        missing = np.setdiff1d(np.arange(cells), pixel_cell)
+        for cell in missing:  # guarantee one sample per cell: the pixel nearest its centre
+            pos = int(np.clip(math.floor(first + (cell + 0.5) * p), 0, length - 1))
+            pixel_cell[pos] = cell
+        return _Axis(cells, p, first, pixel_cell)
+    return None
+
+
+def _grid_line_label(labels: np.ndarray, k: int) -> int | None:
+    """The colour that draws die grid lines (thin, nearly full rows and columns), if any."""
+    for g in range(k):
+        mask = labels == g
+        count = int(mask.sum())
+        if count == 0:
+            continue
+        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        line_cols, line_rows = box.mean(axis=0) >= 0.5, box.mean(axis=1) >= 0.5
+        in_lines = (box & (line_cols[None, :] | line_rows[:, None])).sum() / count
+        if in_lines < 0.8:
+            continue
+        runs_ok = True
+        for lines in (line_cols, line_rows):
+            labelled, runs = ndimage.label(lines)
+            if runs < 4 or np.bincount(labelled.ravel())[1:].max() > 3 or lines.mean() > 0.5:
+                runs_ok = False
+        if runs_ok:
+            return g
+    return None
+
+
+def _drop_blends(centres: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Indices of main colours that are not mere blends of two bigger ones (edge pixels of blurred images)."""
+    mass = np.bincount(labels.ravel(), minlength=len(centres)).astype(np.float64)
+    keep = []
+    for c in range(len(centres)):
+        blend = False
+        for a in range(len(centres)):
+            for b in range(a + 1, len(centres)):
+                if c in (a, b) or mass[c] >= 0.1 * min(mass[a], mass[b]):
+                    continue
+                ab = centres[b] - centres[a]
+                t = float(np.clip(np.dot(centres[c] - centres[a], ab) / max(np.dot(ab, ab), 1e-9), 0, 1))
+                if np.linalg.norm(centres[a] + t * ab - centres[c]) <= 30.0:
+                    blend = True
+        if not blend and mass[c] > 0:
+            keep.append(c)
+    return np.array(keep, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _cell_colours(crop: np.ndarray, row_axis: _Axis, col_axis: _Axis) -> np.ndarray:
+    """(rows, cols, 3) mean colour of each cell's sampled (central) pixels."""
+    rows_n, cols_n = row_axis.cells, col_axis.cells
+    rc, cc = row_axis.pixel_cell, col_axis.pixel_cell
+    valid = (rc[:, None] >= 0) & (cc[None, :] >= 0)
+    cell_id = (rc[:, None] * cols_n + cc[None, :])[valid]
+    count = np.bincount(cell_id, minlength=rows_n * cols_n).astype(np.float64)
+    out = np.empty((rows_n * cols_n, 3))
+    for ch in range(3):
+        out[:, ch] = np.bincount(cell_id, weights=crop[..., ch][valid].astype(np.float64), minlength=rows_n * cols_n)
+    return (out / np.maximum(count, 1)[:, None]).reshape(rows_n, cols_n, 3)
+
+
+def _cluster_cells(cell_colour: np.ndarray, radius: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
+    """Group cell colours: (K, 3) centres (most cells first) and the (rows, cols) label of each cell.
+
+    Colours closer than `radius` share a group (blurred images need a wider radius).
+    """
+    flat = cell_colour.reshape(-1, 3)
+    image = np.clip(np.round(flat), 0, 255).astype(np.uint8)[None, :, :]
+    centres, _ = _main_colours(image, max_clusters=16, radius=radius)
+    label = np.linalg.norm(flat[:, None, :] - centres[None, :, :], axis=-1).argmin(axis=1)
+    for _ in range(3):  # a few k-means steps from the histogram peaks
+        centres = np.array([flat[label == j].mean(axis=0) if (label == j).any() else centres[j] for j in range(len(centres))])
+        label = np.linalg.norm(flat[:, None, :] - centres[None, :, :], axis=-1).argmin(axis=1)
+    while True:  # merge groups whose centres ended up closer than the radius
+        used = np.unique(label)
+        gaps = np.linalg.norm(centres[used][:, None] - centres[used][None, :], axis=-1) + np.eye(used.size) * 1e9
+        if used.size < 2 or gaps.min() >= radius:
+            break
+        a, b = np.unravel_index(int(np.argmin(gaps)), gaps.shape)
+        label[label == used[b]] = used[a]
+        centres[used[a]] = flat[label == used[a]].mean(axis=0)
+    order = used[np.argsort(-np.bincount(label)[used])]
+    remap = np.full(len(centres), -1)
+    remap[order] = np.arange(order.size)
+    return centres[order], remap[label].reshape(cell_colour.shape[:2])
+
+
+def _resolve_blends(
+    cell_colour: np.ndarray, centres: np.ndarray, label: np.ndarray, main_share: float = 0.02
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blurred images: give cells whose colour is a mix of two main colours one of the two.
+
+    A lone die blurred into its neighbours takes a colour between its own and theirs, so a mixed
+    cell gets the main colour its 8 neighbours have least of (its own), or the nearer one when
+    the neighbours are mixed too. Rare colours that are not mixes (a few failing dies) are kept.
+    """
+    counts = np.bincount(label.ravel(), minlength=len(centres))
+    main = np.nonzero(counts >= max(3, main_share * label.size))[0]
+    if main.size < 2:
+        return centres, label
+    label = label.copy()
+    for j in np.nonzero(counts < max(3, main_share * label.size))[0]:
+        best = None
+        for ai, a in enumerate(main):
+            for b in main[ai + 1 :]:
+                ab = centres[b] - centres[a]
+                t = float(np.clip(np.dot(centres[j] - centres[a], ab) / max(np.dot(ab, ab), 1e-9), 0, 1))
+                gap = float(np.linalg.norm(centres[a] + t * ab - centres[j]))
+                if gap <= 40.0 and (best is None or gap < best[0]):
+                    best = (gap, int(a), int(b))
+        if best is None:
+            continue
+        _, a, b = best
+        for r, c in np.argwhere(label == j):
+            around = label[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2]
+            na, nb = int((around == a).sum()), int((around == b).sum())
+            if na == nb:
+                da = np.linalg.norm(cell_colour[r, c] - centres[a])
+                db = np.linalg.norm(cell_colour[r, c] - centres[b])
+                label[r, c] = a if da <= db else b
+            else:
+                label[r, c] = a if na < nb else b
+    return centres, label
+
+
+def _reduce_if_huge(img: np.ndarray, work_pixels: int) -> np.ndarray:
+    pixels = img.shape[0] * img.shape[1]
+    if pixels <= work_pixels:
+        return img
+    factor = math.ceil(math.sqrt(pixels / work_pixels))
+    return np.asarray(Image.fromarray(img).reduce(factor))
+
+
+def _bbox(mask: np.ndarray, min_count: int) -> tuple[int, int, int, int] | None:
+    rows = np.nonzero(mask.sum(axis=1) >= min_count)[0]
+    cols = np.nonzero(mask.sum(axis=0) >= min_count)[0]
+    if rows.size == 0 or cols.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _palette_match(off: np.ndarray, dies: list[np.ndarray]) -> tuple[str | None, list[int]]:
+    """Best known palette for the off colour and die colours: (name, role per die colour: GOOD/FAIL)."""
+    best: tuple[float, str | None, list[int]] = (math.inf, None, [])
+    for name, pal in PALETTES.items():
+        good, fail = np.array(pal.good, float), np.array(pal.fail, float)
+        off_d = float(np.linalg.norm(off - np.array(pal.off, float)))
+        roles, worst = [], off_d
+        for colour in dies:
+            dg, df = np.linalg.norm(colour - good), np.linalg.norm(colour - fail)
+            roles.append(GOOD if dg <= df else FAIL)
+            worst = max(worst, min(dg, df))
+        if worst < best[0]:
+            best = (worst, name, roles)
+    if best[0] <= 60.0:
+        return best[1], best[2]
+    return None, []
+
+
+def _assign_roles(off: np.ndarray, dies: list[np.ndarray], counts: list[int]) -> tuple[str | None, list[int]]:
+    """GOOD or FAIL for each die colour."""
+    name, roles = _palette_match(off, dies)
+    if name is not None and (GOOD in roles or len(dies) == 1):
+        return name, roles
+    if len(dies) == 1:
+        return None, [FAIL if _fail_likeness(dies[0]) >= 1.0 else GOOD]
+    scores = [_fail_likeness(c) for c in dies]
+    # the good colour: least failing-looking; ties go to the most common colour
+    good_index = min(range(len(dies)), key=lambda i: (scores[i], -counts[i]))
+    if max(scores) - min(scores) < 0.5:
+        good_index = int(np.argmax(counts))
+    return None, [GOOD if i == good_index else FAIL for i in range(len(dies))]
+
+
+def _check_shape(grid: np.ndarray, limits: ReaderLimits) -> None:
+    on = grid != OFF
+    dies = int(on.sum())
+    if dies < limits.min_dies:
+        raise NotAWaferMapError(
+            f"only {dies} dies were found; a wafer map has at least {limits.min_dies} (is this really a wafer map?)"
+        )
+    labelled, count = ndimage.label(on)
+    largest = int(np.bincount(labelled.ravel())[1:].max()) if count else 0
+    if largest < 0.95 * dies:
+        raise NotAWaferMapError(
+            "the die area is not one piece: the coloured cells form "
+            f"{count} separate regions, while a wafer map is a single round wafer"
+        )
+    filled = ndimage.binary_fill_holes(on)
+    holes = int(filled.sum()) - dies
+    if holes > limits.max_holes * dies:
+        raise NotAWaferMapError(
+            f"the die area has {holes} background-coloured cells inside it; a wafer map's dies cover the "
+            "whole wafer (gaps inside read as failing or good dies, never as background)"
+        )
+    rows, cols = np.nonzero(filled)
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    rr, cc = np.indices((r1 - r0, c1 - c0))
+    ellipse = ((rr + 0.5 - (r1 - r0) / 2) / ((r1 - r0) / 2)) ** 2 + ((cc + 0.5 - (c1 - c0) / 2) / ((c1 - c0) / 2)) ** 2 <= 1
+    region = filled[r0:r1, c0:c1]
+    iou = (region & ellipse).sum() / max(1, (region | ellipse).sum())
+    if iou < limits.min_roundness:
+        raise NotAWaferMapError(
+            f"the die area is not round (it matches a circle/ellipse only {iou:.0%}; a wafer is round, "
+            f"≥ {limits.min_roundness:.0%}); this looks like a chart or a picture rather than a wafer map"
+        )
+
+
+def read_wafer_image_details(
+    source: bytes | bytearray | str | Path | Image.Image,
+    expected_shape: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
+    limits: ReaderLimits = DEFAULT_LIMITS,
+) -> ReadDetails:
+    """Like `read_wafer_image`, also returning how the image was read."""
+    img = load_image(source, max_pixels if max_pixels is not None else limits.max_pixels)
+    height, width = img.shape[:2]
+    if min(height, width) < limits.min_image_side:
+        raise NotAWaferMapError(
+            f"the image is only {width}×{height} pixels; a wafer map needs at least "
+            f"{limits.min_image_side} pixels per side"
+        )
+    img = _reduce_if_huge(img, limits.work_pixels)
+    height, width = img.shape[:2]
+
+    centres, _ = _main_colours(img)
+    if len(centres) <= 1 or np.ptp(img.reshape(-1, 3), axis=0).max() < 24:
+        raise NotAWaferMapError("the image is a single flat colour (blank); no wafer map is drawn in it")
+    codes = _codes(img)
+    lut, lut_dist = _label_lut(centres)
+    near = lut_dist[codes] <= 40.0
+    coverage = float(near.mean())
+    if coverage < limits.min_colour_coverage:
+        raise NotAWaferMapError(
+            f"the image has too many colours for a wafer map (only {coverage:.0%} of pixels are close to its "
+            "main colours); it looks like a photo, a gradient or noise. Send the wafer map itself "
+            "(a few flat colours: background, good dies, failing dies)"
+        )
+
+    # sharp: nearly every pixel is exactly one of a few colours (nearest-neighbour rendering, PNG)
+    step = max(1, (height * width) // 400_000)
+    _, exact_counts = np.unique(img.reshape(-1, 3)[::step], axis=0, return_counts=True)
+    top = np.sort(exact_counts)[::-1][: limits.max_colours].sum() / exact_counts.sum()
+    sharp = bool(top >= 0.999)
+    if not sharp:  # blurred: pixels between two colours are edges, not colours of their own
+        centres = centres[_drop_blends(centres, lut[codes])]
+        lut, lut_dist = _label_lut(centres)
+    labels = lut[codes].astype(np.int64)
+    k = len(centres)
+
+    grid_label = _grid_line_label(labels, k)
+    ring = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    ring_counts = np.bincount(ring, minlength=k)
+    if grid_label is not None and ring_counts[grid_label] >= 0.9 * ring.size:
+        background = grid_label  # lines frame the image: no margin
+        box = (0, height, 0, width)
+    else:
+        if grid_label is not None:
+            ring_counts[grid_label] = 0
+        background = int(ring_counts.argmax())
+        differs = np.linalg.norm(img.astype(np.float64) - centres[background], axis=-1)
+        others = [np.linalg.norm(centres[j] - centres[background]) for j in range(k) if j != background]
+        content = differs > 0.5 * min(others)
+        box = _bbox(content, 1 if sharp else 2)
+    if box is None:
+        raise NotAWaferMapError("the image is a single flat colour (blank); no wafer map is drawn in it")
+    top_px, bottom_px, left_px, right_px = box
+    crop_labels = labels[top_px:bottom_px, left_px:right_px]
+    h, w = crop_labels.shape
+
+    method = "exact" if sharp and grid_label is None else "periodic"
+    crop = img[top_px:bottom_px, left_px:right_px].astype(np.int32)
+    axes: list[_Axis | None] = []
+    for axis, length in ((0, h), (1, w)):
+        n_hi = min(length, limits.max_cells)
+        if method == "exact":
+            changes = np.diff(crop_labels, axis=axis) != 0
+            trans = np.concatenate([[0], changes.sum(axis=1 - axis)]).astype(np.float64)
+            found = _exact_axis(trans, length, 1, n_hi)
+        else:
+            step = np.abs(np.diff(crop, axis=axis)).sum(axis=-1)  # L1 colour change between neighbours
+            step = np.where(step > 48, step, 0)  # ignore compression noise
+            energy = np.concatenate([[0], step.sum(axis=1 - axis)]).astype(np.float64)
+            found = _periodic_axis(energy, length, 2, n_hi, max_off=0.3)
+        axes.append(found)
+    if axes[0] is None or axes[1] is None:
+        raise NotAWaferMapError(
+            "no regular grid of dies was found in the image (colour changes do not line up on a die "
+            "lattice); this does not look like a wafer map"
+        )
+    row_axis, col_axis = axes[0], axes[1]
+    assert row_axis is not None and col_axis is not None
+
+    cell_colour = _cell_colours(crop, row_axis, col_axis)
+    cell_centres, cell_label = _cluster_cells(cell_colour, 40.0 if sharp else 60.0)
+    if not sharp:
+        cell_centres, cell_label = _resolve_blends(cell_colour, cell_centres, cell_label)
+    if grid_label is not None:  # a cell that reads as the grid-line colour is background
+        d_grid = np.linalg.norm(cell_centres - centres[grid_label], axis=1)
+        d_bg = np.linalg.norm(cell_centres - centres[background], axis=1) if background != grid_label else None
+        for j in np.nonzero(d_grid <= 40)[0]:
+            if d_bg is not None:
+                cell_label[cell_label == j] = int(np.argmin(d_bg))
+
+    # which colour is off wafer: the background's when it occurs among the cells, else the corners'
+    k_cells = len(cell_centres)
+    d_back = np.linalg.norm(cell_centres - centres[background], axis=1)
+    present = np.unique(cell_label)
+    if background != grid_label and d_back[present].min() <= 40:
+        off_label = int(present[np.argmin(d_back[present])])
+        margin_distinct = False
+    else:
+        corners = [cell_label[0, 0], cell_label[0, -1], cell_label[-1, 0], cell_label[-1, -1]]
+        off_label = int(np.bincount(corners).argmax())
+        margin_distinct = True
+    die_labels = [int(v) for v in present if v != off_label]
+    if not die_labels:
+        raise NotAWaferMapError("no dies were found: the image shows only background")
+    if len(die_labels) > limits.max_colours - 2:
+        raise NotAWaferMapError(
+            f"the dies use {len(die_labels)} different colours; a wafer map uses a few (good and failing dies)"
+        )
+    counts = [int((cell_label == v).sum()) for v in die_labels]
+    palette, roles = _assign_roles(cell_centres[off_label], [cell_centres[v] for v in die_labels], counts)
+    code_of = np.full(k_cells, OFF, dtype=np.uint8)
+    for v, role in zip(die_labels, roles):
+        code_of[v] = role
+    grid = code_of[cell_label]
+
+    grid = _place(grid, row_axis, col_axis, (top_px, left_px), (height, width), expected_shape, margin_distinct)
+    for axis_cells, name in ((grid.shape[0], "rows"), (grid.shape[1], "columns")):
+        if axis_cells > limits.max_cells:
+            raise NotAWaferMapError(f"the die grid found has {axis_cells} {name}, over the limit of {limits.max_cells}")
+    on = grid != OFF
+    span = (int(on.any(axis=1).sum()), int(on.any(axis=0).sum()))
+    if min(span) < limits.min_cells:
+        raise NotAWaferMapError(
+            f"the wafer found is only {span[1]}×{span[0]} dies across; a wafer map has at least "
+            f"{limits.min_cells} dies in each direction"
+        )
+    _check_shape(grid, limits)
+    colours = {"off": tuple(int(v) for v in cell_centres[off_label])}
+    for v, role in zip(die_labels, roles):
+        colours.setdefault("good" if role == GOOD else "failing", tuple(int(x) for x in cell_centres[v]))
+    return ReadDetails(WaferMap(grid), method, (col_axis.pitch, row_axis.pitch), colours, palette)
+
+
+def _place(
+    grid: np.ndarray,
+    row_axis: _Axis,
+    col_axis: _Axis,
+    origin: tuple[int, int],
+    image_shape: tuple[int, int],
+    expected_shape: tuple[int, int] | None,
+    margin_distinct: bool,
+) -> np.ndarray:
+    """Pad the read cells with off-wafer rows/columns to the full grid.
+
+    When the content box is the box of on-wafer dies (margin drawn in the off-wafer colour), the
+    off-wafer cells around it are inferred: with `expected_shape`, the grid is taken to be centred in
+    the image (uniform margins); without it, every whole cell that fits between the dies and the
+    image border is off wafer.
+    """
+    pads = []
+    for axis, ax in ((0, row_axis), (1, col_axis)):
+        start = origin[axis] + ax.first_edge  # pixel coordinate of the first read cell
+        end = start + ax.cells * ax.pitch
+        extent = image_shape[axis]
+        if expected_shape is not None:
+            want = int(expected_shape[axis])
+            if ax.cells > want:
+                raise NotAWaferMapError(
+                    f"the image holds {ax.cells} die {'rows' if axis == 0 else 'columns'}, more than the "
+                    f"expected {want}"
+                )
+            grid_start = (extent - want * ax.pitch) / 2
+            before = int(np.clip(round((start - grid_start) / ax.pitch), 0, want - ax.cells))
+            pads.append((before, want - ax.cells - before))
+        elif margin_distinct:
+            pads.append((0, 0))
+        else:
+            before = max(0, math.floor(start / ax.pitch + 0.2))
+            after = max(0, math.floor((extent - end) / ax.pitch + 0.2))
+            pads.append((before, after))
+    return np.pad(grid, pads, constant_values=OFF)
+
+
+def read_wafer_image(
+    source: bytes | bytearray | str | Path | Image.Image,
+    expected_shape: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
+    limits: ReaderLimits = DEFAULT_LIMITS,
+) -> WaferMap:
+    """Read a wafer-map image into a `WaferMap`, or raise `NotAWaferMapError` saying why it is not one.
+
+    source: image bytes, a file path or a PIL image (animated images: the first frame).
+    expected_shape: (rows, cols) of the die grid when known (e.g. (52, 52) for MixedWM38); the
+        read dies are placed in a grid of that size, assuming the map is centred in the image.
+    max_pixels: refuse images with more pixels than this before decoding (default
+        `limits.max_pixels`), as a guard against decompression bombs.
+    """
+    return read_wafer_image_details(source, expected_shape, max_pixels, limits).wafer

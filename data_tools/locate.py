@@ -1,0 +1,222 @@
+"""Where each known pattern sits on a wafer map, measured from the die grid.
+
+Given a `WaferMap` and the patterns it is labelled with, `locate` returns one
+`PatternLocation` per pattern: the radial zone, the compass sector(s) and, for a scratch,
+the orientation of the line. Mixtures are handled by attributing failing-die groups to
+patterns: edge failures go to Edge-Loc (the sector with the highest edge fail rate), the
+largest compact cluster that is not the centre blob, the ring or the edge goes to Loc, and
+the most elongated cluster goes to Scratch. Blobs are measured on "dense" failing dies (those
+with several failing neighbours) so the background noise of real maps does not join them up. Only geometry lives here; words live in
+`data_tools.phrasing`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from data_tools.taxonomy import canonical_set
+from data_tools.wafer_map import FAIL, OFF, SECTORS, ZONE_EDGES, WaferMap
+
+#: Spread kinds: how a pattern's failures are laid out.
+SPREADS = ("centred", "ring", "all_around", "edge_local", "local", "line", "whole", "scattered")
+#: Scratch orientations, as seen on the map (top = north).
+ORIENTATIONS = ("horizontal", "vertical", "rising", "falling")
+
+
+@dataclass(frozen=True)
+class LocateLimits:
+    """Thresholds of the attribution heuristics (fractions of the wafer radius, die counts)."""
+
+    min_cluster: int = 5  # smallest group of failing dies taken as a Loc or Scratch cluster
+    min_elongation: float = 2.5  # major/minor axis ratio of a scratch-like cluster
+    ring_sectors: int = 6  # a group covering this many sectors is a centre blob or ring, not Loc
+    centre_radius: float = 0.15  # a centroid closer than this has no meaningful sector
+    neighbour_share: float = 0.7  # a neighbouring edge sector joins Edge-Loc at this share of the peak
+    dense_neighbours: int = 4  # a failing die with this many failing neighbours belongs to a blob, not noise
+    min_blob: int = 12  # dense groups this large and round are blobs a scratch is measured without
+
+
+DEFAULT_LIMITS = LocateLimits()
+
+
+@dataclass(frozen=True)
+class PatternLocation:
+    """Where one pattern sits."""
+
+    key: str
+    spread: str  # one of SPREADS
+    zone: str | None = None  # "center" / "middle" / "edge"; None for whole-wafer patterns
+    sectors: tuple[str, ...] = ()  # compass sectors (SECTORS), most failures first; () when none applies
+    orientation: str | None = None  # scratch only: one of ORIENTATIONS, None when not measurable
+
+
+@dataclass(frozen=True)
+class _Group:
+    size: int
+    radius: float  # centroid distance from the wafer centre, fraction of the radius
+    sector: str
+    sectors_covered: int
+    edge_share: float  # fraction of the group's dies in the edge zone
+    elongation: float
+    orientation: str | None
+    mask: np.ndarray  # the group's cells
+
+
+def _orientation(axis_degrees: float) -> str:
+    """Map an undirected axis angle (degrees counter-clockwise from east, in [0, 180)) to a word."""
+    a = axis_degrees % 180.0
+    if a < 22.5 or a >= 157.5:
+        return "horizontal"
+    if a < 67.5:
+        return "rising"
+    if a < 112.5:
+        return "vertical"
+    return "falling"
+
+
+def _groups(wafer: WaferMap, mask: np.ndarray, min_size: int) -> list[_Group]:
+    """Connected groups (8-neighbour) of `mask` cells with at least `min_size` cells, largest first."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+    if count == 0:
+        return []
+    r, theta = wafer.radial_position(), wafer.angle()
+    cy, cx = wafer.center
+    radius = max(math.sqrt(wafer.dies / math.pi), 0.5)
+    sector_index = (((theta + 22.5) % 360.0) // 45.0).astype(int)
+    edge_lo = ZONE_EDGES["edge"][0]
+    sizes = np.bincount(labels.ravel())
+    groups = []
+    for label, window in enumerate(ndimage.find_objects(labels), start=1):
+        if window is None or sizes[label] < min_size:
+            continue
+        rows, cols = np.nonzero(labels[window] == label)
+        rows = rows + window[0].start
+        cols = cols + window[1].start
+        row, col = rows.mean(), cols.mean()
+        rf = math.hypot(row - cy, col - cx) / radius
+        ang = (math.degrees(math.atan2(col - cx, -(row - cy))) + 360.0) % 360.0
+        elongation, orientation = 1.0, None
+        if rows.size >= 3:
+            # principal axis in map coordinates with y pointing up
+            values, vectors = np.linalg.eigh(np.cov(np.stack([cols - col, -(rows - row)])))
+            minor, major = max(float(values[0]), 1e-6), max(float(values[1]), 1e-6)
+            elongation = math.sqrt(major / minor)
+            vx, vy = vectors[:, 1]
+            orientation = _orientation(math.degrees(math.atan2(vy, vx)))
+        groups.append(
+            _Group(
+                size=int(rows.size),
+                radius=rf,
+                sector=WaferMap.sector_of(ang),
+                sectors_covered=len(np.unique(sector_index[rows, cols])),
+                edge_share=float((r[rows, cols] >= edge_lo).mean()),
+                elongation=elongation,
+                orientation=orientation,
+                mask=labels == label,
+            )
+        )
+    return sorted(groups, key=lambda g: -g.size)
+
+
+def _dense(fail: np.ndarray, limits: LocateLimits) -> np.ndarray:
+    """Failing dies with at least `limits.dense_neighbours` failing neighbours: blobs without the noise."""
+    counts = ndimage.convolve(fail.astype(np.int16), np.ones((3, 3), dtype=np.int16), mode="constant")
+    return fail & (counts >= limits.dense_neighbours + 1)
+
+
+def _edge_sectors(wafer: WaferMap, limits: LocateLimits) -> tuple[str, ...]:
+    """The edge sector with the highest fail rate, plus a neighbour that comes close to it."""
+    r, theta = wafer.radial_position(), wafer.angle()
+    on_edge = (wafer.grid > OFF) & (r >= ZONE_EDGES["edge"][0])
+    fail = wafer.grid == FAIL
+    index = (((theta + 22.5) % 360.0) // 45.0).astype(int)
+    rates = []
+    for i in range(len(SECTORS)):
+        dies = int((on_edge & (index == i)).sum())
+        rates.append((on_edge & fail & (index == i)).sum() / dies if dies else 0.0)
+    best = int(np.argmax(rates))
+    if rates[best] == 0:
+        return ()
+    chosen = [best]
+    left, right = (best - 1) % len(SECTORS), (best + 1) % len(SECTORS)
+    neighbour = left if rates[left] >= rates[right] else right
+    if rates[neighbour] >= limits.neighbour_share * rates[best]:
+        chosen.append(neighbour)
+    return tuple(SECTORS[i] for i in chosen)
+
+
+def _sector_or_none(group: _Group, limits: LocateLimits) -> tuple[str, ...]:
+    return () if group.radius < limits.centre_radius else (group.sector,)
+
+
+def _scratch(wafer: WaferMap, limits: LocateLimits) -> _Group | None:
+    """The most line-like group of failing dies, measured with round blobs taken out."""
+    fail = wafer.grid == FAIL
+    blobs = np.zeros_like(fail)
+    for g in _groups(wafer, _dense(fail, limits), limits.min_blob):
+        if g.elongation < limits.min_elongation:
+            blobs |= g.mask
+    if blobs.any():
+        blobs = ndimage.binary_dilation(blobs, structure=np.ones((3, 3), dtype=bool))
+    lines = [g for g in _groups(wafer, fail & ~blobs, limits.min_cluster) if g.elongation >= limits.min_elongation]
+    if not lines:
+        return None
+    return max(lines, key=lambda g: g.size * min(g.elongation, 8.0))
+
+
+def _loc(wafer: WaferMap, keys: tuple[str, ...], limits: LocateLimits) -> _Group | None:
+    """The largest compact blob that is not the centre blob, the donut ring or the edge failures."""
+    r = wafer.radial_position()
+    mask = _dense(wafer.grid == FAIL, limits)
+    if "Center" in keys:
+        mask &= r >= ZONE_EDGES["middle"][0]
+    if "Edge_Loc" in keys or "Edge_Ring" in keys:
+        mask &= r < ZONE_EDGES["edge"][0]
+    for g in _groups(wafer, mask, limits.min_cluster):  # largest first
+        if "Donut" in keys and g.sectors_covered >= limits.ring_sectors:
+            continue
+        return g
+    return None
+
+
+def _zone_of(group: _Group) -> str:
+    return WaferMap.zone_of(group.radius)
+
+
+def locate(wafer: WaferMap, patterns: Iterable[str], limits: LocateLimits = DEFAULT_LIMITS) -> list[PatternLocation]:
+    """One `PatternLocation` per pattern in `patterns` (column order); [] for a normal map."""
+    keys = canonical_set(patterns)
+    scratch = _scratch(wafer, limits) if "Scratch" in keys else None
+    out = []
+    for key in keys:
+        if key == "Center":
+            out.append(PatternLocation(key, "centred", "center"))
+        elif key == "Donut":
+            out.append(PatternLocation(key, "ring", "middle"))
+        elif key == "Edge_Ring":
+            out.append(PatternLocation(key, "all_around", "edge"))
+        elif key == "Edge_Loc":
+            out.append(PatternLocation(key, "edge_local", "edge", _edge_sectors(wafer, limits)))
+        elif key == "Loc":
+            group = _loc(wafer, keys, limits)
+            if group is None:
+                out.append(PatternLocation(key, "local", wafer.dominant_zone()))
+            else:
+                out.append(PatternLocation(key, "local", _zone_of(group), _sector_or_none(group, limits)))
+        elif key == "Scratch":
+            if scratch is None:
+                out.append(PatternLocation(key, "line"))
+            else:
+                out.append(
+                    PatternLocation(key, "line", _zone_of(scratch), _sector_or_none(scratch, limits), scratch.orientation)
+                )
+        elif key == "Near_Full":
+            out.append(PatternLocation(key, "whole"))
+        elif key == "Random":
+            out.append(PatternLocation(key, "scattered"))
+    return out

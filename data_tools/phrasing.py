@@ -1,0 +1,255 @@
+"""Question phrasings per question type, in English and Chinese.
+
+Questions get the variety (answers are kept to a few structured templates in
+`data_tools.answers`). Every bank is a dict ``{"en": [...], "zh": [...]}``; templates with
+``{p}`` take a pattern noun from `PATTERN_NOUNS`, ``{zone}`` a zone word, ``{nth}`` an ordinal.
+`RECOGNITION_QUESTIONS` is what the evaluator asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+Bank = Mapping[str, Sequence[str]]
+
+RECOGNITION_QUESTIONS: dict[str, list[str]] = {
+    "en": [
+        "What defects does this wafer show?",
+        "What defect patterns are on this wafer map?",
+        "Which defect patterns can you see here?",
+        "Classify the defect pattern(s) on this wafer.",
+        "What's wrong with this wafer?",
+        "Can you tell me what failure pattern this is?",
+        "Identify the defect types on this wafer map.",
+        "What kind of failure signature does this map have?",
+        "Is this wafer normal, or does it have defect patterns?",
+        "Take a look at this wafer map - which patterns do you see?",
+        "Which of the standard defect patterns are present?",
+        "What pattern is this?",
+        "Diagnose this wafer map for me.",
+        "What does the fail map show?",
+        "Any defect pattern on this one?",
+    ],
+    "zh": [
+        "这片晶圆有哪些缺陷？",
+        "这张晶圆图上有什么缺陷模式？",
+        "请识别这片晶圆的缺陷类型。",
+        "帮我看看这片晶圆是什么缺陷。",
+        "这是什么失效模式？",
+        "这张晶圆图显示了哪些缺陷模式？",
+        "这片晶圆正常吗？有没有缺陷模式？",
+        "请对这张晶圆图做缺陷分类。",
+        "这个晶圆的失效分布属于哪种类型？",
+        "图里能看到哪些缺陷模式？",
+        "分析一下这张晶圆图。",
+        "这片晶圆有问题吗？",
+        "这张 wafer map 是什么缺陷？",
+    ],
+}
+
+LOCATION_QUESTIONS: dict[str, list[str]] = {
+    "en": [
+        "Where are the defects on this wafer?",
+        "Where do the failing dies sit?",
+        "Which part of the wafer is affected?",
+        "Describe where the failures are located.",
+        "Where on the wafer are the defect patterns?",
+        "Can you point out where the problem areas are?",
+        "Where is the damage concentrated?",
+    ],
+    "zh": [
+        "缺陷在晶圆的什么位置？",
+        "失效芯片集中在哪里？",
+        "晶圆的哪个区域受影响？",
+        "请描述失效的位置。",
+        "这些缺陷模式分别在哪里？",
+        "问题区域在哪儿？",
+    ],
+}
+
+CAUSE_QUESTIONS: dict[str, list[str]] = {
+    "en": [
+        "What could cause the defects on this wafer?",
+        "What process issues might explain this map?",
+        "What's the likely root cause here?",
+        "Why would a wafer fail like this?",
+        "Which process steps should I suspect for this map?",
+        "What usually causes a failure signature like this?",
+        "Any idea what went wrong in the process?",
+    ],
+    "zh": [
+        "这片晶圆的缺陷可能是什么原因造成的？",
+        "这种失效分布可能是哪些工艺问题引起的？",
+        "可能的根本原因是什么？",
+        "为什么晶圆会这样失效？",
+        "应该怀疑哪些工序？",
+        "这种图案一般是什么原因？",
+    ],
+}
+
+CHECK_QUESTIONS: dict[str, list[str]] = {
+    "en": [
+        "What should I check for this wafer?",
+        "What should we look at first?",
+        "How should I troubleshoot this map?",
+        "What would you check on the tools for this?",
+        "What actions do you recommend?",
+        "Where should the investigation start?",
+    ],
+    "zh": [
+        "针对这片晶圆应该检查什么？",
+        "我们应该先查什么？",
+        "这张图该怎么排查？",
+        "建议采取哪些措施？",
+        "调查应该从哪里开始？",
+    ],
+}
+
+#: Count questions per topic (see data_tools.answers.COUNT_TOPICS); zone questions take {zone}.
+COUNT_QUESTIONS: dict[str, dict[str, list[str]]] = {
+    "yield": {
+        "en": [
+            "What's the yield?",
+            "What is the yield of this wafer?",
+            "Yield?",
+            "What percentage of dies pass?",
+            "Can you give me the die yield?",
+            "How good is the yield on this one?",
+        ],
+        "zh": ["良率是多少？", "这片的良率多少？", "合格率是多少？", "良品率是多少？", "帮我算一下良率。"],
+    },
+    "failing": {
+        "en": [
+            "How many dies fail?",
+            "How many failing dies are there?",
+            "Count the bad dies.",
+            "How many dies are defective?",
+            "What's the number of failing dies?",
+        ],
+        "zh": ["有多少颗芯片失效？", "失效芯片有几颗？", "坏的芯片有多少？", "数一下失效的芯片。"],
+    },
+    "dies": {
+        "en": ["How many dies are on this wafer?", "What's the total die count?", "How many dies in total?"],
+        "zh": ["这片晶圆一共有多少颗芯片？", "总共有几颗芯片？", "芯片总数是多少？"],
+    },
+    "good": {
+        "en": ["How many good dies are there?", "How many dies pass?", "Number of good dies?"],
+        "zh": ["有多少颗良品？", "合格的芯片有几颗？", "良品数量是多少？"],
+    },
+    "zone": {
+        "en": [
+            "How many dies fail in the {zone} zone?",
+            "How many failures are in the {zone} zone?",
+            "What does the {zone} zone look like in numbers?",
+        ],
+        "zh": ["{zone}有多少颗失效？", "{zone}的失效芯片有几颗？", "{zone}的失效情况怎么样？"],
+    },
+    "clusters": {
+        "en": [
+            "How many clusters of failing dies are there?",
+            "How big is the largest cluster?",
+            "Do the failures form clusters?",
+        ],
+        "zh": ["失效芯片形成了几个团？", "最大的失效团有多大？", "失效是成团分布的吗？"],
+    },
+    "summary": {
+        "en": ["Give me the numbers for this wafer.", "Summarise the die counts.", "Quick stats please."],
+        "zh": ["给我这片晶圆的数据。", "总结一下芯片数量。", "简单统计一下。"],
+    },
+}
+
+ZONE_NAMES = {
+    "en": {"center": ["centre", "center", "central"], "middle": ["middle", "mid-radius"], "edge": ["edge", "outer"]},
+    "zh": {"center": ["中心区"], "middle": ["中间区"], "edge": ["边缘区", "外圈"]},
+}
+
+#: How people name a pattern in a question (the answer always uses the canonical name).
+PATTERN_NOUNS: dict[str, dict[str, list[str]]] = {
+    "Center": {"en": ["a center defect", "a Center pattern", "a centre cluster", "failures at the center"],
+               "zh": ["中心缺陷", "中心型缺陷", "中心失效"]},
+    "Donut": {"en": ["a donut", "a Donut pattern", "a ring (donut) pattern", "a doughnut pattern"],
+              "zh": ["环形缺陷", "甜甜圈缺陷", "圆环状失效"]},
+    "Edge_Loc": {"en": ["an Edge-Loc pattern", "an edge-local defect", "a local cluster on the edge", "edge loc"],
+                 "zh": ["边缘局部缺陷", "局部边缘缺陷", "边缘局部型缺陷"]},
+    "Edge_Ring": {"en": ["an edge ring", "an Edge-Ring pattern", "a ring of failures along the edge"],
+                  "zh": ["边缘环缺陷", "外环失效", "边缘环形缺陷"]},
+    "Loc": {"en": ["a Loc pattern", "a local cluster", "a localized defect", "a local defect"],
+            "zh": ["局部缺陷", "局部型缺陷", "局部失效团"]},
+    "Near_Full": {"en": ["a near-full failure", "a Near-full pattern", "an almost full-wafer failure"],
+                  "zh": ["近全片失效", "近全片缺陷", "几乎全部失效"]},
+    "Scratch": {"en": ["a scratch", "any scratches", "a Scratch pattern", "a scratch line"],
+                "zh": ["划痕", "划伤", "刮痕"]},
+    "Random": {"en": ["a random pattern", "random defects", "a Random pattern", "randomly scattered failures"],
+               "zh": ["随机缺陷", "随机分布的失效", "随机型缺陷"]},
+}
+
+YESNO_QUESTIONS: dict[str, list[str]] = {
+    "en": [
+        "Is there {p} on this wafer?",
+        "Do you see {p}?",
+        "Does this map have {p}?",
+        "Any sign of {p}?",
+        "Can you spot {p} here?",
+        "Is {p} present?",
+    ],
+    "zh": ["有{p}吗？", "这片晶圆上有{p}吗？", "是否存在{p}？", "能看到{p}吗？", "图上有没有{p}？"],
+}
+
+# ---------------------------------------------------------------- follow-ups (rely on earlier turns)
+
+FOLLOW_CAUSE: dict[str, list[str]] = {
+    "en": ["What could cause it?", "What could cause that?", "Why would that happen?", "Any idea what causes this?",
+           "What's the likely cause?", "And the root cause?"],
+    "zh": ["可能是什么原因？", "原因是什么？", "为什么会这样？", "一般是什么引起的？", "根本原因可能是什么？"],
+}
+FOLLOW_CAUSE_PLURAL: dict[str, list[str]] = {
+    "en": ["What could cause them?", "What could cause these?", "Why would those happen?", "What are the likely causes?"],
+    "zh": ["这些可能是什么原因？", "它们的原因是什么？", "这些一般是什么引起的？"],
+}
+FOLLOW_LOCATION: dict[str, list[str]] = {
+    "en": ["Where is it?", "Where exactly?", "Where on the wafer?", "Which part of the wafer?"],
+    "zh": ["在哪里？", "具体位置在哪？", "在晶圆的哪个位置？", "在哪个区域？"],
+}
+FOLLOW_LOCATION_PLURAL: dict[str, list[str]] = {
+    "en": ["Where are they?", "Where exactly are they?", "Where does each one sit?"],
+    "zh": ["它们在哪里？", "分别在什么位置？", "各自在哪个区域？"],
+}
+FOLLOW_CHECK: dict[str, list[str]] = {
+    "en": ["What should I check?", "What should we check first?", "So what do I look at?", "Next steps?"],
+    "zh": ["应该检查什么？", "先查什么？", "那我该看哪些？", "下一步怎么做？"],
+}
+FOLLOW_YIELD: dict[str, list[str]] = {
+    "en": ["What about the yield?", "And the yield?", "How's the yield then?", "And yield?"],
+    "zh": ["那良率呢？", "良率怎么样？", "良率呢？", "那良率是多少？"],
+}
+FOLLOW_ZONE: dict[str, list[str]] = {
+    "en": ["And in the {zone} zone?", "What about the {zone} zone?", "And the {zone}?"],
+    "zh": ["那{zone}呢？", "{zone}呢？", "{zone}的情况呢？"],
+}
+FOLLOW_WHAT_THEN: dict[str, list[str]] = {
+    "en": ["So what is there?", "Then what does it show?", "What pattern is it then?", "OK, what is on it?"],
+    "zh": ["那有什么缺陷？", "那是什么缺陷？", "那它是什么模式？", "那图上有什么？"],
+}
+
+ORDINALS = {
+    "en": ["first", "second", "third", "fourth"],
+    "zh": ["第一个", "第二个", "第三个", "第四个"],
+}
+#: Ask about the n-th pattern of the previous answer ({nth} is an ordinal).
+NTH_CAUSE: dict[str, list[str]] = {
+    "en": ["What could cause the {nth} one?", "What causes the {nth} pattern?", "Why would the {nth} one happen?"],
+    "zh": ["{nth}是什么原因造成的？", "{nth}缺陷的原因是什么？", "{nth}一般是怎么引起的？"],
+}
+NTH_LOCATION: dict[str, list[str]] = {
+    "en": ["Where is the {nth} one?", "Where does the {nth} pattern sit?"],
+    "zh": ["{nth}在哪里？", "{nth}缺陷在什么位置？"],
+}
+NTH_CHECK: dict[str, list[str]] = {
+    "en": ["What should I check for the {nth} one?", "How do I chase the {nth} pattern?"],
+    "zh": ["{nth}应该检查什么？", "{nth}缺陷该怎么排查？"],
+}
+#: "And the second one?" — same question as before, about the next pattern.
+FOLLOW_NEXT: dict[str, list[str]] = {
+    "en": ["And the {nth} one?", "What about the {nth} one?", "And the {nth}?", "Same for the {nth} one?"],
+    "zh": ["那{nth}呢？", "{nth}呢？", "那{nth}怎么样？"],
+}

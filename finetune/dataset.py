@@ -1,0 +1,270 @@
+"""Training data: the corpus on disk, sampled examples (with free dihedral augmentation), model encoding.
+
+A corpus directory (docs/ARCHITECTURE.md, "Corpus") holds `maps.npz` and `{train,val,test}.jsonl`.
+`ExampleSampler` draws training examples from it: either a corpus conversation as written, or a
+recognition question about a training map under a random one of the 8 dihedral transforms (the
+labels are invariant; the facts line is measured again from the transformed grid, so nothing
+is stale). `encode_example` turns one example into token ids with labels on the answer tokens
+only, using nothing but the processor's chat template, so it works for any
+image-text-to-text checkpoint whose processor has one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from data_tools.answers import recognition_answer
+from data_tools.phrasing import RECOGNITION_QUESTIONS
+from data_tools.taxonomy import PATTERN_KEYS, from_multi_hot
+from data_tools.wafer_map import WaferMap
+from finetune.prompting import build_messages, images_of
+from model_server.backends.base import Turn
+
+IGNORE_INDEX = -100
+SPLITS = ("train", "val", "test")
+#: (quarter turns, mirror) for the 8 symmetries of the square grid.
+DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for k in range(4) for flip in (False, True))
+RECOGNITION_VARIANTS = 3
+
+
+class CorpusError(ValueError):
+    """A corpus directory that is missing files or holds records of the wrong shape."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training conversation about one map: alternating user/assistant texts, user first."""
+
+    wafer: WaferMap | None
+    texts: tuple[str, ...]
+    patterns: tuple[str, ...] = ()
+
+
+def _grey_png_grid(path: Path) -> np.ndarray:
+    """Die codes of a corpus image (grey palette, 1 pixel per die: white off, grey good, black failing)."""
+    with Image.open(path) as image:
+        grey = np.asarray(image.convert("L"), dtype=np.int16)
+    grid = np.ones(grey.shape, dtype=np.uint8)
+    grid[grey >= 192] = 0
+    grid[grey < 64] = 2
+    return grid
+
+
+class Corpus:
+    """A built corpus: maps by content hash and conversation records by split."""
+
+    def __init__(self, root: str | Path, splits: Sequence[str] = SPLITS) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise CorpusError(f"corpus directory {self.root} does not exist; build one with `defect-glm data build`")
+        maps = self.root / "maps.npz"
+        if not maps.is_file():
+            raise CorpusError(f"{self.root} is not a corpus: expected maps.npz (from `defect-glm data build`)")
+        with np.load(maps, allow_pickle=False) as archive:
+            missing = {"grids", "hashes", "labels"} - set(archive.files)
+            if missing:
+                raise CorpusError(f"{maps} lacks the arrays {sorted(missing)}; found {sorted(archive.files)}")
+            self.grids = archive["grids"].astype(np.uint8)
+            self.hashes = [str(h) for h in archive["hashes"]]
+            self.labels = archive["labels"].astype(np.int32)
+            map_splits = archive["splits"] if "splits" in archive.files else None
+        self.index = {h: i for i, h in enumerate(self.hashes)}
+        self.map_splits = [str(s) for s in map_splits] if map_splits is not None else None
+        self.records: dict[str, list[dict]] = {}
+        for split in splits:
+            path = self.root / f"{split}.jsonl"
+            if not path.is_file():
+                raise CorpusError(f"{self.root} is not a complete corpus: {path.name} is missing")
+            self.records[split] = self._read_records(path)
+        self._png_cache: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def _read_records(path: Path) -> list[dict]:
+        records = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CorpusError(f"{path}:{number} is not valid JSON: {exc}") from exc
+                messages = record.get("messages")
+                if (
+                    not isinstance(messages, list)
+                    or len(messages) < 2
+                    or len(messages) % 2
+                    or any(m.get("role") != ("user", "assistant")[i % 2] for i, m in enumerate(messages))
+                ):
+                    raise CorpusError(
+                        f"{path}:{number}: expected 'messages' alternating user/assistant turns, user first; "
+                        f"found {[m.get('role') for m in messages] if isinstance(messages, list) else messages!r}"
+                    )
+                records.append(record)
+        return records
+
+    def map_indices(self, split: str) -> np.ndarray:
+        """Indices (into `grids`) of the maps of one split."""
+        if self.map_splits is None:
+            hashes = {r["map_hash"] for r in self.records.get(split, [])}
+            return np.array([i for i, h in enumerate(self.hashes) if h in hashes], dtype=np.int64)
+        return np.array([i for i, s in enumerate(self.map_splits) if s == split], dtype=np.int64)
+
+    def grid_of(self, record: dict) -> np.ndarray:
+        i = self.index.get(record.get("map_hash", ""))
+        if i is not None:
+            return self.grids[i]
+        image = record.get("image")
+        if not image:
+            raise CorpusError(f"record {record.get('id')} has a map_hash not in maps.npz and no image")
+        if image not in self._png_cache:
+            self._png_cache[image] = _grey_png_grid(self.root / image)
+        return self._png_cache[image]
+
+    def example(self, record: dict) -> Example:
+        texts = tuple(str(m["content"]) for m in record["messages"])
+        return Example(WaferMap(self.grid_of(record)), texts, tuple(record.get("patterns", ())))
+
+    def texts(self, split: str = "train") -> list[str]:
+        """Every message text of a split (for training a tokenizer)."""
+        return [str(m["content"]) for r in self.records.get(split, []) for m in r["messages"]]
+
+
+def recognition_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random, augment: bool = True) -> Example:
+    """A recognition question about `grid` (randomly transformed), answered with its true patterns."""
+    wafer = WaferMap(grid)
+    if augment:
+        k, flip = rng.choice(DIHEDRAL)
+        wafer = wafer.transformed(k, flip)
+    language = rng.choice(("en", "zh"))
+    patterns = from_multi_hot(labels)
+    question = rng.choice(RECOGNITION_QUESTIONS[language])
+    answer = recognition_answer(patterns, language, rng.randrange(RECOGNITION_VARIANTS))
+    return Example(wafer, (question, answer), patterns)
+
+
+class ExampleSampler:
+    """Draws training examples: a share of augmented recognition questions, the rest corpus conversations."""
+
+    def __init__(self, corpus: Corpus, split: str = "train", recognition_fraction: float = 0.5, augment: bool = True):
+        if not 0.0 <= recognition_fraction <= 1.0:
+            raise ValueError(f"recognition_fraction must be in [0, 1], got {recognition_fraction}")
+        self.corpus = corpus
+        self.records = corpus.records.get(split, [])
+        self.maps = corpus.map_indices(split)
+        if not self.records and not len(self.maps):
+            raise CorpusError(f"the {split} split of {corpus.root} holds no conversations and no maps")
+        self.recognition_fraction = recognition_fraction if len(self.maps) else 0.0
+        if not self.records:
+            self.recognition_fraction = 1.0
+        self.augment = augment
+
+    def sample(self, rng: random.Random) -> Example:
+        if rng.random() < self.recognition_fraction:
+            i = int(self.maps[rng.randrange(len(self.maps))])
+            return recognition_example(self.corpus.grids[i], self.corpus.labels[i], rng, self.augment)
+        return self.corpus.example(self.records[rng.randrange(len(self.records))])
+
+    def batch(self, seed: Sequence[int], size: int) -> list[Example]:
+        """A reproducible batch: the same seed (e.g. run seed, step, process) gives the same examples."""
+        rng = random.Random("-".join(str(s) for s in seed))
+        return [self.sample(rng) for _ in range(size)]
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def training_messages(example: Example) -> list[dict]:
+    """Chat messages of a whole example (the prompt exactly as at inference, plus the final answer)."""
+    texts = example.texts
+    if len(texts) < 2 or len(texts) % 2:
+        raise ValueError(f"an example needs user/assistant pairs; got {len(texts)} texts")
+    history = [Turn("user" if i % 2 == 0 else "assistant", t) for i, t in enumerate(texts[:-2])]
+    messages = build_messages(example.wafer, history, texts[-2])
+    messages.append({"role": "assistant", "content": [{"type": "text", "text": texts[-1]}]})
+    return messages
+
+
+def _tokenizer(processor: Any) -> Any:
+    return getattr(processor, "tokenizer", processor)
+
+
+def encode_example(processor: Any, example: Example, max_length: int) -> dict:
+    """input_ids, labels (answer tokens only; the rest IGNORE_INDEX) and pixel_values for one example."""
+    messages = training_messages(example)
+    images = images_of(messages)
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        full = processor.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise ValueError(
+                "the processor's chat template does not render a conversation as prefix + answer; "
+                "answer-only labels cannot be derived from it"
+            )
+        segments += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
+        done = full
+    tokenizer = _tokenizer(processor)
+    ids: list[int] = []
+    labels: list[int] = []
+    pixel_values = None
+    for n, (text, is_answer) in enumerate(segments):
+        if n == 0 and images:
+            encoded = processor(text=[text], images=images, return_tensors="pt")
+            pixel_values = encoded["pixel_values"]
+            piece = encoded["input_ids"][0].tolist()
+        elif n == 0:
+            piece = tokenizer(text)["input_ids"]
+        else:
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if n > 0 and len(ids) + len(piece) > max_length:
+            if is_answer and not any(label != IGNORE_INDEX for label in labels):
+                piece = piece[: max_length - len(ids)]  # keep at least a truncated first answer
+            else:
+                if not is_answer:
+                    break
+                # drop the prompt of this unfinished turn too
+                break
+        ids += piece
+        labels += piece if is_answer else [IGNORE_INDEX] * len(piece)
+    # never leave a trailing prompt without its answer
+    while labels and labels[-1] == IGNORE_INDEX:
+        ids.pop()
+        labels.pop()
+    if not ids:
+        raise ValueError(f"the first turn alone is longer than max_length={max_length} tokens")
+    return {"input_ids": ids, "labels": labels, "pixel_values": pixel_values}
+
+
+def collate(encoded: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch tensors (positions start at 0 for every row, as in generation)."""
+    length = max(len(e["input_ids"]) for e in encoded)
+    input_ids = torch.full((len(encoded), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(encoded), length), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(encoded), length), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        n = len(e["input_ids"])
+        input_ids[row, :n] = torch.tensor(e["input_ids"])
+        labels[row, :n] = torch.tensor(e["labels"])
+        attention[row, :n] = 1
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+    pixels = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)
+    return batch
+
+
+def class_labels(labels: np.ndarray) -> list[tuple[str, ...]]:
+    return [tuple(k for k, v in zip(PATTERN_KEYS, row) if v) for row in labels]

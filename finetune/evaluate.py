@@ -1,0 +1,246 @@
+"""Evaluation through generation: ask the model what each map shows, parse its answer, score it.
+
+`defect-glm eval` calls `evaluate_file`. Every map gets one natural-language recognition
+question (from `data_tools.phrasing.RECOGNITION_QUESTIONS`, English and Chinese alternately);
+the generated answer is parsed back to a pattern set by `finetune.answer_parser` and compared with
+the labels. Scores: exact match (all 8 patterns right), per-pattern precision/recall/F1, per
+class, per language, the Defect-GLM protocol (36 classes: Near-full and Random excluded),
+ms per map, and a number check (failing dies and yield asked on a sample, compared with the map
+within ±1 die / ±0.5 %). `--report DIR` adds a confusion-matrix PNG and a Markdown report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_tools.phrasing import COUNT_QUESTIONS, RECOGNITION_QUESTIONS
+from data_tools.taxonomy import CLASS_NAMES, DEFECT_GLM_36, PATTERN_KEYS, from_multi_hot, is_valid_combination
+from data_tools.wafer_map import WaferMap
+from finetune.answer_parser import parse_answer
+from model_server.backends.base import GenerationRequest
+
+LANGUAGES = ("en", "zh")
+INVALID = "unparsed/invalid"
+#: Tolerances of the number check.
+DIE_TOLERANCE = 1
+YIELD_TOLERANCE = 0.5
+
+
+class EvaluationError(ValueError):
+    """Bad evaluation input (file, split, limit); the message says what was expected."""
+
+
+def class_label(keys: tuple[str, ...] | None) -> str:
+    if keys is None or not is_valid_combination(keys):
+        return INVALID
+    return "+".join(keys) if keys else "Normal"
+
+
+def score(truth: list[tuple[str, ...]], predicted: list[tuple[str, ...] | None]) -> dict:
+    """Exact match, per-pattern precision/recall/F1, per-class accuracy and the Defect-GLM protocol."""
+    n = len(truth)
+    exact = [p is not None and set(p) == set(t) for t, p in zip(truth, predicted)]
+    per_pattern = {}
+    for key in PATTERN_KEYS:
+        tp = sum(1 for t, p in zip(truth, predicted) if key in t and p is not None and key in p)
+        fp = sum(1 for t, p in zip(truth, predicted) if key not in t and p is not None and key in p)
+        fn = sum(1 for t, p in zip(truth, predicted) if key in t and (p is None or key not in p))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_pattern[key] = {
+            "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "support": tp + fn
+        }
+    classes = [class_label(t) for t in truth]
+    per_class: dict[str, dict] = {}
+    for name in sorted(set(classes), key=CLASS_NAMES.index):
+        rows = [i for i, c in enumerate(classes) if c == name]
+        per_class[name] = {"n": len(rows), "exact_match": round(sum(exact[i] for i in rows) / len(rows), 4)}
+    protocol = [i for i, c in enumerate(classes) if c in DEFECT_GLM_36]
+    return {
+        "exact_match": round(sum(exact) / n, 5) if n else 0.0,
+        "n": n,
+        "correct": int(sum(exact)),
+        "unparsed": sum(1 for p in predicted if p is None),
+        "per_pattern": per_pattern,
+        "macro_f1": round(float(np.mean([v["f1"] for v in per_pattern.values() if v["support"]] or [0.0])), 4),
+        "per_class": per_class,
+        "defect_glm_protocol": {
+            "classes": len(DEFECT_GLM_36),
+            "excluded": ["Near_Full", "Random"],
+            "n": len(protocol),
+            "exact_match": round(sum(exact[i] for i in protocol) / len(protocol), 5) if protocol else 0.0,
+        },
+    }
+
+
+def recognition_scores(
+    model: Any, processor: Any, grids: np.ndarray, labels: np.ndarray, batch_size: int = 32, seed: int = 0,
+    max_new_tokens: int = 48,
+) -> dict:
+    """Ask each map a recognition question, parse the answers and score them (plus timing and samples)."""
+    from finetune.generation import generate_answers
+
+    rng = random.Random(f"questions-{seed}")
+    requests, languages = [], []
+    for i, grid in enumerate(grids):
+        language = LANGUAGES[i % len(LANGUAGES)]
+        languages.append(language)
+        requests.append(GenerationRequest(rng.choice(RECOGNITION_QUESTIONS[language]), WaferMap(grid),
+                                          max_new_tokens=max_new_tokens))
+    started = time.perf_counter()
+    answers = generate_answers(model, processor, requests, batch_size=batch_size)
+    elapsed = time.perf_counter() - started
+    truth = [from_multi_hot(row) for row in labels]
+    predicted = [parse_answer(a) for a in answers]
+    result = score(truth, predicted)
+    result["by_language"] = {
+        lang: score([t for t, g in zip(truth, languages) if g == lang],
+                    [p for p, g in zip(predicted, languages) if g == lang])["exact_match"]
+        for lang in LANGUAGES if lang in languages
+    }
+    result["ms_per_map"] = round(1000 * elapsed / max(1, len(grids)), 2)
+    result["batch_size"] = batch_size
+    result["confusion"] = dict(Counter((class_label(t), class_label(p)) for t, p in zip(truth, predicted)))
+    result["mistakes"] = [
+        {"question": r.question, "answer": a, "truth": class_label(t), "parsed": class_label(p)}
+        for r, a, t, p in zip(requests, answers, truth, predicted)
+        if p is None or set(p) != set(t)
+    ][:20]
+    return result
+
+
+_FAILING = re.compile(r"(\d+)\s*(?:颗)?\s*(?:of the \d+ dies fail|failing|fail|颗失效|失效)")
+_FAILING_ZH = re.compile(r"有\s*(\d+)\s*颗失效")
+_YIELD = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+
+
+def read_failing(answer: str) -> int | None:
+    match = _FAILING_ZH.search(answer) or _FAILING.search(answer)
+    return int(match.group(1)) if match else None
+
+
+def read_yield(answer: str) -> float | None:
+    match = _YIELD.search(answer)
+    return float(match.group(1)) if match else None
+
+
+def number_scores(model: Any, processor: Any, grids: np.ndarray, batch_size: int = 32, seed: int = 0) -> dict:
+    """Ask failing-die count and yield on each map; share within ±1 die / ±0.5 % of the measured values."""
+    from finetune.generation import generate_answers
+
+    rng = random.Random(f"numbers-{seed}")
+    requests, expected = [], []
+    for i, grid in enumerate(grids):
+        wafer = WaferMap(grid)
+        language = LANGUAGES[i % len(LANGUAGES)]
+        requests.append(GenerationRequest(rng.choice(COUNT_QUESTIONS["failing"][language]), wafer, max_new_tokens=48))
+        expected.append(("failing", wafer.failing))
+        requests.append(GenerationRequest(rng.choice(COUNT_QUESTIONS["yield"][language]), wafer, max_new_tokens=48))
+        expected.append(("yield", wafer.yield_percent))
+    answers = generate_answers(model, processor, requests, batch_size=batch_size)
+    ok = {"failing": [], "yield": []}
+    examples = []
+    for (topic, value), answer in zip(expected, answers):
+        got = read_failing(answer) if topic == "failing" else read_yield(answer)
+        tolerance = DIE_TOLERANCE if topic == "failing" else YIELD_TOLERANCE
+        good = got is not None and abs(got - value) <= tolerance
+        ok[topic].append(good)
+        if not good and len(examples) < 10:
+            examples.append({"topic": topic, "expected": round(value, 2), "answer": answer})
+    return {
+        "n_maps": len(grids),
+        "failing_within_1_die": round(float(np.mean(ok["failing"])), 4) if ok["failing"] else None,
+        "yield_within_0_5_pct": round(float(np.mean(ok["yield"])), 4) if ok["yield"] else None,
+        "mistakes": examples,
+    }
+
+
+def select_maps(path: str | Path, split: str = "all", limit: int | None = None, seed: int = 0,
+                val_fraction: float = 0.05, test_fraction: float = 0.10) -> tuple[np.ndarray, np.ndarray]:
+    """Grids and labels of a MixedWM38 file, restricted to a corpus split (by content hash) and a limit."""
+    from data_tools.loaders import DataFormatError, load_mixedwm38
+
+    try:
+        data = load_mixedwm38(path)
+    except DataFormatError as exc:
+        raise EvaluationError(str(exc)) from exc
+    if data.labels is None:
+        raise EvaluationError(f"{path} has no labels; evaluation needs labelled maps")
+    indices = np.arange(len(data))
+    if split != "all":
+        from data_tools.corpus import split_of
+
+        if split not in ("train", "val", "test"):
+            raise EvaluationError(f"--split must be all, train, val or test; got {split!r}")
+        indices = np.array(
+            [i for i in indices if split_of(WaferMap(data.grids[i]).content_hash, val_fraction, test_fraction) == split],
+            dtype=np.int64,
+        )
+    if limit is not None:
+        if limit < 1:
+            raise EvaluationError(f"--limit must be at least 1, got {limit}")
+        if limit < len(indices):
+            indices = np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))
+    if not len(indices):
+        raise EvaluationError(f"no maps of split {split!r} in {path}")
+    return data.grids[indices], data.labels[indices]
+
+
+def evaluate_file(
+    model_dir: str | Path,
+    mixedwm38: str | Path,
+    adapter_dir: str | Path | None = None,
+    split: str = "all",
+    limit: int | None = None,
+    batch_size: int = 32,
+    numbers: int = 50,
+    seed: int = 0,
+    report_dir: str | Path | None = None,
+    threads: int | None = None,
+) -> dict:
+    """Load a checkpoint, evaluate it on a MixedWM38 file, optionally write a report; returns the JSON dict."""
+    import torch
+
+    from finetune.loading import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    grids, labels = select_maps(mixedwm38, split, limit, seed)
+    model, processor = load_model(model_dir, adapter_dir=adapter_dir)
+    result: dict[str, Any] = {
+        "model": str(model_dir),
+        "adapter": None if adapter_dir is None else str(adapter_dir),
+        "file": str(mixedwm38),
+        "split": split,
+        "limit": limit,
+        "torch_threads": torch.get_num_threads(),
+    }
+    result.update(recognition_scores(model, processor, grids, labels, batch_size=batch_size, seed=seed))
+    if numbers:
+        result["numbers"] = number_scores(model, processor, grids[:numbers], batch_size=batch_size, seed=seed)
+    result["confusion"] = [{"truth": t, "predicted": p, "count": c} for (t, p), c in result["confusion"].items()]
+    if report_dir is not None:
+        from finetune.report import write_report
+
+        result["report"] = str(write_report(result, Path(report_dir)))
+    return result
+
+
+def dumps(result: dict) -> str:
+    return json.dumps(result, indent=2, ensure_ascii=False)
+
+
+def write_json(result: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(dumps(result) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

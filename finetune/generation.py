@@ -1,0 +1,146 @@
+"""Greedy answer generation for batches of requests, and a streaming variant for one request.
+
+Used by the evaluator and by the server's hf backend, so what is evaluated is exactly what a
+user gets. Prompts come from `finetune.prompting.build_messages`; batches are left-padded; the
+oldest history turns are dropped when a conversation would not fit the model's context.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from finetune.prompting import build_messages, images_of
+from model_server.backends.base import GenerationRequest
+
+
+class GenerationError(RuntimeError):
+    """Generation failed for a reason the caller can report (prompt too long, bad request)."""
+
+
+def _tokenizer(processor: Any) -> Any:
+    return getattr(processor, "tokenizer", processor)
+
+
+def context_limit(model: Any) -> int:
+    """Maximum sequence length of the model's language decoder."""
+    config = getattr(model, "config", None)
+    text_config = getattr(config, "text_config", None) or config
+    for name in ("max_position_embeddings", "max_sequence_length", "seq_length", "n_positions"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def _encode(processor: Any, texts: list[str], images: list) -> dict:
+    kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+    if images:
+        kwargs["images"] = images
+    return processor(**kwargs)
+
+
+def prepare_prompt(model: Any, processor: Any, request: GenerationRequest) -> tuple[str, list]:
+    """Prompt text and images for one request, oldest turns dropped (in pairs) until it fits."""
+    limit = context_limit(model)
+    history = tuple(request.history)
+    while True:
+        messages = build_messages(request.wafer, history, request.question)
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        images = images_of(messages)
+        length = int(_encode(processor, [text], images)["input_ids"].shape[1])
+        if length + request.max_new_tokens <= limit:
+            return text, images
+        if not history:
+            raise GenerationError(
+                f"the question needs {length} prompt tokens + {request.max_new_tokens} new tokens, "
+                f"more than the model's context of {limit}; ask a shorter question or lower max_new_tokens"
+            )
+        history = history[2:] if len(history) >= 2 else ()
+
+
+def _device_of(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _inputs(model: Any, processor: Any, requests: Sequence[GenerationRequest]) -> dict:
+    texts, images = [], []
+    for request in requests:
+        text, request_images = prepare_prompt(model, processor, request)
+        texts.append(text)
+        images.extend(request_images)
+    _tokenizer(processor).padding_side = "left"
+    inputs = _encode(processor, texts, images)
+    device = _device_of(model)
+    dtype = next(model.parameters()).dtype
+    return {
+        k: (v.to(device=device, dtype=dtype) if k == "pixel_values" else v.to(device)) if torch.is_tensor(v) else v
+        for k, v in inputs.items()
+    }
+
+
+def _generation_kwargs(processor: Any, max_new_tokens: int) -> dict:
+    tokenizer = _tokenizer(processor)
+    return {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def generate_answers(
+    model: Any, processor: Any, requests: list[GenerationRequest], batch_size: int | None = None
+) -> list[str]:
+    """Greedy answers to `requests`, in order; `batch_size` splits a long list into batches."""
+    if not requests:
+        return []
+    size = batch_size or len(requests)
+    answers: list[str] = []
+    tokenizer = _tokenizer(processor)
+    for start in range(0, len(requests), size):
+        chunk = requests[start : start + size]
+        inputs = _inputs(model, processor, chunk)
+        max_new = max(r.max_new_tokens for r in chunk)
+        with torch.inference_mode():
+            output = model.generate(**inputs, **_generation_kwargs(processor, max_new))
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        for row, request in zip(new_tokens, chunk):
+            answers.append(tokenizer.decode(row[: request.max_new_tokens], skip_special_tokens=True).strip())
+    return answers
+
+
+def stream_answer(model: Any, processor: Any, request: GenerationRequest) -> Iterator[str]:
+    """Yield the greedy answer to one request piece by piece as it is generated (for SSE)."""
+    from transformers import TextIteratorStreamer
+
+    inputs = _inputs(model, processor, [request])
+    streamer = TextIteratorStreamer(_tokenizer(processor), skip_prompt=True, skip_special_tokens=True)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(**inputs, **_generation_kwargs(processor, request.max_new_tokens), streamer=streamer)
+        except BaseException as exc:  # reported to the consumer below
+            failure.append(exc)
+            streamer.end()
+
+    worker = threading.Thread(target=run, name="defect-glm-stream", daemon=True)
+    worker.start()
+    first = True
+    for piece in streamer:
+        if first:
+            piece = piece.lstrip()
+            first = False
+        if piece:
+            yield piece
+    worker.join()
+    if failure:
+        raise GenerationError(f"generation failed: {failure[0]}") from failure[0]

@@ -1,0 +1,95 @@
+"""The evaluation report: a confusion-matrix PNG and a Markdown summary of an `evaluate_file` result."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from data_tools.taxonomy import CLASS_NAMES
+
+INVALID = "unparsed/invalid"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def confusion_png(confusion: list[dict], path: Path) -> Path:
+    """Row-normalised confusion matrix (true class × predicted class) over the classes that occur."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = {c["truth"] for c in confusion} | {c["predicted"] for c in confusion}
+    names = [n for n in CLASS_NAMES if n in present] + ([INVALID] if INVALID in present else [])
+    index = {n: i for i, n in enumerate(names)}
+    matrix = np.zeros((len(names), len(names)))
+    for cell in confusion:
+        matrix[index[cell["truth"]], index[cell["predicted"]]] += cell["count"]
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    size = max(6.0, 0.28 * len(names) + 3)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("predicted (parsed from the generated answer)")
+    ax.set_ylabel("true class")
+    for (r, c), value in np.ndenumerate(matrix):
+        if value and r != c:
+            ax.text(c, r, int(value), ha="center", va="center", fontsize=6, color="red")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def markdown(result: dict, image_name: str) -> str:
+    lines = [
+        "# Defect-GLM evaluation",
+        "",
+        f"- model: `{result['model']}`" + (f", adapter `{result['adapter']}`" if result.get("adapter") else ""),
+        f"- data: `{result['file']}` (split: {result['split']}, limit: {result['limit']}), n = {result['n']}",
+        f"- **exact match (all 8 patterns right): {100 * result['exact_match']:.2f}%** "
+        f"({result['correct']}/{result['n']}; unparsed answers: {result['unparsed']})",
+        f"- Defect-GLM protocol ({result['defect_glm_protocol']['classes']} classes, Near-full and Random excluded): "
+        f"{100 * result['defect_glm_protocol']['exact_match']:.2f}% of {result['defect_glm_protocol']['n']}",
+        "- by language: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.get("by_language", {}).items()),
+        f"- speed: {result['ms_per_map']} ms per map (generation, batch {result['batch_size']}, "
+        f"{result['torch_threads']} threads)",
+    ]
+    numbers = result.get("numbers")
+    if numbers:
+        lines.append(
+            f"- numbers on {numbers['n_maps']} maps: failing dies within ±1: {100 * numbers['failing_within_1_die']:.1f}%, "
+            f"yield within ±0.5%: {100 * numbers['yield_within_0_5_pct']:.1f}%"
+        )
+    lines += ["", "## Per pattern", "", "| pattern | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+    for key, v in result["per_pattern"].items():
+        lines.append(f"| {key} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |")
+    lines += ["", "## Per class", "", "| class | n | exact match |", "| --- | --- | --- |"]
+    for name, v in result["per_class"].items():
+        lines.append(f"| {name} | {v['n']} | {100 * v['exact_match']:.2f}% |")
+    lines += ["", "## Confusion matrix", "", f"![confusion matrix]({image_name})", ""]
+    if result.get("mistakes"):
+        lines += ["## Some mistakes", "", "| truth | parsed | answer |", "| --- | --- | --- |"]
+        for m in result["mistakes"]:
+            lines.append(f"| {m['truth']} | {m['parsed']} | {m['answer'].replace('|', '/')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(result: dict, out_dir: Path) -> Path:
+    """Write confusion_matrix.png and report.md into `out_dir`; returns the Markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    confusion_png(result["confusion"], out_dir / "confusion_matrix.png")
+    path = out_dir / "report.md"
+    _atomic_write_text(path, markdown(result, "confusion_matrix.png"))
+    return path

@@ -1,0 +1,97 @@
+"""The `hf` backend: a transformers image-text-to-text checkpoint (optionally + LoRA) run in-process.
+
+A thin wrapper: loading is `finetune.loading.load_model`, prompting and generation are
+`finetune.generation` (the same code the evaluator measures), so the server answers exactly
+as the evaluated model does.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest
+
+
+def checkpoint_version(model_dir: Path, adapter_dir: Path | None = None) -> str:
+    """A short content hash of the weights (and adapter): changes whenever the served model does."""
+    h = hashlib.sha256()
+    for folder in (model_dir, adapter_dir):
+        if folder is None:
+            continue
+        for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + [folder / "config.json"]:
+            if path.is_file():
+                h.update(path.name.encode())
+                with path.open("rb") as fh:
+                    for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                        h.update(block)
+    return h.hexdigest()[:12]
+
+
+class HFBackend(Backend):
+    """Answers with a local transformers model; generation is serialised by the server's batcher."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        adapter_dir: str | Path | None = None,
+        dtype: str = "float32",
+        quantization: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        from finetune.loading import load_model
+
+        self.model_dir = Path(model_dir)
+        self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
+        self.model, self.processor = load_model(
+            self.model_dir, self.adapter_dir, dtype=dtype, quantization=quantization, device=device
+        )
+        name = self.model_dir.resolve().name + (f"+{self.adapter_dir.resolve().name}" if self.adapter_dir else "")
+        self._info = BackendInfo(
+            name=name,
+            version=checkpoint_version(self.model_dir, self.adapter_dir),
+            backend="hf",
+            details={
+                "model_dir": str(self.model_dir),
+                "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
+                "dtype": dtype,
+                "quantization": quantization,
+                "architecture": type(getattr(self.model, "base_model", self.model)).__name__,
+            },
+        )
+        self._lock = threading.Lock()
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
+
+    def generate(self, requests: list[GenerationRequest]) -> list[str]:
+        from finetune.generation import generate_answers
+
+        try:
+            with self._lock:
+                return generate_answers(self.model, self.processor, requests)
+        except Exception as exc:
+            raise BackendError(f"the model failed to answer: {type(exc).__name__}: {exc}") from exc
+
+    def generate_stream(self, request: GenerationRequest) -> Iterator[str]:
+        from finetune.generation import stream_answer
+
+        with self._lock:
+            pieces = stream_answer(self.model, self.processor, request)
+            try:
+                yield from pieces
+            except Exception as exc:
+                raise BackendError(f"the model failed to answer: {type(exc).__name__}: {exc}") from exc
+            finally:
+                pieces.close()
+
+    def close(self) -> None:
+        model: Any = self.__dict__.pop("model", None)
+        self.__dict__.pop("processor", None)
+        del model
+        gc.collect()

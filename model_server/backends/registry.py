@@ -1,0 +1,38 @@
+"""Building the backend a `ServerConfig` asks for (hf, openai, visualglm); heavy imports happen here, lazily."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from model_server.backends.base import Backend
+from model_server.config import ConfigError, ServerConfig
+
+
+def model_dir(config: ServerConfig) -> Path:
+    """The checkpoint to serve: the configured one, else the promoted checkpoint or the committed default."""
+    if config.model is not None:
+        return config.model
+    try:
+        from finetune.checkpoints import serving_model_dir
+    except ImportError as exc:
+        raise ConfigError(f"no model given (--model / DEFECT_GLM_MODEL) and the checkpoint registry is unavailable: {exc}") from exc
+    return Path(serving_model_dir())
+
+
+def create_backend(config: ServerConfig) -> Backend:
+    """Load the configured backend (slow: loads a model or contacts the engine). Raises ConfigError/ValueError."""
+    if config.backend == "openai":
+        from model_server.backends.openai_compat import OpenAIBackend
+
+        assert config.openai_url is not None
+        return OpenAIBackend(config.openai_url, config.openai_model, config.openai_api_key, config.openai_timeout_s)
+    directory = model_dir(config)
+    if config.backend == "visualglm":
+        from model_server.backends.visualglm import VisualGLMBackend
+
+        return VisualGLMBackend(directory, config.adapter, dtype=config.dtype, quantization=config.quantization,
+                                device=config.device)
+    from model_server.backends.hf import HFBackend
+
+    return HFBackend(directory, config.adapter, dtype=config.dtype, quantization=config.quantization,
+                     device=config.device)

@@ -1,0 +1,298 @@
+"""Per-thread conversation memory in one SQLite file (sqlite-utils, WAL mode).
+
+Tables:
+    threads(thread_id, created_at, updated_at, image_sha256, findings, model)
+    turns(id, thread_id, role, text, created_at, image_sha256)   -- image_sha256 on the user turn that brought it
+    images(sha256, data, grid, rows, cols, created_at)            -- each image once, by content hash
+
+A question and its answer are written in one transaction (`record_exchange`), so a process
+killed mid-request leaves the thread as it was before that request: never a question without
+its answer, never a half-written row. WAL with synchronous=NORMAL keeps the file consistent
+across crashes of the process.
+
+Bounded: at most `max_threads` threads (least recently updated evicted first), threads idle
+longer than `ttl_s` are forgotten, at most `max_stored_turns` turns per thread. Images no
+thread refers to any more are deleted with their last thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+from data_tools.wafer_map import WaferMap
+
+SCHEMA_VERSION = 1
+
+
+class ThreadMemoryError(RuntimeError):
+    """The memory file cannot be opened or used (message says which file and why)."""
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image as received, with the die grid read from it."""
+
+    sha256: str
+    data: bytes
+    grid: np.ndarray
+
+    @classmethod
+    def from_bytes(cls, data: bytes, wafer: WaferMap) -> StoredImage:
+        return cls(hashlib.sha256(data).hexdigest(), data, wafer.grid)
+
+    @property
+    def wafer(self) -> WaferMap:
+        return WaferMap(self.grid)
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    role: str
+    text: str
+    created_at: float
+    image_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredThread:
+    thread_id: str
+    created_at: float
+    updated_at: float
+    image_sha256: str | None
+    findings: dict | None
+    model: str | None
+    turns: tuple[StoredTurn, ...]
+
+
+@dataclass(frozen=True)
+class ThreadContext:
+    """What the next answer in a thread needs: the thread's map and the turns about it, trimmed."""
+
+    exists: bool
+    image: StoredImage | None
+    findings: dict | None
+    history: tuple[StoredTurn, ...]  # oldest first; only turns since the current image was sent
+
+
+class ThreadMemory:
+    """Thread memory backed by one SQLite file; safe to use from several threads of one process."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_threads: int = 10_000,
+        ttl_s: float = 30 * 24 * 3600.0,
+        max_stored_turns: int = 200,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_threads < 1 or max_stored_turns < 1 or ttl_s < 0:
+            raise ValueError(
+                f"memory limits must be positive: max_threads={max_threads}, "
+                f"max_stored_turns={max_stored_turns}, ttl_s={ttl_s}"
+            )
+        self.path = Path(path)
+        self.max_threads = max_threads
+        self.ttl_s = ttl_s
+        self.max_stored_turns = max_stored_turns
+        self._clock = clock
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0)
+            self.db = sqlite_utils.Database(conn)
+            self.db.enable_wal()
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._create_schema()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise ThreadMemoryError(f"cannot open thread memory at {self.path}: {exc}") from exc
+
+    def _create_schema(self) -> None:
+        db = self.db
+        with db.conn:
+            db["threads"].create(
+                {"thread_id": str, "created_at": float, "updated_at": float, "image_sha256": str,
+                 "findings": str, "model": str},
+                pk="thread_id", if_not_exists=True,
+            )
+            db["turns"].create(
+                {"id": int, "thread_id": str, "role": str, "text": str, "created_at": float, "image_sha256": str},
+                pk="id", if_not_exists=True,
+            )
+            db["images"].create(
+                {"sha256": str, "data": bytes, "grid": str, "rows": int, "cols": int, "created_at": float},
+                pk="sha256", if_not_exists=True,
+            )
+            db["turns"].create_index(["thread_id", "id"], if_not_exists=True)
+            db["threads"].create_index(["updated_at"], if_not_exists=True)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.conn.close()
+
+    # ------------------------------------------------------------------ reading
+    def _expired(self, updated_at: float) -> bool:
+        return self.ttl_s > 0 and updated_at < self._clock() - self.ttl_s
+
+    def _thread_row(self, thread_id: str) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM threads WHERE thread_id = ?", [thread_id]))
+        if not rows or self._expired(rows[0]["updated_at"]):
+            return None
+        return rows[0]
+
+    def get(self, thread_id: str) -> StoredThread | None:
+        """The whole stored thread, or None if unknown or expired."""
+        with self._lock:
+            row = self._thread_row(thread_id)
+            if row is None:
+                return None
+            turns = tuple(
+                StoredTurn(t["role"], t["text"], t["created_at"], t["image_sha256"])
+                for t in self.db.query(
+                    "SELECT role, text, created_at, image_sha256 FROM turns WHERE thread_id = ? ORDER BY id",
+                    [thread_id],
+                )
+            )
+        return StoredThread(
+            thread_id=row["thread_id"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            image_sha256=row["image_sha256"],
+            findings=json.loads(row["findings"]) if row["findings"] else None,
+            model=row["model"],
+            turns=turns,
+        )
+
+    def image(self, sha256: str) -> StoredImage | None:
+        with self._lock:
+            rows = list(self.db.query("SELECT sha256, data, grid FROM images WHERE sha256 = ?", [sha256]))
+        if not rows:
+            return None
+        grid = np.asarray(json.loads(rows[0]["grid"]), dtype=np.uint8)
+        return StoredImage(rows[0]["sha256"], bytes(rows[0]["data"]), grid)
+
+    def context(self, thread_id: str, max_turns: int) -> ThreadContext:
+        """The thread's current image and the last `max_turns` turns since that image arrived.
+
+        The history always starts with a user turn (a trimmed pair is dropped whole).
+        """
+        thread = self.get(thread_id)
+        if thread is None:
+            return ThreadContext(False, None, None, ())
+        turns = list(thread.turns)
+        if thread.image_sha256 is not None:
+            starts = [i for i, t in enumerate(turns) if t.image_sha256 == thread.image_sha256]
+            if starts:
+                turns = turns[starts[-1]:]
+        turns = turns[-max_turns:] if max_turns > 0 else []
+        while turns and turns[0].role != "user":
+            turns.pop(0)
+        image = self.image(thread.image_sha256) if thread.image_sha256 else None
+        return ThreadContext(True, image, thread.findings, tuple(turns))
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self.db.execute("SELECT count(*) FROM threads").fetchone()[0])
+
+    # ------------------------------------------------------------------ writing
+    def record_exchange(
+        self,
+        thread_id: str,
+        question: str,
+        answer: str,
+        *,
+        image: StoredImage | None = None,
+        findings: dict | None = None,
+        model: str | None = None,
+    ) -> None:
+        """Store a question and its answer (and a newly sent image with its findings) in one transaction."""
+        now = self._clock()
+        with self._lock, self.db.conn:
+            row = self._thread_row(thread_id)
+            if row is None:
+                # an expired thread with this id is replaced by a fresh one
+                self._delete_rows(thread_id)
+            if image is not None:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO images (sha256, data, grid, rows, cols, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [image.sha256, image.data, json.dumps(image.grid.astype(int).tolist()),
+                     int(image.grid.shape[0]), int(image.grid.shape[1]), now],
+                )
+            image_sha = image.sha256 if image is not None else (row["image_sha256"] if row else None)
+            findings_json = json.dumps(findings) if findings is not None else (row["findings"] if row else None)
+            self.db.execute(
+                "INSERT INTO threads (thread_id, created_at, updated_at, image_sha256, findings, model) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
+                "image_sha256 = excluded.image_sha256, findings = excluded.findings, model = excluded.model",
+                [thread_id, now, now, image_sha, findings_json, model],
+            )
+            self.db.execute(
+                "INSERT INTO turns (thread_id, role, text, created_at, image_sha256) VALUES (?, 'user', ?, ?, ?)",
+                [thread_id, question, now, image.sha256 if image is not None else None],
+            )
+            self.db.execute(
+                "INSERT INTO turns (thread_id, role, text, created_at, image_sha256) VALUES (?, 'assistant', ?, ?, NULL)",
+                [thread_id, answer, now],
+            )
+            self.db.execute(
+                "DELETE FROM turns WHERE thread_id = ? AND id NOT IN "
+                "(SELECT id FROM turns WHERE thread_id = ? ORDER BY id DESC LIMIT ?)",
+                [thread_id, thread_id, self.max_stored_turns],
+            )
+            if row is None:
+                self._evict_locked(now)
+
+    def delete(self, thread_id: str) -> bool:
+        """Forget a thread, its turns and (if no other thread uses it) its image. True if it existed."""
+        with self._lock, self.db.conn:
+            existed = self._thread_row(thread_id) is not None
+            self._delete_rows(thread_id)
+            self._delete_orphan_images()
+        return existed
+
+    def evict(self) -> int:
+        """Forget expired threads and the least recently used beyond `max_threads`. Returns how many."""
+        with self._lock, self.db.conn:
+            return self._evict_locked(self._clock())
+
+    def _delete_rows(self, thread_id: str) -> None:
+        self.db.execute("DELETE FROM turns WHERE thread_id = ?", [thread_id])
+        self.db.execute("DELETE FROM threads WHERE thread_id = ?", [thread_id])
+
+    def _delete_orphan_images(self) -> None:
+        self.db.execute(
+            "DELETE FROM images WHERE sha256 NOT IN (SELECT image_sha256 FROM threads WHERE image_sha256 IS NOT NULL) "
+            "AND sha256 NOT IN (SELECT image_sha256 FROM turns WHERE image_sha256 IS NOT NULL)"
+        )
+
+    def _evict_locked(self, now: float) -> int:
+        doomed: list[str] = []
+        if self.ttl_s > 0:
+            doomed += [r[0] for r in self.db.execute(
+                "SELECT thread_id FROM threads WHERE updated_at < ?", [now - self.ttl_s]).fetchall()]
+        total = int(self.db.execute("SELECT count(*) FROM threads").fetchone()[0]) - len(doomed)
+        if total > self.max_threads:
+            doomed += [r[0] for r in self.db.execute(
+                "SELECT thread_id FROM threads WHERE updated_at >= ? ORDER BY updated_at, thread_id LIMIT ?",
+                [now - self.ttl_s if self.ttl_s > 0 else float("-inf"), total - self.max_threads]).fetchall()]
+        for thread_id in doomed:
+            self._delete_rows(thread_id)
+        if doomed:
+            self._delete_orphan_images()
+        return len(doomed)
+
+    def integrity_ok(self) -> bool:
+        """SQLite's own consistency check of the file."""
+        with self._lock:
+            return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -1,0 +1,223 @@
+"""The thread API (the bot's path): messages with per-thread memory, reading and forgetting a thread.
+
+POST /v1/threads/{thread_id}/messages takes multipart (``text``, optional ``image`` file) or
+JSON (``text``, optional base64 ``image``). Work on one thread is serialised in arrival order
+(the lock is taken before the body is read); different threads run concurrently and are
+batched together by the model worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from aiohttp import BodyPartReader, web
+
+from data_tools.wafer_map import WaferMap
+from model_server import intake, wire
+from model_server.backends.base import GenerationRequest, Turn
+from model_server.batching import ModelFailure, QueueFull
+from model_server.errors import ApiError, bad_request
+from model_server.findings import build_findings, parse_patterns, recognition_question
+from model_server.memory import StoredImage
+from model_server.state import REQUEST_ID, STATE, ServerState
+
+#: Size of the pieces a multipart body is read in.
+_CHUNK = 64 * 1024
+
+
+def thread_id_of(request: web.Request) -> str:
+    thread_id = request.match_info["thread_id"]
+    if not wire.valid_thread_id(thread_id):
+        raise bad_request(
+            wire.CODE_INVALID_THREAD_ID,
+            f"thread id {thread_id[:140]!r} is not valid: use 1-128 characters from letters, digits and . _ : @ -",
+        )
+    return thread_id
+
+
+async def _read_part(part: BodyPartReader, limit: int, too_big: ApiError) -> bytes:
+    data = bytearray()
+    while True:
+        chunk = await part.read_chunk(_CHUNK)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+        if len(data) > limit:
+            raise too_big
+
+
+async def read_message(request: web.Request, state: ServerState) -> tuple[str, bytes | None]:
+    """(text, image bytes or None) from a multipart or JSON body, within the configured limits."""
+    cfg = state.config
+    text_limit_bytes = cfg.max_text_chars * 4 + 64  # UTF-8 needs at most 4 bytes a character
+    image_too_big = ApiError(
+        413, wire.INVALID_REQUEST, wire.CODE_IMAGE_TOO_LARGE,
+        f"the image is larger than the limit of {cfg.max_image_bytes} bytes",
+    )
+    if request.content_type == "multipart/form-data":
+        text: object = None
+        image: bytes | None = None
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise bad_request(wire.CODE_INVALID_FIELD, "nested multipart bodies are not accepted")
+            if part.name == wire.FIELD_TEXT:
+                raw = await _read_part(part, text_limit_bytes, bad_request(
+                    wire.CODE_TEXT_TOO_LONG, f"'text' is longer than the limit of {cfg.max_text_chars} characters"))
+                text = raw.decode(part.get_charset(default="utf-8"), errors="replace")
+            elif part.name == wire.FIELD_IMAGE:
+                image = await _read_part(part, cfg.max_image_bytes, image_too_big)
+            else:
+                raise bad_request(wire.CODE_INVALID_FIELD,
+                                  f"unexpected form field {part.name!r}; send 'text' and optionally 'image'")
+        return intake.check_text(text, cfg.max_text_chars, allow_empty=image is not None), image
+    if request.content_type == "application/json":
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise bad_request(wire.CODE_INVALID_JSON, f"the body must be a JSON object, got {type(body).__name__}")
+        unknown = sorted(set(body) - {wire.FIELD_TEXT, wire.FIELD_IMAGE})
+        if unknown:
+            raise bad_request(wire.CODE_INVALID_FIELD, f"unexpected fields {unknown}; send 'text' and optionally 'image'")
+        raw_image = body.get(wire.FIELD_IMAGE)
+        image = None
+        if raw_image is not None:
+            if not isinstance(raw_image, str):
+                raise bad_request(wire.CODE_INVALID_FIELD,
+                                  f"'image' must be a base64 string, got {type(raw_image).__name__}")
+            if len(raw_image) * 3 // 4 > cfg.max_image_bytes + 3:
+                raise image_too_big
+            try:
+                image = wire.decode_base64_image(raw_image)
+            except wire.WireFormatError as exc:
+                raise bad_request(wire.CODE_INVALID_BASE64, str(exc)) from exc
+        text = intake.check_text(body.get(wire.FIELD_TEXT), cfg.max_text_chars, allow_empty=image is not None)
+        return text, image
+    raise ApiError(415, wire.INVALID_REQUEST, wire.CODE_INVALID_FIELD,
+                   f"send multipart/form-data or application/json, not {request.content_type or 'an empty body'}")
+
+
+async def read_json(request: web.Request) -> object:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(413, wire.INVALID_REQUEST, wire.CODE_REQUEST_TOO_LARGE,
+                       f"the request body is larger than the limit of {request.app._client_max_size} bytes") from exc
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(wire.CODE_INVALID_JSON, f"the body is not valid JSON: {exc}") from exc
+
+
+async def image_to_wafer(state: ServerState, data: bytes) -> WaferMap:
+    """Check the image against the limits and read its die grid (off the event loop)."""
+    cfg = state.config
+
+    def work() -> WaferMap:
+        image = intake.open_image(
+            data, max_bytes=cfg.max_image_bytes, max_pixels=cfg.max_image_pixels, formats=cfg.image_formats
+        )
+        return intake.read_wafer(image, cfg.max_image_pixels)
+
+    return await asyncio.get_running_loop().run_in_executor(None, work)
+
+
+async def run_model(state: ServerState, requests: list[GenerationRequest], request_id: str) -> list[str]:
+    """Answers from the batcher, with model trouble turned into the API's errors."""
+    state.backend  # noqa: B018  (503 while not ready)
+    assert state.batcher is not None
+    try:
+        return await state.batcher.generate(requests, timeout=state.config.request_timeout_s)
+    except QueueFull as exc:
+        raise ApiError(429, wire.RATE_LIMIT, wire.CODE_QUEUE_FULL, str(exc),
+                       {wire.RETRY_AFTER_HEADER: str(exc.retry_after)}) from exc
+    except ModelFailure as exc:
+        raise ApiError(500, wire.SERVER_ERROR, wire.CODE_MODEL_ERROR,
+                       f"the model failed to answer (request id {request_id}); the server is still serving, "
+                       "try again or report the request id") from exc
+    except TimeoutError as exc:
+        raise ApiError(503, wire.UNAVAILABLE, wire.CODE_NOT_READY,
+                       f"no answer within {state.config.request_timeout_s:g} s; the server is overloaded",
+                       {wire.RETRY_AFTER_HEADER: str(state.batcher.retry_after())}) from exc
+
+
+async def post_message(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    thread_id = thread_id_of(request)
+    started = time.perf_counter()
+    async with state.thread_lock(thread_id):
+        text, image_bytes = await read_message(request, state)
+        state.backend  # noqa: B018  (503 before reading images while the model loads)
+        new_image: StoredImage | None = None
+        wafer: WaferMap | None = None
+        if image_bytes is not None:
+            wafer = await image_to_wafer(state, image_bytes)
+            new_image = StoredImage.from_bytes(image_bytes, wafer)
+        ctx = state.memory.context(thread_id, state.max_history_turns())
+        if new_image is not None and ctx.image is not None and ctx.image.sha256 == new_image.sha256:
+            new_image = None  # the same image again: keep the thread's findings and history
+        question = text or recognition_question()
+        max_new = state.config.max_new_tokens
+        findings_json = ctx.findings
+        if new_image is not None:
+            assert wafer is not None
+            recognition = recognition_question()
+            asks = [GenerationRequest(question, wafer, (), max_new)]
+            if question != recognition:
+                asks.append(GenerationRequest(recognition, wafer, (), max_new))
+            answers = await run_model(state, asks, request[REQUEST_ID])
+            findings_json = build_findings(wafer, parse_patterns(answers[-1])).to_json()
+        else:
+            wafer = ctx.image.wafer if ctx.image is not None else None
+            history = tuple(Turn(t.role, t.text) for t in ctx.history)  # type: ignore[arg-type]
+            answers = await run_model(state, [GenerationRequest(question, wafer, history, max_new)],
+                                      request[REQUEST_ID])
+        answer = answers[0]
+        model = state.info.name
+        state.memory.record_exchange(thread_id, question, answer, image=new_image,
+                                     findings=findings_json if new_image is not None else None, model=model)
+    reply = wire.ThreadReply(
+        thread_id=thread_id,
+        answer=answer,
+        findings=None if findings_json is None else wire.Findings.from_json(findings_json),
+        model=model,
+        latency_ms=(time.perf_counter() - started) * 1000.0,
+    )
+    return web.json_response(reply.to_json())
+
+
+def thread_view(state: ServerState, thread_id: str) -> wire.ThreadView:
+    thread = state.memory.get(thread_id)
+    if thread is None:
+        raise ApiError(404, wire.NOT_FOUND, wire.CODE_THREAD_NOT_FOUND,
+                       f"no thread {thread_id!r} (never started, deleted, or expired)")
+    return wire.ThreadView(
+        thread_id=thread.thread_id,
+        created_at=thread.created_at,
+        updated_at=thread.updated_at,
+        image_sha256=thread.image_sha256,
+        findings=None if thread.findings is None else wire.Findings.from_json(thread.findings),
+        turns=[wire.TurnView(t.role, t.text, t.created_at, t.image_sha256 is not None) for t in thread.turns],
+    )
+
+
+async def get_thread(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response(thread_view(state, thread_id_of(request)).to_json())
+
+
+async def delete_thread(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    thread_id = thread_id_of(request)
+    async with state.thread_lock(thread_id):
+        existed = state.memory.delete(thread_id)
+    if not existed:
+        raise ApiError(404, wire.NOT_FOUND, wire.CODE_THREAD_NOT_FOUND, f"no thread {thread_id!r} to delete")
+    return web.json_response({"thread_id": thread_id, "deleted": True})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/threads/{thread_id}/messages", post_message)
+    app.router.add_get("/v1/threads/{thread_id}", get_thread)
+    app.router.add_delete("/v1/threads/{thread_id}", delete_thread)

@@ -1,0 +1,344 @@
+"""Answers, conversations and the corpus builder (`defect-glm data build`) on small hand-made and real data."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_tools import answers as A
+from data_tools.corpus import (
+    RECOGNITION_QUESTIONS,
+    CorpusConfig,
+    CorpusError,
+    build_corpus,
+    recognition_answer,
+    sample_conversation,
+    split_of,
+)
+from data_tools.dialogue import KINDS, MapContext, sample_dialogue
+from data_tools.taxonomy import BY_KEY, CLASSES, PATTERN_KEYS, to_multi_hot
+from data_tools.wafer_map import FAIL, GOOD, WaferMap
+
+ROOT = Path(__file__).resolve().parents[1]
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+# ---------------------------------------------------------------- hand-made maps
+
+
+def disc(size: int = 52) -> np.ndarray:
+    rows, cols = np.indices((size, size))
+    r = np.hypot(rows - (size - 1) / 2, cols - (size - 1) / 2)
+    return np.where(r <= size / 2 - 1, GOOD, 0).astype(np.uint8)
+
+
+def noisy(grid: np.ndarray, seed: int, rate: float = 0.08) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = grid.copy()
+    out[(grid == GOOD) & (rng.random(grid.shape) < rate)] = FAIL
+    return out
+
+
+def with_centre(grid: np.ndarray) -> np.ndarray:
+    out = grid.copy()
+    rows, cols = np.indices(grid.shape)
+    out[(np.hypot(rows - 25.5, cols - 25.5) < 7) & (grid > 0)] = FAIL
+    return out
+
+
+def with_scratch(grid: np.ndarray) -> np.ndarray:
+    out = grid.copy()
+    for t in np.linspace(0, 1, 40):
+        out[round(36 + 6 * t), round(8 + 24 * t)] = FAIL
+    return out
+
+
+def parse_listed(answer: str, language: str) -> list[str]:
+    """The pattern names a recognition answer lists (the text between the colon and the full stop)."""
+    colon, stop = (":", ".") if language == "en" else ("：", "。")
+    listed = answer.split(colon, 1)[1].rsplit(stop, 1)[0].strip()
+    if language == "en":
+        return [n.strip() for n in re.split(r",\s*|\s+and\s+", listed)]
+    return listed.split("、")
+
+
+# ---------------------------------------------------------------- answers
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_recognition_answer_states_the_full_pattern_set(language, variant):
+    for cls in CLASSES:
+        answer = recognition_answer(cls.patterns, language, variant)
+        if not cls.patterns:
+            assert ("normal" in answer) if language == "en" else ("正常" in answer)
+            continue
+        expected = [BY_KEY[k].english if language == "en" else BY_KEY[k].chinese for k in cls.patterns]
+        assert parse_listed(answer, language) == expected, answer
+
+
+def test_recognition_answer_variants_differ_and_bad_language_fails():
+    assert len({recognition_answer(["Center", "Scratch"], "en", v) for v in range(3)}) == 3
+    with pytest.raises(ValueError, match="'en' or 'zh'"):
+        recognition_answer(["Center"], "de")
+
+
+def test_count_answers_quote_the_measured_numbers():
+    grid = disc()
+    grid[20:23, 20:23] = FAIL  # 9 failing dies
+    wafer = WaferMap(grid)
+    facts = wafer.facts()
+    assert facts["failing"] == 9
+    assert A.count_answer(facts, "failing", "en") == f"9 of the {wafer.dies} dies fail."
+    assert f"{wafer.yield_percent:.2f}%" in A.count_answer(facts, "yield", "zh")
+    centre = facts["zones"]["center"]
+    assert A.count_answer(facts, "zone", "en", zone="center") == f"9 of the {centre['dies']} dies in the centre zone fail."
+    assert "1 cluster;" in A.count_answer(facts, "clusters", "en")
+    with pytest.raises(ValueError, match="count topic"):
+        A.count_answer(facts, "weight", "en")
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_yes_no_answers_for_present_and_absent_patterns(language):
+    wafer = WaferMap(with_scratch(with_centre(noisy(disc(), 1))))
+    context = MapContext.of(wafer, ["Center", "Scratch"])
+    yes, no = ("Yes", "No") if language == "en" else ("是的", "没有")
+    for key in PATTERN_KEYS:
+        location = next((x for x in context.locations if x.key == key), None)
+        answer = A.yesno_answer(key, context.patterns, language, location, context.facts)
+        assert answer.startswith(yes if key in context.patterns else no), (key, answer)
+    normal = A.yesno_answer("Donut", [], language)
+    assert normal.startswith(no) and ("normal" in normal or "正常" in normal)
+
+
+def test_cause_and_check_answers_name_every_pattern_and_separate_mixtures():
+    text = A.cause_answer(["Center", "Scratch"], "en")
+    assert text.startswith("This wafer shows Center and Scratch.")
+    assert "CMP" in text and "To separate the contributors" in text
+    zh = A.check_answer(["Edge_Ring"], "zh")
+    assert zh.startswith("这片晶圆的缺陷模式是：边缘环。") and "去边" in zh
+    assert "normal" in A.cause_answer([], "en")
+
+
+# ---------------------------------------------------------------- conversations
+
+
+def _context() -> MapContext:
+    return MapContext.of(WaferMap(with_scratch(with_centre(noisy(disc(), 2)))), ["Center", "Scratch"])
+
+
+def test_conversations_are_deterministic_alternate_roles_and_keep_one_language():
+    context = _context()
+    for seed in range(40):
+        language = "zh" if seed % 2 else "en"
+        a = sample_dialogue(context, random.Random(seed), language)
+        b = sample_dialogue(context, random.Random(seed), language)
+        assert a == b
+        roles = [m["role"] for m in a.messages]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
+        for message in a.messages:
+            assert bool(CJK.search(message["content"])) == (language == "zh"), message
+        assert set(a.kinds) <= set(KINDS)
+
+
+def test_kinds_restrict_the_questions():
+    context = _context()
+    for seed in range(20):
+        only = sample_dialogue(context, random.Random(seed), "en", kinds=["recognition"])
+        assert only.kinds == ("recognition",) and len(only.messages) == 2
+        assert only.messages[0]["content"] in RECOGNITION_QUESTIONS["en"]
+    with pytest.raises(ValueError, match="unknown conversation kinds"):
+        sample_dialogue(context, random.Random(0), "en", kinds=["poetry"])
+    with pytest.raises(ValueError, match="no conversation scenario"):
+        sample_dialogue(context, random.Random(0), "en", kinds=["followup"])
+
+
+def test_follow_ups_rely_on_earlier_turns():
+    context = _context()
+    found = Counter()
+    for seed in range(400):
+        conv = sample_dialogue(context, random.Random(seed), "en" if seed % 2 else "zh")
+        questions = [m["content"] for m in conv.messages[0::2]]
+        replies = [m["content"] for m in conv.messages[1::2]]
+        for i, question in enumerate(questions):
+            if question in ("And the second one?", "What about the second one?", "那第二个呢？", "第二个呢？"):
+                # same kind of question as the turn before, now about Scratch (the second pattern)
+                assert "Scratch" in replies[i] or "划痕" in replies[i]
+                assert "Scratch" not in replies[i - 1] and "划痕" not in replies[i - 1]
+                found["second"] += 1
+            if question in ("那良率呢？", "What about the yield?"):
+                assert f"{context.facts['yield']:.2f}%" in replies[i]
+                found["yield"] += 1
+            if question in ("What could cause them?", "这些可能是什么原因？"):
+                assert i > 0 and ("CMP" in replies[i])
+                found["cause"] += 1
+    assert found["second"] and found["yield"] and found["cause"], found
+
+
+def test_sample_conversation_for_a_normal_map():
+    messages = sample_conversation(WaferMap(noisy(disc(), 5, 0.01)), [], random.Random(3), "en", kinds=["recognition"])
+    assert "normal" in messages[1]["content"]
+
+
+# ---------------------------------------------------------------- splits
+
+
+def test_split_depends_only_on_the_hash_and_matches_fractions():
+    hashes = [f"{i:016x}" for i in range(4000)]
+    splits = [split_of(h, 0.1, 0.2) for h in hashes]
+    assert splits == [split_of(h, 0.1, 0.2) for h in hashes]
+    counts = Counter(splits)
+    assert abs(counts["test"] / 4000 - 0.2) < 0.03 and abs(counts["val"] / 4000 - 0.1) < 0.03
+    assert set(split_of(h, 0.0, 0.0) for h in hashes[:50]) == {"train"}
+
+
+# ---------------------------------------------------------------- building
+
+
+def _fixture_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """12 maps in the MixedWM38 layout, with two exact duplicates."""
+    grids, labels = [], []
+    for i in range(5):
+        grids.append(noisy(disc(), i))
+        labels.append(to_multi_hot([]))
+        grids.append(with_scratch(with_centre(noisy(disc(), 100 + i))))
+        labels.append(to_multi_hot(["Center", "Scratch"]))
+    grids += [grids[1], grids[2]]
+    labels += [labels[1], labels[2]]
+    g, y = np.stack(grids).astype(np.int32), np.stack(labels).astype(np.int32)
+    np.savez(path, arr_0=g, arr_1=y)
+    return g, y
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`defect-glm data build ARGS` as the installed console script runs it (importing `defect_glm`)."""
+    return subprocess.run(
+        [sys.executable, "-c", "import sys, defect_glm; sys.exit(defect_glm.main())", "data", "build", *args],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+
+
+def _read_corpus(out: Path) -> list[dict]:
+    return [json.loads(line) for s in ("train", "val", "test") for line in (out / f"{s}.jsonl").open(encoding="utf-8")]
+
+
+def test_cli_builds_the_corpus_layout(tmp_path):
+    npz = tmp_path / "maps.npz"
+    grids, labels = _fixture_npz(npz)
+    out = tmp_path / "corpus"
+    result = _run_cli("--mixedwm38", str(npz), "--out", str(out), "-k", "4", "--val-fraction", "0.25",
+                      "--test-fraction", "0.25", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "10 maps" in result.stdout and "2 duplicates merged" in result.stdout
+
+    records = _read_corpus(out)
+    stats = json.loads((out / "stats.json").read_text())
+    assert len(records) == stats["conversations"]["total"] == 40
+    assert len({r["id"] for r in records}) == 40
+    assert stats["maps"]["total"] == 10 and stats["duplicates_merged"] == 2
+    assert sum(stats["by_language"][s].get(lang, 0) for s in ("train", "val", "test") for lang in ("en", "zh")) == 40
+
+    split_by_hash: dict[str, set[str]] = {}
+    for r in records:
+        assert set(r) >= {"id", "map_hash", "image", "split", "class", "patterns", "source", "language", "kinds",
+                          "facts", "messages"}
+        split_by_hash.setdefault(r["map_hash"], set()).add(r["split"])
+        assert r["split"] == split_of(r["map_hash"], 0.25, 0.25)
+        assert r["class"] in ("Normal", "Center+Scratch") and r["source"].startswith("mixedwm38:")
+        image = Image.open(out / r["image"])
+        assert image.size == (52, 52)
+        grid = WaferMap(grids[int(r["source"].split(":")[1])])
+        assert grid.content_hash == r["map_hash"] and r["facts"] == json.loads(json.dumps(grid.facts()))
+    assert all(len(s) == 1 for s in split_by_hash.values())  # duplicates never straddle splits
+    assert len(split_by_hash) == 10
+
+    maps = np.load(out / "maps.npz")
+    assert maps["grids"].shape == (10, 52, 52) and maps["grids"].dtype == np.uint8
+    assert sorted(maps["hashes"].tolist()) == sorted(split_by_hash)
+    for grid, h, y in zip(maps["grids"], maps["hashes"], maps["labels"]):
+        assert WaferMap(grid).content_hash == h
+        assert y.tolist() in (labels[0].tolist(), labels[1].tolist())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_rebuilding_with_the_same_seed_gives_the_same_corpus(tmp_path):
+    npz = tmp_path / "maps.npz"
+    _fixture_npz(npz)
+    config = CorpusConfig(conversations_per_map=2, seed=7)
+    build_corpus(tmp_path / "a", npz, config=config, progress=False)
+    build_corpus(tmp_path / "b", npz, config=config, progress=False)
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    other = build_corpus(tmp_path / "c", npz, config=CorpusConfig(conversations_per_map=2, seed=8), progress=False)
+    assert other["maps"] == json.loads((tmp_path / "a" / "stats.json").read_text())["maps"]  # splits ignore the seed
+
+
+def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path):
+    out = tmp_path / "corpus"
+    missing = _run_cli("--mixedwm38", str(tmp_path / "nope.npz"), "--out", str(out))
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, maps=np.zeros((2, 4, 4)))
+    layout = _run_cli("--mixedwm38", str(wrong), "--out", str(out))
+    assert layout.returncode == 2 and "arr_0" in layout.stderr
+
+    nothing = _run_cli("--out", str(out))
+    assert nothing.returncode == 2 and "nothing to build" in nothing.stderr
+
+    fractions = _run_cli("--mixedwm38", str(wrong), "--out", str(out), "--val-fraction", "0.6", "--test-fraction", "0.5")
+    assert fractions.returncode == 2 and "val + test" in fractions.stderr
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path):
+    npz = tmp_path / "maps.npz"
+    _fixture_npz(npz)
+    out = tmp_path / "corpus"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(CorpusError, match="--overwrite"):
+        build_corpus(out, npz, progress=False)
+    assert (out / "keep.txt").read_text() == "mine"
+    build_corpus(out, npz, config=CorpusConfig(conversations_per_map=1), overwrite=True, progress=False)
+    assert not (out / "keep.txt").exists() and (out / "stats.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "maps.npz"]
+
+
+def test_invalid_labels_are_refused(tmp_path):
+    npz = tmp_path / "bad.npz"
+    grid = noisy(disc(), 0)[None].astype(np.int32)
+    np.savez(npz, arr_0=grid, arr_1=to_multi_hot(["Center", "Donut"])[None])
+    with pytest.raises(CorpusError, match="MixedWM38 class"):
+        build_corpus(tmp_path / "out", npz, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_synthetic_maps_are_added_per_class(tmp_path):
+    pytest.importorskip("data_tools.synthetic")
+    stats = build_corpus(tmp_path / "out", synthetic_per_class=1, config=CorpusConfig(conversations_per_map=1),
+                         progress=False)
+    assert stats["maps_read"] == {"synthetic": 38}
+    assert len(stats["by_class"]) == 38
+    records = _read_corpus(tmp_path / "out")
+    assert all(r["source"].startswith("synthetic:") for r in records)
+
+
+def test_real_maps_recognition_answers_match_labels(real_mixedwm38, tmp_path):
+    stats = build_corpus(tmp_path / "out", real_mixedwm38, config=CorpusConfig(conversations_per_map=2, seed=1),
+                         limit=300, progress=False)
+    assert stats["maps"]["total"] >= 290
+    for r in _read_corpus(tmp_path / "out"):
+        names = [BY_KEY[k].english if r["language"] == "en" else BY_KEY[k].chinese for k in r["patterns"]]
+        for question, answer in zip(r["messages"][0::2], r["messages"][1::2]):
+            if question["content"] in RECOGNITION_QUESTIONS[r["language"]] and r["patterns"]:
+                assert parse_listed(answer["content"], r["language"]) == names

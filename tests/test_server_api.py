@@ -1,0 +1,304 @@
+"""The thread API on a real server (tiny hf model, 127.0.0.1, ephemeral port): memory, errors, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+
+import aiohttp
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_tools.wafer_map import WaferMap
+from finetune.generation import generate_answers
+from model_server import wire
+from model_server.backends.base import GenerationRequest, Turn
+from model_server.backends.hf import HFBackend
+from model_server.client import ModelServerClient, ModelServerError, ModelServerUnavailable
+from model_server.config import ServerConfig
+from model_server.testing import running_server, wafer_grid, wafer_png
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    return HFBackend(tiny_model_dir)
+
+
+def config(tmp_path, **kw) -> ServerConfig:
+    kw.setdefault("max_new_tokens", 8)
+    return ServerConfig(port=0, db=tmp_path / "threads.sqlite", **kw)
+
+
+class _Recording(HFBackend):
+    """The real tiny model; also keeps every request it was asked, to check what the server put in the prompt."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[GenerationRequest] = []
+
+    def generate(self, requests):
+        self.seen.extend(requests)
+        return super().generate(requests)
+
+
+def test_conversation_with_follow_up_from_memory(tmp_path, tiny_model_dir):
+    png = wafer_png("center")
+    backend = _Recording(tiny_model_dir)
+
+    async def go():
+        async with running_server(config(tmp_path), backend) as server, ModelServerClient(server.url) as client:
+            first = await client.send_message("C1:1700000000.0001", "Which patterns are there?", image=png)
+            follow = await client.send_message("C1:1700000000.0001", "How many dies fail?")
+            view = await client.get_thread("C1:1700000000.0001")
+            return first, follow, view
+
+    first, follow, view = asyncio.run(go())
+    wafer = WaferMap(wafer_grid(52, "center"))
+    # findings: numbers measured from the map as read from the image, kept for the follow-up
+    assert first.findings is not None and follow.findings == first.findings
+    assert first.findings.measured == wafer.facts()
+    assert first.findings.grid == wafer.to_list()
+    assert first.model == backend.info.name and first.latency_ms > 0
+    # first message: the user's question and the recognition question, in one batch
+    assert [r.question for r in backend.seen[:2]] == ["Which patterns are there?", "What defects does this wafer show?"]
+    # the follow-up carried no image: the map and the earlier turns came from memory
+    asked = backend.seen[-1]
+    assert asked.question == "How many dies fail?"
+    assert asked.wafer is not None and np.array_equal(asked.wafer.grid, wafer.grid)
+    assert asked.history == (Turn("user", "Which patterns are there?"), Turn("assistant", first.answer))
+    # and its answer is exactly what the model generates for that prompt
+    expected = generate_answers(backend.model, backend.processor, [asked])[0]
+    assert follow.answer == expected
+    assert [(t.role, t.has_image) for t in view.turns] == [("user", True), ("assistant", False),
+                                                           ("user", False), ("assistant", False)]
+    assert view.turns[2].text == "How many dies fail?" and view.turns[3].text == follow.answer
+
+
+def test_threads_never_see_each_other(tmp_path, backend):
+    async def go():
+        async with running_server(config(tmp_path), backend) as server, ModelServerClient(server.url) as client:
+            await client.send_message("a", "first question", image=wafer_png("center"))
+            await client.send_message("b", "other question", image=wafer_png("edge"))
+            await client.send_message("a", "follow up a")
+            return await client.get_thread("a"), await client.get_thread("b")
+
+    a, b = asyncio.run(go())
+    assert [t.text for t in a.turns if t.role == "user"] == ["first question", "follow up a"]
+    assert [t.text for t in b.turns if t.role == "user"] == ["other question"]
+    assert a.findings.measured != b.findings.measured
+
+
+def test_same_thread_answered_in_order(tmp_path, backend):
+    async def go():
+        async with running_server(config(tmp_path), backend) as server, ModelServerClient(server.url) as client:
+            await asyncio.gather(*(client.send_message("t", f"question {i}") for i in range(6)))
+            return await client.get_thread("t")
+
+    view = asyncio.run(go())
+    users = [t.text for t in view.turns if t.role == "user"]
+    assert users == [f"question {i}" for i in range(6)]
+    assert [t.role for t in view.turns] == ["user", "assistant"] * 6
+
+
+def test_json_body_multipart_and_delete(tmp_path, backend):
+    png = wafer_png("edge")
+
+    async def go():
+        async with running_server(config(tmp_path), backend) as server, aiohttp.ClientSession() as http:
+            body = {"text": "What is wrong?", "image": base64.b64encode(png).decode()}
+            async with http.post(f"{server.url}/v1/threads/j1/messages", json=body) as r:
+                assert r.status == 200, await r.text()
+                data = await r.json()
+                assert set(data) == {"thread_id", "answer", "findings", "model", "latency_ms"}
+                assert set(data["findings"]) == {"patterns", "pattern_names", "class", "measured", "grid"}
+                assert r.headers[wire.REQUEST_ID_HEADER]
+            form = aiohttp.FormData()
+            form.add_field("text", "")
+            form.add_field("image", png, filename="w.png", content_type="image/png")
+            async with http.post(f"{server.url}/v1/threads/j2/messages", data=form) as r:
+                assert r.status == 200, await r.text()  # image only: the recognition question is asked
+            async with ModelServerClient(server.url) as client:
+                view = await client.get_thread("j2")
+                assert view.turns[0].text == "What defects does this wafer show?"
+                assert await client.delete_thread("j1") is True
+                assert await client.delete_thread("j1") is False
+                with pytest.raises(ModelServerError) as err:
+                    await client.get_thread("j1")
+                assert err.value.status == 404 and err.value.code == wire.CODE_THREAD_NOT_FOUND
+                assert server.state.memory.image(view.image_sha256) is not None
+                await client.delete_thread("j2")
+                assert server.state.memory.image(view.image_sha256) is None  # the image went with its thread
+
+    asyncio.run(go())
+
+
+def _gif_two_frames() -> bytes:
+    from data_tools.render import render
+
+    first = render(WaferMap(wafer_grid(52, "center")), palette="grey", scale=4)
+    second = Image.new("RGB", first.size, (255, 0, 0))
+    buffer = io.BytesIO()
+    first.save(buffer, format="GIF", save_all=True, append_images=[second])
+    return buffer.getvalue()
+
+
+def _png(size: tuple[int, int], colour=(255, 255, 255)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_every_limit_answers_a_clear_4xx(tmp_path, backend):
+    rng = np.random.default_rng(0)
+    noise = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(noise, format="PNG")
+    tiff = io.BytesIO()
+    Image.open(io.BytesIO(wafer_png())).save(tiff, format="TIFF")
+    cfg = config(tmp_path, max_image_bytes=200_000, max_image_pixels=400 * 400, max_text_chars=50)
+
+    cases = [
+        ("text too long", "x" * 51, None, 400, wire.CODE_TEXT_TOO_LONG),
+        ("no text, no image", "  ", None, 400, wire.CODE_MISSING_TEXT),
+        ("image too large", "q", b"\x89PNG" + bytes(200_001), 413, wire.CODE_IMAGE_TOO_LARGE),
+        ("too many pixels", "q", _png((401, 400)), 413, wire.CODE_IMAGE_TOO_MANY_PIXELS),
+        ("format not accepted", "q", tiff.getvalue(), 415, wire.CODE_UNSUPPORTED_IMAGE_FORMAT),
+        ("not an image", "q", b"hello, this is text", 415, wire.CODE_UNSUPPORTED_IMAGE_FORMAT),
+        ("not a wafer map", "q", noise.getvalue(), 422, wire.CODE_NOT_A_WAFER_MAP),
+        ("blank image", "q", _png((200, 200)), 422, wire.CODE_NOT_A_WAFER_MAP),
+    ]
+
+    async def go():
+        async with running_server(cfg, backend) as server, ModelServerClient(server.url) as client:
+            for name, text, image, status, code in cases:
+                with pytest.raises(ModelServerError) as err:
+                    await client.send_message(f"lim{status}", text, image=image)
+                assert (err.value.status, err.value.code) == (status, code), name
+                assert err.value.message, name
+            # an animated GIF is read from its first frame
+            reply = await client.send_message("gif", "what?", image=_gif_two_frames())
+            assert reply.findings.measured == WaferMap(wafer_grid(52, "center")).facts()
+            # JSON errors for bad JSON, bad thread ids, unknown routes and methods
+            async with aiohttp.ClientSession() as http:
+                for method, path, kwargs, status in [
+                    ("POST", "/v1/threads/x/messages", {"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400),
+                    ("POST", "/v1/threads/x/messages", {"json": {"text": "q", "extra": 1}}, 400),
+                    ("POST", "/v1/threads/x/messages", {"json": {"text": "q", "image": "***"}}, 400),
+                    ("POST", "/v1/threads/x/messages", {"data": b"text=q", "headers": {"Content-Type": "text/plain"}}, 415),
+                    ("POST", "/v1/threads/bad%20id/messages", {"json": {"text": "q"}}, 400),
+                    ("GET", "/nope", {}, 404),
+                    ("PUT", "/v1/threads/x", {}, 405),
+                ]:
+                    async with http.request(method, server.url + path, **kwargs) as r:
+                        body = await r.json()
+                        assert r.status == status, (path, body)
+                        assert set(body["error"]) == {"message", "type", "code"}
+                # a JSON body over the size limit
+                big = {"text": "q", "image": "A" * (cfg.max_image_bytes * 2)}
+                async with http.post(server.url + "/v1/threads/x/messages", json=big) as r:
+                    assert r.status == 413 and (await r.json())["error"]["code"] in (
+                        wire.CODE_REQUEST_TOO_LARGE, wire.CODE_IMAGE_TOO_LARGE)
+            # nothing of the refused requests was remembered
+            assert server.state.memory.count() == 1
+
+    asyncio.run(go())
+
+
+class _FailingOn(HFBackend):
+    """The real tiny model, except that a question containing BOOM makes generate raise."""
+
+    def generate(self, requests):
+        if any("BOOM" in r.question for r in requests):
+            raise RuntimeError("simulated CUDA out of memory")
+        return super().generate(requests)
+
+
+def test_model_error_is_500_with_request_id_and_server_keeps_serving(tmp_path, tiny_model_dir):
+    async def go():
+        failing = _FailingOn(tiny_model_dir)
+        async with running_server(config(tmp_path, max_wait_ms=0), failing) as server, \
+                ModelServerClient(server.url) as client:
+            with pytest.raises(ModelServerError) as err:
+                await client.send_message("t", "BOOM")
+            assert err.value.status == 500 and err.value.code == wire.CODE_MODEL_ERROR
+            assert err.value.request_id and err.value.request_id in err.value.message
+            ok = await client.send_message("t", "fine now?")
+            assert ok.answer is not None
+            view = await client.get_thread("t")
+            assert [t.text for t in view.turns if t.role == "user"] == ["fine now?"]
+            async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as r:
+                text = await r.text()
+            assert "defect_glm_model_errors_total 1" in text
+
+    asyncio.run(go())
+
+
+def test_concurrency_no_5xx_and_batches_form(tmp_path, backend):
+    png = wafer_png("scratch")
+
+    async def go():
+        cfg = config(tmp_path, max_batch_size=8, max_wait_ms=20)
+        async with running_server(cfg, backend) as server, ModelServerClient(server.url, timeout=120) as client:
+            replies = await asyncio.gather(*(
+                client.send_message(f"c{i}", "What defects does this wafer show?", image=png if i % 2 else None)
+                for i in range(32)
+            ))
+            async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as r:
+                text = await r.text()
+            return replies, text, server.state.metrics
+
+    replies, text, metrics = asyncio.run(go())
+    assert len(replies) == 32 and all(isinstance(r.answer, str) for r in replies)
+    assert 'status="500"' not in text and 'status="503"' not in text
+    assert "defect_glm_batch_size_bucket" in text and "defect_glm_queue_depth" in text
+    # concurrent requests were grouped: fewer generate calls than requests
+    assert metrics.batch_size.count() < 32
+
+
+def test_service_routes(tmp_path, backend):
+    async def go():
+        async with running_server(config(tmp_path), backend) as server, ModelServerClient(server.url) as client:
+            assert await client.health() and await client.ready()
+            status = await client.status()
+            assert status.ready and status.model == backend.info.name and status.backend == "hf"
+            assert status.queue_depth == 0 and status.uptime_s >= 0
+            async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as r:
+                assert r.headers["Content-Type"].startswith("text/plain")
+                text = await r.text()
+            assert 'defect_glm_model_info{model="' in text
+            assert 'defect_glm_requests_total{route="/healthz",method="GET",status="200"} 1' in text
+        async with ModelServerClient(server.url, timeout=2) as client:
+            assert not await client.health()
+            with pytest.raises(ModelServerUnavailable):
+                await client.status()
+
+    asyncio.run(go())
+
+
+def test_readyz_is_503_while_loading_and_healthz_is_ok(tmp_path, tiny_model_dir):
+    import threading
+
+    gate = threading.Event()
+
+    def slow_loader(cfg):
+        gate.wait(10)
+        return HFBackend(tiny_model_dir)
+
+    async def go():
+        async with running_server(config(tmp_path), loader=slow_loader, wait_ready=0) as server, \
+                ModelServerClient(server.url) as client:
+            assert await client.health()
+            assert not await client.ready()
+            with pytest.raises(ModelServerError) as err:
+                await client.send_message("t", "hello")
+            assert err.value.status == 503 and err.value.retry_after is not None
+            gate.set()
+            for _ in range(200):
+                if await client.ready():
+                    break
+                await asyncio.sleep(0.02)
+            assert await client.ready()
+            assert (await client.send_message("t", "hello")).answer is not None
+
+    asyncio.run(go())

@@ -1,0 +1,126 @@
+"""The OpenAI-compatible API with the official `openai` client, and the openai backend chained to our own server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import aiohttp
+import openai
+import pytest
+
+from data_tools.wafer_map import WaferMap
+from finetune.generation import generate_answers
+from model_server.backends.base import GenerationRequest
+from model_server.backends.hf import HFBackend
+from model_server.backends.openai_compat import OpenAIBackend
+from model_server.client import ModelServerClient
+from model_server.config import ServerConfig
+from model_server.testing import running_server, wafer_grid, wafer_png
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    return HFBackend(tiny_model_dir)
+
+
+def _config(tmp_path, name="a", **kw) -> ServerConfig:
+    kw.setdefault("max_new_tokens", 12)
+    return ServerConfig(port=0, db=tmp_path / f"{name}.sqlite", **kw)
+
+
+def _image_message(text: str) -> dict:
+    url = "data:image/png;base64," + base64.b64encode(wafer_png("center")).decode()
+    return {"role": "user", "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]}
+
+
+def test_openai_client_plain_and_streaming(tmp_path, backend):
+    async def go():
+        async with running_server(_config(tmp_path), backend) as server:
+            client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+            models = await client.models.list()
+            model = models.data[0].id
+            plain = await client.chat.completions.create(
+                model=model, messages=[_image_message("What defects does this wafer show?")], max_tokens=12)
+            stream = await client.chat.completions.create(
+                model=model, messages=[_image_message("What defects does this wafer show?")], max_tokens=12,
+                stream=True)
+            pieces = [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
+            with pytest.raises(openai.NotFoundError):
+                await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+            with pytest.raises(openai.BadRequestError) as err:
+                await client.chat.completions.create(model=model, messages=[
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}])
+            assert "data URL" in str(err.value)
+            await client.close()
+            return model, plain, pieces
+
+    model, plain, pieces = asyncio.run(go())
+    assert model == backend.info.name
+    wafer = WaferMap(wafer_grid(52, "center"))
+    expected = generate_answers(backend.model, backend.processor,
+                                [GenerationRequest("What defects does this wafer show?", wafer, (), 12)])[0]
+    assert plain.choices[0].message.content == expected
+    assert plain.choices[0].finish_reason == "stop" and plain.model == model
+    text_pieces = [p for p in pieces if p]
+    assert len(text_pieces) > 1  # streamed piece by piece, not in one lump
+    assert "".join(text_pieces).strip() == expected
+
+
+def test_streaming_is_incremental(tmp_path, backend):
+    """The first piece arrives before generation has finished: SSE events are written as tokens come."""
+
+    async def go():
+        async with running_server(_config(tmp_path, max_new_tokens=64), backend) as server, \
+                aiohttp.ClientSession() as http:
+            body = {"model": backend.info.name, "stream": True, "max_tokens": 64,
+                    "messages": [_image_message("Describe the wafer")]}
+            loop = asyncio.get_running_loop()
+            arrivals = []
+            async with http.post(server.url + "/v1/chat/completions", json=body) as r:
+                assert r.headers["Content-Type"].startswith("text/event-stream")
+                async for line in r.content:
+                    if line.startswith(b"data: ") and b'"content": "' in line:
+                        arrivals.append(loop.time())
+                    if line.strip() == b"data: [DONE]":
+                        arrivals.append(loop.time())
+            return arrivals
+
+    arrivals = asyncio.run(go())
+    assert len(arrivals) > 10
+    assert arrivals[-1] - arrivals[1] > 0  # events spread over the generation, not all at once at the end
+
+
+def test_openai_backend_chained_to_our_server(tmp_path, backend):
+    """Front server (memory, limits, findings) → openai backend → back server (the model)."""
+    png = wafer_png("center")
+
+    async def go():
+        async with running_server(_config(tmp_path, "back"), backend) as back:
+            front_cfg = _config(tmp_path, "front", backend="openai", openai_url=back.url + "/v1")
+            front_backend = await asyncio.get_running_loop().run_in_executor(
+                None, OpenAIBackend, back.url + "/v1", None, None, 30.0)
+            async with running_server(front_cfg, front_backend) as front, ModelServerClient(front.url) as client:
+                first = await client.send_message("chain", "What defects does this wafer show?", image=png)
+                follow = await client.send_message("chain", "And the yield?")
+                status = await client.status()
+                oa = openai.AsyncOpenAI(base_url=front.url + "/v1", api_key="x", max_retries=0)
+                stream = await oa.chat.completions.create(
+                    model=status.model, messages=[_image_message("What defects does this wafer show?")],
+                    stream=True, max_tokens=12)
+                streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+                await oa.close()
+            front_backend.close()
+            back_threads = back.state.memory.count()
+            return first, follow, status, streamed, back_threads
+
+    first, follow, status, streamed, back_threads = asyncio.run(go())
+    wafer = WaferMap(wafer_grid(52, "center"))
+    direct = generate_answers(backend.model, backend.processor,
+                              [GenerationRequest("What defects does this wafer show?", wafer, (), 12)])[0]
+    assert status.backend == "openai" and status.model == backend.info.name
+    assert first.answer == direct  # the back server saw the same prompt as a direct call
+    assert first.findings.measured == wafer.facts()
+    assert follow.findings == first.findings and isinstance(follow.answer, str)
+    assert streamed.strip() == direct
+    assert back_threads == 0  # memory stays in the front server
