@@ -42,4 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module so `CommandError` raised by subcommands is this same class.
+    from defect_glm import main as _main
+
+    sys.exit(_main())

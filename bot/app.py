@@ -40,8 +40,7 @@ log = logging.getLogger("defect_glm.bot")
 def build_bolt_app(config: BotConfig, bot: WaferBot) -> AsyncApp:
     """The Bolt app with every listener the manifest subscribes to."""
     app = AsyncApp(
-        token=config.bot_token,
-        client=bot.slack,
+        client=bot.slack,  # carries the bot token and SLACK_API_URL
         signing_secret=config.signing_secret or "",
         # Socket Mode requests are authenticated by the websocket itself; HTTP ones by signature.
         request_verification_enabled=config.mode == "http",

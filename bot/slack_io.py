@@ -36,9 +36,11 @@ async def unreact(client: AsyncWebClient, channel: str, ts: str, name: str) -> N
             log.warning("reactions.remove %s failed: %s", name, exc.response.get("error"))
 
 
-async def finish_reactions(client: AsyncWebClient, channel: str, ts: str, ok: bool) -> None:
-    """Replace the working reaction (and a delay marker) with the final success or failure one."""
+async def finish_reactions(client: AsyncWebClient, channel: str, ts: str, ok: bool, delayed: bool = False) -> None:
+    """Replace the working reaction (and the delay marker) with the final success or failure one."""
     await unreact(client, channel, ts, WORKING)
+    if delayed:
+        await unreact(client, channel, ts, DELAYED)
     await react(client, channel, ts, SUCCESS if ok else FAILURE)
 
 

@@ -219,17 +219,20 @@ class BotStore:
         with self._tx():
             self._db.execute("UPDATE jobs SET placeholder_ts=?, updated_at=? WHERE id=?", (ts, time.time(), job_id))
 
-    def claim_due(self, now: float | None = None, limit: int = 4) -> list[Job]:
+    def claim_due(self, now: float | None = None, limit: int = 4, busy_threads: frozenset[str] = frozenset()) -> list[Job]:
         """Mark up to `limit` due jobs running — at most one per thread, oldest first, never overtaking an
-        earlier unfinished question of the same thread — and return them."""
+        earlier unfinished question of the same thread, none of `busy_threads` (still being worked on by
+        this process) — and return them."""
         now = time.time() if now is None else now
+        busy = tuple(busy_threads)
         with self._tx():
             rows = self._db.execute(
                 "SELECT * FROM jobs j WHERE status='pending' AND next_attempt_at<=? AND NOT EXISTS ("
                 " SELECT 1 FROM jobs e WHERE e.thread_id=j.thread_id AND e.id<j.id AND e.status IN ('pending','running'))"
                 " AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.thread_id=j.thread_id AND r.status='running')"
+                f" AND j.thread_id NOT IN ({','.join('?' * len(busy))})"
                 " ORDER BY id LIMIT ?",
-                (now, limit),
+                (now, *busy, limit),
             ).fetchall()
             for row in rows:
                 self._db.execute("UPDATE jobs SET status='running', updated_at=? WHERE id=?", (now, row["id"]))

@@ -58,7 +58,7 @@ class QueueWorker:
         self.model = model
         self.upload_map = upload_map
         self._wake = asyncio.Event()
-        self._running: set[asyncio.Task] = set()
+        self._running: dict[asyncio.Task, str] = {}  # task → thread id (a thread is never worked on twice at once)
         self._loop_task: asyncio.Task | None = None
         self._last_cleanup = 0.0
 
@@ -72,11 +72,14 @@ class QueueWorker:
     def wake(self) -> None:
         self._wake.set()
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 3.0) -> None:
+        """Stop claiming jobs, give the ones in flight `grace_s` to finish, then cancel the rest."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        if self._running and grace_s > 0:
+            await asyncio.wait(list(self._running), timeout=grace_s)
         for task in list(self._running):
             task.cancel()
         if self._running:
@@ -94,9 +97,10 @@ class QueueWorker:
                 self._cleanup()
                 free = self.config.workers - len(self._running)
                 if free > 0:
-                    for job in self.store.claim_due(limit=free):
+                    busy = frozenset(self._running.values())
+                    for job in self.store.claim_due(limit=free, busy_threads=busy):
                         task = asyncio.create_task(self._run_job(job), name=f"defect-glm-job-{job.id}")
-                        self._running.add(task)
+                        self._running[task] = job.thread_id
                         task.add_done_callback(self._job_done)
             except Exception:  # the loop must survive anything, e.g. a locked database
                 log.exception("queue loop error; retrying in 1 s")
@@ -109,7 +113,7 @@ class QueueWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _job_done(self, task: asyncio.Task) -> None:
-        self._running.discard(task)
+        self._running.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("job task crashed: %r", task.exception())
         self._wake.set()
@@ -180,9 +184,7 @@ class QueueWorker:
             blocks.answer_blocks(reply, answer_id),
         )
         self.store.finish(job.id, "done")
-        await slack_io.finish_reactions(self.slack, job.channel, job.message_ts, ok=True)
-        if job.delayed_notice:
-            await slack_io.unreact(self.slack, job.channel, job.message_ts, slack_io.DELAYED)
+        await slack_io.finish_reactions(self.slack, job.channel, job.message_ts, ok=True, delayed=job.delayed_notice)
         if self.upload_map is not None and reply.findings is not None and job.image_sha256:
             try:
                 await self.upload_map(self.slack, job, reply)
@@ -244,6 +246,4 @@ class QueueWorker:
             )
         except SlackApiError as exc:
             log.error("job %d: could not post the failure notice: %s", job.id, exc.response.get("error"))
-        await slack_io.finish_reactions(self.slack, job.channel, job.message_ts, ok=False)
-        if job.delayed_notice:
-            await slack_io.unreact(self.slack, job.channel, job.message_ts, slack_io.DELAYED)
+        await slack_io.finish_reactions(self.slack, job.channel, job.message_ts, ok=False, delayed=job.delayed_notice)

@@ -149,7 +149,10 @@ def location_sentence(loc: PatternLocation, facts: dict, language: str) -> str:
         return (f"The {n} pattern sits on the edge, in {_sectors_en(loc.sectors)}." if en
                 else f"{n}缺陷位于边缘的{_sectors_zh(loc.sectors)}。")
     if loc.spread == "local":
-        zone = loc.zone or "middle"
+        if loc.zone is None:
+            return (f"The {n} pattern is a local cluster that merges with the other failures on this map, so its "
+                    "exact position is unclear." if en else f"{n}缺陷是一团失效芯片，但在这张图上与其他失效连在一起，具体位置不明确。")
+        zone = loc.zone
         if not loc.sectors:
             return (f"The {n} pattern is a local cluster in the {_ZONE_EN[zone]} zone, near the wafer centre." if en
                     else f"{n}缺陷是{ZONE_WORDS_ZH[zone]}靠近晶圆中心的一团失效芯片。")
@@ -254,32 +257,32 @@ def _separation(keys: Sequence[str], language: str) -> str:
     return text
 
 
-def pattern_cause(key: str, language: str, max_causes: int = 3, variant: int = 0) -> str:
-    """The likely causes of one pattern, with the reasoning behind the first."""
+def pattern_cause(key: str, language: str, max_causes: int = 3, variant: int = 0, detail: bool = True) -> str:
+    """The likely causes of one pattern, with the reasoning behind the first when `detail`."""
     record = KNOWLEDGE[key]
     causes = record.causes[:max_causes]
     if language == "en":
         listed = "; ".join(c.name.en for c in causes)
         head = _pick((f"Likely causes of the {name(key, 'en')} pattern: {listed}.",
                       f"{name(key, 'en')} usually comes from {listed}."), variant)
-        return f"{head} The first is the most common: {causes[0].reasoning.en}."
+        return f"{head} The first is the most common: {causes[0].reasoning.en}." if detail else head
     listed = "；".join(c.name.zh for c in causes)
     head = _pick((f"{name(key, 'zh')}缺陷的可能原因：{listed}。", f"{name(key, 'zh')}缺陷通常来自：{listed}。"), variant)
-    return f"{head}最常见的是第一种：{causes[0].reasoning.zh}。"
+    return f"{head}最常见的是第一种：{causes[0].reasoning.zh}。" if detail else head
 
 
-def pattern_check(key: str, language: str, max_checks: int = 3, variant: int = 0) -> str:
-    """What to check for one pattern, and the first action."""
+def pattern_check(key: str, language: str, max_checks: int = 3, variant: int = 0, detail: bool = True) -> str:
+    """What to check for one pattern, and the first action when `detail`."""
     record = KNOWLEDGE[key]
     checks = record.checks[:max_checks]
     if language == "en":
         listed = "; ".join(c.en for c in checks)
         head = _pick((f"For the {name(key, 'en')} pattern, check {listed}.",
                       f"To chase the {name(key, 'en')} pattern, look at {listed}."), variant)
-        return f"{head} Then {record.actions[0].en}."
+        return f"{head} Then {record.actions[0].en}." if detail else head
     listed = "；".join(c.zh for c in checks)
     head = _pick((f"针对{name(key, 'zh')}缺陷，请检查：{listed}。", f"排查{name(key, 'zh')}缺陷时，先看：{listed}。"), variant)
-    return f"{head}然后{record.actions[0].zh}。"
+    return f"{head}然后{record.actions[0].zh}。" if detail else head
 
 
 def _normal_text(which: str, language: str) -> str:
@@ -295,14 +298,18 @@ def _normal_text(which: str, language: str) -> str:
 
 
 def cause_answer(patterns: Iterable[str], language: str = "en", variant: int = 0, intro: bool = True) -> str:
-    """Likely causes for every pattern present (and how to separate them in a mixture)."""
+    """Likely causes for every pattern present (and how to separate them in a mixture).
+
+    One or two patterns get their top causes with the reasoning behind the first; three or four
+    get two causes each without it, to keep the answer short ("And the second one?" goes deeper).
+    """
     _check_language(language)
     keys = canonical_set(patterns)
     if not keys:
         return _normal_text("cause", language)
     per = 3 if len(keys) == 1 else 2
     parts = [_names_intro(keys, language)] if intro else []
-    parts += [pattern_cause(k, language, per, variant) for k in keys]
+    parts += [pattern_cause(k, language, per, variant, detail=len(keys) <= 2) for k in keys]
     if len(keys) > 1:
         parts.append(_separation(keys, language))
     return ("\n" if len(keys) > 1 else " " if language == "en" else "").join(parts)
@@ -314,9 +321,9 @@ def check_answer(patterns: Iterable[str], language: str = "en", variant: int = 0
     keys = canonical_set(patterns)
     if not keys:
         return _normal_text("check", language)
-    per = 3 if len(keys) == 1 else 2
+    per = {1: 3, 2: 2}.get(len(keys), 1)
     parts = [_names_intro(keys, language)] if intro else []
-    parts += [pattern_check(k, language, per, variant) for k in keys]
+    parts += [pattern_check(k, language, per, variant, detail=len(keys) <= 2) for k in keys]
     if len(keys) > 1:
         parts.append(_separation(keys, language))
     return ("\n" if len(keys) > 1 else " " if language == "en" else "").join(parts)

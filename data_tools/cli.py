@@ -122,7 +122,63 @@ def _run_stats(args: argparse.Namespace) -> int:
 
 # --- read (data_tools.image_reader) ------------------------------------------------------
 def _register_read(actions: argparse._SubParsersAction) -> None:
-    pass
+    parser = actions.add_parser(
+        "read",
+        help="read a wafer-map image (PNG/JPEG/…) back into its die grid",
+        description="Read a wafer-map image into a die grid (0 off wafer, 1 good, 2 failing) and print it "
+        "with its numbers; exit status 2 with the reason when the image is not a wafer map.",
+    )
+    parser.add_argument("image", help="image file (PNG, JPEG, GIF, BMP, WebP)")
+    parser.add_argument("--json", action="store_true", help="print a JSON object (grid, dies, failing, yield, facts)")
+    parser.add_argument("--rows", type=int, help="expected grid rows (with --cols), e.g. 52 for MixedWM38")
+    parser.add_argument("--cols", type=int, help="expected grid columns (with --rows)")
+    parser.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default 40,000,000)")
+    parser.set_defaults(handler=_run_read)
+
+
+def _run_read(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from data_tools.image_reader import NotAWaferMapError, read_wafer_image_details
+
+    if (args.rows is None) != (args.cols is None):
+        print("defect-glm data read: error: give both --rows and --cols, or neither", file=sys.stderr)
+        return 2
+    expected = (args.rows, args.cols) if args.rows is not None else None
+    try:
+        details = read_wafer_image_details(args.image, expected_shape=expected, max_pixels=args.max_pixels)
+    except NotAWaferMapError as exc:
+        print(f"defect-glm data read: not a wafer map: {exc}", file=sys.stderr)
+        return 2
+    wafer = details.wafer
+    if args.json:
+        payload = {
+            "grid": wafer.to_list(),
+            "dies": wafer.dies,
+            "failing": wafer.failing,
+            "yield": round(wafer.yield_percent, 2),
+            "rows": wafer.shape[0],
+            "cols": wafer.shape[1],
+            "read": {
+                "method": details.method,
+                "pixels_per_die": [round(v, 3) for v in details.pitch],
+                "palette": details.palette,
+                "colours": {k: list(v) for k, v in details.colours.items()},
+            },
+            "facts": wafer.facts(),
+        }
+        print(json.dumps(payload, ensure_ascii=False))
+        return 0
+    symbols = {0: " ", 1: ".", 2: "X"}
+    for row in wafer.grid:
+        print("".join(symbols[int(v)] for v in row).rstrip())
+    print(
+        f"{wafer.shape[0]}×{wafer.shape[1]} grid, {wafer.dies} dies, {wafer.failing} failing, "
+        f"yield {wafer.yield_percent:.2f}%  (read {details.method}, "
+        f"{details.pitch[0]:.2f}×{details.pitch[1]:.2f} px per die, palette {details.palette or 'unknown'})"
+    )
+    return 0
 
 
 # --- build (data_tools.corpus) -----------------------------------------------------------

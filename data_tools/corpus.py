@@ -196,11 +196,18 @@ def _prepare_out(out_dir: Path, overwrite: bool) -> None:
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished build to `out_dir`, replacing (and then deleting) what was there."""
     old = None
     if out_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
         os.replace(out_dir, old / "corpus")
-    os.replace(tmp, out_dir)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        if old is not None:  # put the previous corpus back
+            os.replace(old / "corpus", out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -12,6 +12,7 @@ with several failing neighbours) so the background noise of real maps does not j
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ class LocateLimits:
     neighbour_share: float = 0.7  # a neighbouring edge sector joins Edge-Loc at this share of the peak
     dense_neighbours: int = 4  # a failing die with this many failing neighbours belongs to a blob, not noise
     min_blob: int = 12  # dense groups this large and round are blobs a scratch is measured without
+    edge_share: float = 0.6  # with an edge pattern present, a blob with this share of edge dies belongs to it
+    ring_bin: float = 0.05  # radial bin width for finding a donut's ring band
+    hollow: float = 0.15  # a group whose cells lie this much further out than its centroid is an arc
 
 
 DEFAULT_LIMITS = LocateLimits()
@@ -59,6 +63,7 @@ class PatternLocation:
 class _Group:
     size: int
     radius: float  # centroid distance from the wafer centre, fraction of the radius
+    mean_radius: float  # mean distance of its cells from the wafer centre (≫ radius for an arc around the centre)
     sector: str
     sectors_covered: int
     edge_share: float  # fraction of the group's dies in the edge zone
@@ -112,6 +117,7 @@ def _groups(wafer: WaferMap, mask: np.ndarray, min_size: int) -> list[_Group]:
             _Group(
                 size=int(rows.size),
                 radius=rf,
+                mean_radius=float(r[rows, cols].mean()),
                 sector=WaferMap.sector_of(ang),
                 sectors_covered=len(np.unique(sector_index[rows, cols])),
                 edge_share=float((r[rows, cols] >= edge_lo).mean()),
@@ -169,17 +175,42 @@ def _scratch(wafer: WaferMap, limits: LocateLimits) -> _Group | None:
     return max(lines, key=lambda g: g.size * min(g.elongation, 8.0))
 
 
+def _ring_band(wafer: WaferMap, limits: LocateLimits) -> tuple[float, float]:
+    """The radial band (fractions of the radius) of a donut ring: the bins around the fail-rate peak."""
+    r = wafer.radial_position()
+    on, fail = wafer.grid > OFF, wafer.grid == FAIL
+    edges = np.arange(0.0, 1.0 + 1e-9, limits.ring_bin)
+    rates = []
+    for lo, hi in itertools.pairwise(edges):
+        band = on & (r >= lo) & (r < hi)
+        rates.append((band & fail).sum() / band.sum() if band.any() else 0.0)
+    inner = [i for i, lo in enumerate(edges[:-1]) if 0.1 <= lo < ZONE_EDGES["edge"][0]]
+    peak = max(inner, key=lambda i: rates[i])
+    lo_i = hi_i = peak
+    while lo_i - 1 >= 0 and rates[lo_i - 1] >= 0.5 * rates[peak]:
+        lo_i -= 1
+    while hi_i + 1 < len(rates) and rates[hi_i + 1] >= 0.5 * rates[peak]:
+        hi_i += 1
+    return float(edges[lo_i]), float(edges[hi_i + 1])
+
+
 def _loc(wafer: WaferMap, keys: tuple[str, ...], limits: LocateLimits) -> _Group | None:
     """The largest compact blob that is not the centre blob, the donut ring or the edge failures."""
     r = wafer.radial_position()
     mask = _dense(wafer.grid == FAIL, limits)
     if "Center" in keys:
         mask &= r >= ZONE_EDGES["middle"][0]
-    if "Edge_Loc" in keys or "Edge_Ring" in keys:
-        mask &= r < ZONE_EDGES["edge"][0]
+    if "Donut" in keys:
+        lo, hi = _ring_band(wafer, limits)
+        mask &= (r < lo) | (r >= hi)
+    edge_pattern = "Edge_Loc" in keys or "Edge_Ring" in keys
     for g in _groups(wafer, mask, limits.min_cluster):  # largest first
-        if "Donut" in keys and g.sectors_covered >= limits.ring_sectors:
+        if edge_pattern and g.edge_share >= limits.edge_share:
             continue
+        if ("Donut" in keys or "Center" in keys) and (
+            g.sectors_covered >= limits.ring_sectors or g.mean_radius - g.radius > limits.hollow
+        ):
+            continue  # a ring, or an arc around the centre: what is left of the donut or centre blob
         return g
     return None
 
@@ -205,7 +236,7 @@ def locate(wafer: WaferMap, patterns: Iterable[str], limits: LocateLimits = DEFA
         elif key == "Loc":
             group = _loc(wafer, keys, limits)
             if group is None:
-                out.append(PatternLocation(key, "local", wafer.dominant_zone()))
+                out.append(PatternLocation(key, "local"))  # not separable from the other failures
             else:
                 out.append(PatternLocation(key, "local", _zone_of(group), _sector_or_none(group, limits)))
         elif key == "Scratch":

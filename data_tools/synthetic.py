@@ -65,11 +65,13 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "scratch_width": (1.1, 2.0),
     "scratch_curvature": (-1.2, 1.2),
     "scratch_start": (0.0, 0.75),
-    # Near-full / Random: failing fraction, side of the coarse source map (dies), clumping (dies)
+    # Near-full / Random: failing fraction, side of the coarser source map (dies), clump size (dies of the
+    # source map), grain (share of per-die noise in the texture)
     "near_full_density": (0.72, 0.96),
     "random_density": (0.28, 0.62),
-    "coarse_side": (24.0, 38.0),
-    "clump": (0.6, 1.6),
+    "coarse_side": (44.0, 52.0),
+    "clump": (1.0, 2.0),
+    "grain": (0.15, 0.45),
 }
 #: Angle parameters (degrees, drawn uniformly in [0, 360) when not given).
 ANGLE_PARAMS = ("donut_angle", "edge_loc_angle", "loc_angle", "scratch_angle", "scratch_direction", "center_angle")
@@ -266,6 +268,7 @@ def _coarse_map(shape: tuple[int, int], p: _Params, density: float, centre_boost
     g = _coarse_geometry(side)
     field = ndimage.gaussian_filter(p.rng.standard_normal(g.mask.shape), p("clump"))
     field = field / (field[g.mask].std() + 1e-9) + centre_boost * (1.0 - g.r) - rim_drop * (g.depth <= 1.0)
+    field = field + p("grain") * p.rng.standard_normal(g.mask.shape)
     on = field[g.mask]
     threshold = np.quantile(on, 1.0 - min(max(density, 0.0), 1.0))
     small = np.where(g.mask, GOOD, OFF).astype(np.uint8)

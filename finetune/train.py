@@ -330,7 +330,9 @@ def run_training(cfg: TrainConfig) -> Path:
         start_step, history = load_state(cfg, optimizer, scheduler)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     tokenizer = getattr(processor, "tokenizer", processor)
-    started = time.monotonic()
+    # wall time of earlier sessions of a resumed run, so "seconds" stays cumulative
+    earlier = next((h["seconds"] for h in reversed(history) if "seconds" in h), 0.0)
+    started = time.monotonic() - earlier
     bar = tqdm(
         total=cfg.steps, initial=start_step, desc="training", unit="step", disable=not (cfg.progress and accelerator.is_main_process)
     )
@@ -373,8 +375,8 @@ def run_training(cfg: TrainConfig) -> Path:
         meta = {
             "config": _jsonable(asdict(cfg)),
             "steps": cfg.steps,
-            "seconds_this_session": round(time.monotonic() - started, 1),
-            "seconds_total": next((h["seconds"] for h in reversed(history) if "seconds" in h), None),
+            "seconds_total": round(time.monotonic() - started, 1),
+            "resumed_at_seconds": earlier or None,
             "last_eval": next((h for h in reversed(history) if "val_loss" in h), None),
             "torch_threads": torch.get_num_threads(),
             "device": str(accelerator.device),

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -61,23 +62,51 @@ class LocalServer:
         await self.runner.cleanup()
 
 
-async def start_server(config: ServerConfig) -> LocalServer:
-    """Build the app from `config`, bind it to config.host:config.port (0: a free port) and start serving."""
-    from model_server.app import create_app
-
-    app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, bound before anything is loaded so a busy port fails at once."""
     try:
-        await site.start()
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise _command_error(f"cannot resolve --host {host!r}: {exc}") from exc
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
     except OSError as exc:
-        await runner.cleanup()
+        sock.close()
         raise _command_error(
-            f"cannot listen on {config.host}:{config.port} ({exc.strerror or exc}); "
-            "another program may be using the port: stop it or pass --port"
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            "another program may be using the port: stop it or pass another --port"
         ) from exc
-    host, port = runner.addresses[0][:2]
+    sock.setblocking(False)
+    return sock
+
+
+async def start_server(config: ServerConfig) -> LocalServer:
+    """Bind config.host:config.port (0: a free port), then build the app from `config` and serve on it."""
+    from model_server.app import create_app
+    from model_server.memory import ThreadMemoryError
+
+    sock = _bind(config.host, config.port)
+    try:
+        app = create_app(config)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+    except ThreadMemoryError as exc:
+        sock.close()
+        raise _command_error(f"{exc} (pass --db FILE to use another file)") from exc
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        await runner.cleanup()
+        sock.close()
+        raise
+    host, port = sock.getsockname()[:2]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     if ":" in shown:
         shown = f"[{shown}]"

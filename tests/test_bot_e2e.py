@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -205,9 +206,38 @@ def test_server_that_never_returns_gets_an_apology(tmp_path: Path) -> None:
                 assert "did not come back" in msg["text"]
                 await fake.wait_for(lambda: "x" in fake.reactions_on(CHANNEL, event["ts"]))
                 assert len(fake.bot_replies(CHANNEL, event["ts"])) == 1
+                # /wafer status still answers at once, saying the server is unreachable
+                start = time.monotonic()
+                ack = await fake.send_socket_command(fake.slash_command("status"))
+                assert time.monotonic() - start < 3.0 and "not reachable" in ack["payload"]["text"]
                 store = BotStore(config.db_path)
                 assert store.queue_counts()["failed"] == 1
                 store.close()
+
+    run(go())
+
+
+def test_follow_up_after_the_bot_lost_its_database(tmp_path: Path, tiny_model_dir: Path) -> None:
+    async def go() -> None:
+        async with FakeSlack() as fake, ModelServer(tiny_model_dir, tmp_path / "server.sqlite3") as server:
+            async with BotRuntime(bot_config(fake, server.url, tmp_path / "bot.sqlite3")):
+                await fake.wait_for_socket()
+                event = await upload(fake, wafer_png())
+                await fake.send_socket(event)
+                await fake.wait_for(lambda: answered(fake, event["ts"]), what="the answer")
+            # a new, empty database: the bot finds its own reply with conversations.replies
+            async with BotRuntime(bot_config(fake, server.url, tmp_path / "fresh.sqlite3")):
+                await fake.wait_for_socket()
+                await fake.send_socket(fake.user_message(CHANNEL, "and the yield?", thread_ts=event["ts"]))
+                await fake.wait_for(lambda: answered(fake, event["ts"], 2), what="the follow-up answer")
+            assert fake.calls_of("conversations.replies")
+            # an unrelated thread reply (a thread the bot is not in) is left alone
+            async with BotRuntime(bot_config(fake, server.url, tmp_path / "fresh.sqlite3")):
+                await fake.wait_for_socket()
+                parent = fake.user_message(CHANNEL, "lunch?")
+                await fake.send_socket(fake.user_message(CHANNEL, "pizza", thread_ts=parent["ts"]))
+                await asyncio.sleep(0.5)
+                assert fake.bot_replies(CHANNEL, parent["ts"]) == []
 
     run(go())
 

@@ -46,6 +46,9 @@ def test_queue_answers_one_thread_in_order(tmp_path: Path) -> None:
     store.finish(a1.id, "done")
     assert [j.id for j in store.claim_due(now=2000.0)] == [a2.id]
     assert store.queue_counts() == {"pending": 0, "running": 2, "done": 1, "failed": 0}
+    c1 = enqueue(store, "3.0", "busy thread")
+    assert store.claim_due(now=2000.0, busy_threads=frozenset({c1.thread_id})) == []
+    assert [j.id for j in store.claim_due(now=2000.0)] == [c1.id]
 
 
 def test_retry_later_and_resume_after_restart(tmp_path: Path) -> None:

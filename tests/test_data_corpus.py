@@ -129,6 +129,24 @@ def test_cause_and_check_answers_name_every_pattern_and_separate_mixtures():
     assert "normal" in A.cause_answer([], "en")
 
 
+def test_location_sentences_use_canonical_names_and_measured_numbers():
+    from data_tools.locate import PatternLocation
+
+    wafer = WaferMap(with_centre(noisy(disc(), 4)))
+    facts = wafer.facts()
+    centre = facts["zones"]["center"]
+    assert A.location_sentence(PatternLocation("Center", "centred", "center"), facts, "en") == (
+        f"The Center pattern sits at the wafer centre: {centre['failing']} of the {centre['dies']} centre-zone dies fail."
+    )
+    edge = A.location_sentence(PatternLocation("Edge_Loc", "edge_local", "edge", ("N", "NW")), facts, "zh")
+    assert edge == "边缘局部缺陷位于边缘的上方和左上扇区（N、NW）。"
+    line = A.location_sentence(PatternLocation("Scratch", "line", "middle", ("SW",), "rising"), facts, "en")
+    assert line == "The Scratch is a diagonal (lower left to upper right) line in the middle zone, in the lower left " \
+                   "sector (SW)."
+    assert "unclear" in A.location_sentence(PatternLocation("Loc", "local"), facts, "en")
+    assert "normal" in A.location_answer([], facts, "en")
+
+
 # ---------------------------------------------------------------- conversations
 
 

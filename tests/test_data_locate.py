@@ -86,6 +86,21 @@ def test_loc_ignores_edge_failures_when_an_edge_pattern_is_present():
     assert loc.sectors == ("SE",)
 
 
+def test_loc_touching_a_donut_ring_is_found_outside_the_ring():
+    grid = fail(disc(), polar_mask(0.35, 0.55))  # the ring
+    grid = blob(grid, 25, 6, 4.5)  # left, touching the ring from outside
+    locations = locate(WaferMap(with_noise(grid, 0.08, seed=4)), ["Donut", "Loc"])
+    assert only(locations, "Loc").sectors == ("W",)
+    assert only(locations, "Donut").zone == "middle"
+
+
+def test_an_arc_left_of_the_centre_blob_is_not_taken_for_loc():
+    grid = blob(disc(), 25, 25, 12)  # centre blob reaching past the centre zone: leaves a hollow rim
+    grid = blob(grid, 40, 14, 3.5)  # lower left
+    loc = only(locate(WaferMap(grid), ["Center", "Loc"]), "Loc")
+    assert loc.sectors == ("SW",)
+
+
 @pytest.mark.parametrize(
     ("ends", "orientation"),
     [
@@ -122,5 +137,6 @@ def test_missing_shapes_fall_back_without_crashing():
     wafer = WaferMap(disc())  # nothing fails
     loc = only(locate(wafer, ["Scratch", "Loc"]), "Scratch")
     assert loc.orientation is None
-    assert only(locate(wafer, ["Loc"]), "Loc").sectors == ()
+    fallback = only(locate(wafer, ["Loc"]), "Loc")
+    assert fallback.sectors == () and fallback.zone is None
     assert only(locate(wafer, ["Edge_Loc"]), "Edge_Loc").sectors == ()

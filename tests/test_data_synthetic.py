@@ -85,14 +85,14 @@ def test_fixed_parameters_take_effect():
     small = generate("Center", _rng(), center_radius=0.15, center_offset=0.0, **quiet)
     large = generate("Center", _rng(), center_radius=0.35, center_offset=0.0, **quiet)
     assert 0 < small.failing < large.failing
-    assert large.zones["center"].fail_rate > 0.8 and large.zones["edge"].failing == 0
+    assert large.zones["center"].fail_rate > 0.6 and large.zones["edge"].failing == 0
 
     east = generate("Edge_Loc", _rng(), edge_loc_angle=90, edge_loc_arc=60, **quiet)
     assert east.dominant_sectors(share=0.5) == ["E"]
     assert east.zones["center"].failing == 0 and east.zones["middle"].failing == 0
 
     ring = generate("Edge_Ring", _rng(), **quiet)
-    assert ring.zones["edge"].fail_rate > 0.5 and ring.zones["center"].failing == 0
+    assert ring.zones["edge"].fail_rate > 0.3 and ring.zones["center"].failing == ring.zones["middle"].failing == 0
     assert {s for s, z in ring.sectors.items() if z.failing} == set(ring.sectors)  # all the way round
 
     donut = generate("Donut", _rng(), donut_inner=0.25, donut_width=0.25, donut_arc=360, **quiet)
@@ -113,7 +113,7 @@ def test_fixed_parameters_take_effect():
 
 
 def test_overflow_only_when_asked():
-    kwargs = {"scratch_start": 0.7, "scratch_length": 1.5, "scratch_angle": 90, "scratch_direction": 90,
+    kwargs = {"scratch_start": 0.7, "scratch_length": 1.5, "scratch_angle": 135, "scratch_direction": 135,
               "scratch_curvature": 0.0, "noise": 0.0}
     spilled = generate("Scratch", _rng(), **kwargs)
     assert (spilled.grid[~LAYOUT] == 2).any()

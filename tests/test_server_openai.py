@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 
-import aiohttp
 import openai
 import pytest
 
 from data_tools.wafer_map import WaferMap
-from finetune.generation import generate_answers
-from model_server.backends.base import GenerationRequest
+from finetune.generation import generate_answers, stream_answer
+from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest
 from model_server.backends.hf import HFBackend
 from model_server.backends.openai_compat import OpenAIBackend
 from model_server.client import ModelServerClient
@@ -62,33 +62,51 @@ def test_openai_client_plain_and_streaming(tmp_path, backend):
                                 [GenerationRequest("What defects does this wafer show?", wafer, (), 12)])[0]
     assert plain.choices[0].message.content == expected
     assert plain.choices[0].finish_reason == "stop" and plain.model == model
-    text_pieces = [p for p in pieces if p]
-    assert len(text_pieces) > 1  # streamed piece by piece, not in one lump
-    assert "".join(text_pieces).strip() == expected
+    direct_pieces = list(stream_answer(backend.model, backend.processor,
+                                       GenerationRequest("What defects does this wafer show?", wafer, (), 12)))
+    assert [p for p in pieces if p] == direct_pieces  # one SSE event per piece the model streamed
+    assert "".join(direct_pieces).strip() == expected
 
 
-def test_streaming_is_incremental(tmp_path, backend):
-    """The first piece arrives before generation has finished: SSE events are written as tokens come."""
+class _GatedStream(Backend):
+    """Streams three pieces; the second only after the test has received the first (so buffering would hang)."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+
+    @property
+    def info(self):
+        return BackendInfo("gated", "1", "test")
+
+    def generate(self, requests):
+        return ["one two three" for _ in requests]
+
+    def generate_stream(self, request):
+        yield "one"
+        if not self.gate.wait(10):
+            raise BackendError("the client never received the first piece")
+        yield " two"
+        yield " three"
+
+
+def test_streaming_is_incremental(tmp_path):
+    gated = _GatedStream()
 
     async def go():
-        async with running_server(_config(tmp_path, max_new_tokens=64), backend) as server, \
-                aiohttp.ClientSession() as http:
-            body = {"model": backend.info.name, "stream": True, "max_tokens": 64,
-                    "messages": [_image_message("Describe the wafer")]}
-            loop = asyncio.get_running_loop()
-            arrivals = []
-            async with http.post(server.url + "/v1/chat/completions", json=body) as r:
-                assert r.headers["Content-Type"].startswith("text/event-stream")
-                async for line in r.content:
-                    if line.startswith(b"data: ") and b'"content": "' in line:
-                        arrivals.append(loop.time())
-                    if line.strip() == b"data: [DONE]":
-                        arrivals.append(loop.time())
-            return arrivals
+        async with running_server(_config(tmp_path), gated) as server:
+            client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+            stream = await client.chat.completions.create(
+                model="gated", messages=[{"role": "user", "content": "count"}], stream=True)
+            got = []
+            async for chunk in stream:
+                piece = chunk.choices[0].delta.content if chunk.choices else None
+                if piece:
+                    got.append(piece)
+                    gated.gate.set()  # the first piece arrived while the model was still generating
+            await client.close()
+            return got
 
-    arrivals = asyncio.run(go())
-    assert len(arrivals) > 10
-    assert arrivals[-1] - arrivals[1] > 0  # events spread over the generation, not all at once at the end
+    assert asyncio.run(go()) == ["one", " two", " three"]
 
 
 def test_openai_backend_chained_to_our_server(tmp_path, backend):

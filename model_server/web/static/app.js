@@ -13,7 +13,7 @@
   const I18N = window.DEFECT_GLM_I18N;
   const LANG_KEY = "defect-glm.lang";
   const COLORS = { good: "#8fbf9f", fail: "#d1242f", off: "#eef1f4" };
-  const MAP_CSS_PX = 260;
+  const MAP_CSS_PX = 220;
   const UNKNOWN_CLASS = "Unknown"; // findings.class when the model's answer named no readable pattern set
 
   const state = {
@@ -377,7 +377,7 @@
       ["f_failing", m.failing],
       ["f_yield", typeof m.yield === "number" ? m.yield.toFixed(1) + "%" : m.yield],
       ["f_dominant_zone", zoneName(m.dominant_zone)],
-      ["f_dominant_sectors", (m.dominant_sectors || []).map(sectorName).join(", ") || t("none")],
+      ["f_dominant_sectors", (m.dominant_sectors || []).map(sectorName).join(", ") || (m.failing ? t("spread") : t("none"))],
       ["f_clusters", clusters.count],
       ["f_largest", largest ? t("largest_fmt", { size: largest.size, zone: zoneName(largest.zone),
         sector: sectorName(largest.sector) }) : t("none")],

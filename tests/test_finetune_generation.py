@@ -1,0 +1,108 @@
+"""Prompt building, checkpoint loading and generation with a tiny random checkpoint of the real architecture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from data_tools.synthetic import generate
+from data_tools.wafer_map import WaferMap
+from finetune.generation import GenerationError, generate_answers, stream_answer
+from finetune.loading import ModelLoadError, load_model
+from finetune.prompting import FACTS_PREFIX, build_messages, facts_line, images_of, model_image
+from model_server.backends.base import GenerationRequest, Turn
+
+
+@pytest.fixture(scope="module")
+def wafer() -> WaferMap:
+    return generate("Center+Scratch", np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    return load_model(tiny_model_dir)
+
+
+def test_first_user_turn_carries_image_and_measured_facts(wafer):
+    history = [Turn("user", "What defects?"), Turn("assistant", "Center and Scratch.")]
+    messages = build_messages(wafer, history, "Where is it?")
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    first = messages[0]["content"]
+    assert first[0]["type"] == "image" and first[0]["image"].size == (52, 52)
+    text = first[1]["text"]
+    assert text.startswith(FACTS_PREFIX) and text.endswith("What defects?")
+    assert f"failing {wafer.failing}" in text and f"yield {wafer.yield_percent:.2f}%" in text
+    assert messages[2]["content"] == [{"type": "text", "text": "Where is it?"}]
+    assert len(images_of(messages)) == 1
+
+
+def test_text_only_thread_has_no_image():
+    messages = build_messages(None, [], "What is an Edge-Ring?")
+    assert images_of(messages) == [] and messages[0]["content"][0]["text"] == "What is an Edge-Ring?"
+
+
+def test_grids_of_other_sizes_render_square(wafer):
+    small = WaferMap(wafer.grid[:30, :40])
+    assert model_image(small).size[0] == model_image(small).size[1]
+    assert facts_line(small).startswith(FACTS_PREFIX)
+
+
+def test_empty_question_is_refused(wafer):
+    with pytest.raises(ValueError, match="question"):
+        build_messages(wafer, [], "  ")
+
+
+def test_tiny_checkpoint_loads_with_auto_classes_alone(tiny_model_dir):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert processor.chat_template
+    assert sum(f.stat().st_size for f in tiny_model_dir.iterdir()) < 5_000_000
+
+
+def test_batched_answers_equal_one_by_one(loaded, wafer):
+    model, processor = loaded
+    other = generate("Edge_Ring", np.random.default_rng(1))
+    requests = [
+        GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=6),
+        GenerationRequest("hi", None, max_new_tokens=4),
+        GenerationRequest("And the yield?", other, history=(Turn("user", "What?"), Turn("assistant", "Edge-Ring.")),
+                          max_new_tokens=5),
+    ]
+    batched = generate_answers(model, processor, requests)
+    single = [generate_answers(model, processor, [r])[0] for r in requests]
+    assert batched == single
+    assert all(isinstance(a, str) and a for a in batched)
+
+
+def test_streaming_yields_the_same_text(loaded, wafer):
+    model, processor = loaded
+    request = GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=6)
+    pieces = list(stream_answer(model, processor, request))
+    assert pieces and "".join(pieces).strip() == generate_answers(model, processor, [request])[0]
+
+
+def test_long_history_is_trimmed_and_an_overlong_question_refused(loaded, wafer):
+    model, processor = loaded
+    history = tuple(Turn("user" if i % 2 == 0 else "assistant", "word " * 200) for i in range(30))
+    answer = generate_answers(model, processor, [GenerationRequest("Where?", wafer, history=history, max_new_tokens=3)])
+    assert len(answer) == 1
+    with pytest.raises(GenerationError, match="context"):
+        generate_answers(model, processor, [GenerationRequest("word " * 5000, wafer, max_new_tokens=3)])
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(tmp_path / "missing")
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_model(tmp_path)
+
+
+def test_quantization_without_cuda_is_a_clear_error(tiny_model_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ModelLoadError, match="CUDA"):
+        load_model(tiny_model_dir, quantization="4bit")

@@ -1,0 +1,127 @@
+"""`defect-glm serve` as a real subprocess: memory survives a restart and a `kill -9` in the middle of requests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from model_server.client import ModelServerClient, ModelServerClientError, ModelServerError
+from model_server.memory import ThreadMemory
+from model_server.testing import wafer_png
+
+REPO = Path(__file__).resolve().parents[1]
+#: `defect-glm` as the console script runs it (``python -m defect_glm`` would load the module twice).
+CLI = [sys.executable, "-c", "import sys, defect_glm; sys.exit(defect_glm.main())"]
+
+
+class ServerProcess:
+    """`python -m defect_glm serve` on an ephemeral port; the URL is read from its first stdout line."""
+
+    def __init__(self, model: Path, db: Path, *extra: str) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "DEFECT_GLM_LOG_LEVEL": "WARNING"}
+        self.proc = subprocess.Popen(
+            [*CLI, "serve", "--model", str(model), "--db", str(db), "--port", "0", *extra],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.url: str | None = None
+        found = threading.Event()
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                if line.startswith("listening on "):
+                    self.url = line.split()[-1]
+                    found.set()
+            found.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not found.wait(120) or self.url is None:
+            self.proc.kill()
+            raise RuntimeError(f"the server did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(30)
+
+
+def test_memory_survives_restart_and_kill_9_mid_request(tmp_path, tiny_model_dir):
+    db = tmp_path / "threads.sqlite"
+    png = wafer_png("center")
+
+    # life 1: a conversation, then a clean shutdown (SIGTERM)
+    async def first_life(url: str):
+        async with ModelServerClient(url) as client:
+            reply = await client.send_message("keep", "What defects does this wafer show?", image=png)
+            return reply, await client.get_thread("keep")
+
+    server = ServerProcess(tiny_model_dir, db, "--max-new-tokens", "96", "--max-batch-size", "4")
+    try:
+        kept, view_before = asyncio.run(first_life(server.url))
+    finally:
+        assert server.stop() == 0
+
+    # life 2: memory intact after the restart; then SIGKILL while requests are being answered
+    async def second_life(url: str):
+        async with ModelServerClient(url, timeout=60) as client:
+            view = await client.get_thread("keep")
+            follow = await client.send_message("keep", "How many failing dies?")
+            tasks = [asyncio.create_task(client.send_message(f"flood{i}", "Describe it", image=png if i % 2 else None))
+                     for i in range(10)]
+            _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED, timeout=60)
+            assert pending, "every request finished before the kill; the test needs some in flight"
+            server.proc.kill()  # SIGKILL with requests in flight
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            return view, follow, results
+
+    server = ServerProcess(tiny_model_dir, db, "--max-new-tokens", "96", "--max-batch-size", "4")
+    try:
+        view_after, follow, results = asyncio.run(second_life(server.url))
+    finally:
+        server.proc.kill()
+        server.proc.wait(30)
+    assert view_after == view_before
+    assert follow.findings == kept.findings  # the map came from memory after the restart
+    assert any(isinstance(r, ModelServerClientError) for r in results)  # some requests died with the server
+
+    memory = ThreadMemory(db)
+    assert memory.integrity_ok()
+    for i in range(10):
+        thread = memory.get(f"flood{i}")
+        if thread is not None:  # each answered request is whole: its question and its answer
+            assert [t.role for t in thread.turns] == ["user", "assistant"]
+    memory.close()
+
+    # life 3: the earlier conversation, with the follow-up written before the kill, is all there
+    async def third_life(url: str):
+        async with ModelServerClient(url) as client:
+            view = await client.get_thread("keep")
+            with pytest.raises(ModelServerError):
+                await client.get_thread("never-started")
+            return view
+
+    server = ServerProcess(tiny_model_dir, db, "--max-new-tokens", "8")
+    try:
+        view = asyncio.run(third_life(server.url))
+    finally:
+        server.stop()
+    assert [t.text for t in view.turns] == [
+        "What defects does this wafer show?", kept.answer, "How many failing dies?", follow.answer]
+
+
+def test_bad_settings_exit_2_with_a_message(tmp_path):
+    proc = subprocess.run(
+        [*CLI, "serve", "--model", str(tmp_path / "missing"), "--port", "0",
+         "--db", str(tmp_path / "t.sqlite")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "missing" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([*CLI, "serve", "--max-batch-size", "zero"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "max_batch_size" in proc.stderr
