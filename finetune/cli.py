@@ -33,6 +33,8 @@ def _register_training(subcommands: argparse._SubParsersAction) -> None:
     train.add_argument("--quant", choices=("4bit", "8bit"), help="QLoRA: load --base quantised (CUDA + bitsandbytes)")
     train.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     train.add_argument("--batch-size", type=int, default=32, help="examples per step and process (default 32)")
+    train.add_argument("--micro-batches", type=int, default=4, metavar="K",
+                       help="split each batch into K length-sorted pieces: less padding, same gradient (default 4)")
     train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3; try 2e-4 for LoRA)")
     train.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default 100)")
     train.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default 0)")
@@ -71,7 +73,7 @@ def _run_training(args: argparse.Namespace) -> int:
         raise CommandError(f"--model-config must be a JSON object, got {args.model_config!r}")
     cfg = TrainConfig(
         data=Path(args.data), out=Path(args.out), lora=args.lora, base=Path(args.base) if args.base else None,
-        quant=args.quant, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+        quant=args.quant, steps=args.steps, batch_size=args.batch_size, micro_batches=args.micro_batches, lr=args.lr, warmup_steps=args.warmup_steps,
         seed=args.seed, eval_every=args.eval_every, eval_maps=args.eval_maps, save_every=args.save_every,
         recognition_fraction=args.recognition_fraction, max_length=args.max_length, vocab_size=args.vocab_size,
         model=model, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,

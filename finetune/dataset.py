@@ -249,21 +249,34 @@ def encode_example(processor: Any, example: Example, max_length: int) -> dict:
 
 
 def collate(encoded: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch tensors (positions start at 0 for every row, as in generation)."""
+    """Left-padded batch tensors, as in generation: every row's answer ends at the last position.
+
+    `position_ids` count real tokens only (0 at each row's first token), so a padded row sees the
+    same positions as it would alone. Answers at the end let training compute the vocabulary
+    projection for the tail of the sequence only (`finetune.train.answer_loss`).
+    """
     length = max(len(e["input_ids"]) for e in encoded)
     input_ids = torch.full((len(encoded), length), pad_token_id, dtype=torch.long)
     labels = torch.full((len(encoded), length), IGNORE_INDEX, dtype=torch.long)
     attention = torch.zeros((len(encoded), length), dtype=torch.long)
     for row, e in enumerate(encoded):
         n = len(e["input_ids"])
-        input_ids[row, :n] = torch.tensor(e["input_ids"])
-        labels[row, :n] = torch.tensor(e["labels"])
-        attention[row, :n] = 1
-    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        input_ids[row, length - n :] = torch.tensor(e["input_ids"])
+        labels[row, length - n :] = torch.tensor(e["labels"])
+        attention[row, length - n :] = 1
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention, "position_ids": positions}
     pixels = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
     if pixels:
         batch["pixel_values"] = torch.cat(pixels)
     return batch
+
+
+def length_groups(encoded: Sequence[dict], groups: int) -> list[list[dict]]:
+    """`encoded` sorted by length and cut into up to `groups` micro-batches (less padding per batch)."""
+    ordered = sorted(encoded, key=lambda e: len(e["input_ids"]))
+    size = max(1, -(-len(ordered) // max(1, groups)))
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 def class_labels(labels: np.ndarray) -> list[tuple[str, ...]]:

@@ -35,7 +35,7 @@ def test_aliases_resolve(alias, key):
 
 
 def test_unknown_pattern_error_lists_choices():
-    with pytest.raises(ValueError, match="unknown defect pattern 'Blob'.*Center"):
+    with pytest.raises(ValueError, match=r"unknown defect pattern 'Blob'.*Center"):
         tx.pattern_key("Blob")
 
 

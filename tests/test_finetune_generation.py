@@ -95,7 +95,7 @@ def test_long_history_is_trimmed_and_an_overlong_question_refused(loaded, wafer)
 def test_load_errors_are_clear(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(tmp_path / "missing")
-    with pytest.raises(ModelLoadError, match="config.json"):
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
         load_model(tmp_path)
 
 

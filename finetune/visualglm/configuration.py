@@ -57,8 +57,8 @@ class VisualGLMConfig(PreTrainedConfig):
     """Configuration of `VisualGLMForConditionalGeneration` (defaults: the published 7.8B model)."""
 
     model_type = "visualglm"
-    keys_to_ignore_at_inference = ["past_key_values"]
-    attribute_map = {
+    keys_to_ignore_at_inference = ["past_key_values"]  # noqa: RUF012 (transformers API)
+    attribute_map = {  # noqa: RUF012 (transformers API)
         "num_hidden_layers": "num_layers",
         "intermediate_size": "inner_hidden_size",
         "layer_norm_eps": "layernorm_epsilon",

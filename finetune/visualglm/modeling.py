@@ -372,7 +372,7 @@ class VisualGLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "visualglm"  # no wrapper module: checkpoint keys are used as they are
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["GLMBlock", "SatLayer"]
+    _no_split_modules = ["GLMBlock", "SatLayer"]  # noqa: RUF012 (transformers API)
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -392,6 +392,9 @@ class VisualGLMPreTrainedModel(PreTrainedModel):
 
 class VisualGLMForConditionalGeneration(VisualGLMPreTrainedModel, GenerationMixin):
     """VisualGLM-6B: answers about an image placed in the prompt's `image_length` slot tokens."""
+
+    #: GLM's 2-D positions come from the special tokens and the mask; callers must not pass 1-D ones.
+    derives_position_ids = True
 
     def __init__(self, config: VisualGLMConfig) -> None:
         super().__init__(config)

@@ -40,7 +40,6 @@ class ModelServer:
 
     async def start(self, ready_timeout: float = 120.0) -> None:
         from model_server.app import create_app
-
         from model_server.client import ModelServerClient
         from model_server.config import ServerConfig
 
