@@ -1,4 +1,6 @@
-"""`defect-glm data …`: the data tools from the command line (synth, stats, read, build, feedback-export).
+"""`defect-glm data …`: the data tools from the command line.
+
+Actions: classes (the taxonomy), synth, stats, render, read, build, feedback-export.
 
 Each subcommand's handler imports its module lazily so `defect-glm --help` stays fast.
 """
@@ -12,11 +14,69 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     data = subcommands.add_parser("data", help="wafer-map data: synthesise, inspect, read images, build corpora")
     actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     # Each block below belongs to one module; keep them independent.
+    _register_classes(actions)
     _register_synth(actions)
     _register_stats(actions)
+    _register_render(actions)
     _register_read(actions)
     _register_build(actions)
     _register_feedback_export(actions)
+
+
+# --- classes (data_tools.taxonomy) --------------------------------------------------------
+def _register_classes(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "classes",
+        help="list the 8 base patterns and the 38 MixedWM38 classes (names in English and Chinese)",
+        description="Print the defect taxonomy: the 8 base patterns in multi-hot column order with their "
+        "Chinese names and accepted aliases, the 38 MixedWM38 classes and the rules of the data.",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON (patterns, classes, rules)")
+    parser.add_argument("--lookup", metavar="NAME", help="resolve one pattern or class name/alias, e.g. 'EL+S' or Dount")
+    parser.set_defaults(handler=_run_classes)
+
+
+def _run_classes(args: argparse.Namespace) -> int:
+    import json
+
+    from data_tools import taxonomy as tx
+    from defect_glm import CommandError
+
+    def describe(c: tx.DefectClass) -> dict:
+        return {"name": c.name, "english": c.english, "chinese": c.chinese, "patterns": list(c.patterns),
+                "multi_hot": c.multi_hot.tolist()}
+
+    if args.lookup is not None:
+        try:
+            found = tx.parse_class_name(args.lookup)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        print(json.dumps(describe(found), ensure_ascii=False) if args.json else
+              f"{args.lookup} → {found.name} ({found.english}; {found.chinese}), multi-hot {found.multi_hot.tolist()}")
+        return 0
+    aliases: dict[str, list[str]] = {}
+    for alias, key in tx.alias_table().items():
+        aliases.setdefault(key, []).append(alias)
+    rules = [f"{tx.BY_KEY[a].english} and {tx.BY_KEY[b].english} never occur together" for a, b in tx.EXCLUSIVE_PAIRS]
+    rules += [f"{tx.BY_KEY[k].english} only occurs alone" for k in tx.SOLO_ONLY]
+    if args.json:
+        payload = {
+            "columns": list(tx.PATTERN_KEYS),
+            "patterns": [{"key": p.key, "english": p.english, "chinese": p.chinese, "description": p.description,
+                          "aliases": sorted(aliases[p.key])} for p in tx.PATTERNS],
+            "classes": [describe(c) for c in tx.CLASSES],
+            "rules": rules,
+        }
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+        return 0
+    print("base patterns (multi-hot column order):")
+    for i, p in enumerate(tx.PATTERNS):
+        print(f"  {i}  {p.key:<10} {p.english:<10} {p.chinese:<6} aliases: {', '.join(sorted(aliases[p.key]))}")
+    print(f"{len(tx.CLASSES)} classes:")
+    for c in tx.CLASSES:
+        print(f"  {''.join(str(v) for v in c.multi_hot)}  {c.name:<34} {c.chinese}")
+    print("rules: " + "; ".join(rules))
+    return 0
 
 
 # --- synth (data_tools.synthetic) -------------------------------------------------------
@@ -92,11 +152,15 @@ def _run_synth(args: argparse.Namespace) -> int:
 def _register_stats(actions: argparse._SubParsersAction) -> None:
     stats = actions.add_parser(
         "stats",
-        help="per-class counts, failing-die fractions and failure zones of a MixedWM38-layout .npz",
-        description="Print per-class statistics of a MixedWM38-layout .npz: map counts, the mean and standard "
-        "deviation of the failing-die fraction, and the share of failures in the centre/middle/edge zones.",
+        help="per-class counts, failing-die fractions and failure zones of a data file",
+        description="Print per-class statistics of wafer maps: map counts, the mean and standard deviation of "
+        "the failing-die fraction, and the share of failures in the centre/middle/edge zones. FILE is a "
+        "MixedWM38-layout .npz (arr_0 maps, arr_1 labels), WM-811K's LSWMD.pkl, or a folder of wafer-map "
+        "images together with --labels CSV. Class keys are '+'-joined pattern names, 'Normal' for none.",
     )
-    stats.add_argument("file", metavar="FILE.npz", help="MixedWM38-layout file (arr_0 maps, arr_1 labels)")
+    stats.add_argument("file", metavar="FILE", help="MixedWM38 .npz, WM-811K .pkl, or an image folder (with --labels)")
+    stats.add_argument("--labels", metavar="CSV", help="labels CSV of an image folder (file column + class column "
+                       "or 0/1 pattern columns)")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.add_argument("--limit", metavar="N", type=int, help="only the first N maps")
     stats.set_defaults(handler=_run_stats)
@@ -104,19 +168,106 @@ def _register_stats(actions: argparse._SubParsersAction) -> None:
 
 def _run_stats(args: argparse.Namespace) -> int:
     import json
+    import sys
+    from pathlib import Path
 
-    from data_tools.loaders import DataFormatError, load_mixedwm38
-    from data_tools.stats import format_table, stats_json
+    from data_tools.loaders import DataFormatError, load_image_folder, load_mixedwm38, load_wm811k
+    from data_tools.stats import format_report, format_table, records_stats, stats_json
     from defect_glm import CommandError
 
+    path = Path(args.file)
+    if args.limit is not None and args.limit < 1:
+        raise CommandError(f"--limit must be a positive number of maps, got {args.limit}")
     try:
-        data = load_mixedwm38(args.file, limit=args.limit)
+        if path.is_dir() or args.labels is not None:
+            if args.labels is None:
+                raise CommandError(f"{path} is a folder: give its labels CSV with --labels")
+            result = load_image_folder(path, args.labels, limit=args.limit)
+            for failure in result.failures:
+                print(f"skipped line {failure.line} ({failure.file}): {failure.reason}", file=sys.stderr)
+            if not result.records:
+                raise CommandError(f"no wafer-map image listed in {args.labels} could be read")
+            report = records_stats(result.records, str(path))
+        elif path.suffix.lower() == ".pkl":
+            records = load_wm811k(path, limit=args.limit)
+            if not records:
+                raise CommandError(f"{path} holds no wafer maps")
+            report = records_stats(records, str(path))
+        else:
+            data = load_mixedwm38(path, limit=args.limit)
+            if args.json:
+                print(json.dumps(stats_json(data), indent=2, ensure_ascii=False))
+            else:
+                print(format_table(data))
+            return 0
     except DataFormatError as exc:
         raise CommandError(str(exc)) from None
-    if args.json:
-        print(json.dumps(stats_json(data), indent=2, ensure_ascii=False))
-    else:
-        print(format_table(data))
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
+    return 0
+
+
+# --- render (data_tools.render) ----------------------------------------------------------
+def _register_render(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "render",
+        help="draw one map of a MixedWM38-layout .npz as an image (grey, viridis, fab or highlight palette)",
+        description="Render map number INDEX of a MixedWM38-layout .npz to an image file (PNG, JPEG, …, "
+        "from the --out suffix). Palettes: grey (Defect-GLM: white off wafer, grey good, black failing), viridis "
+        "(matplotlib, WM-811K style), fab (light background, green good, red failing), highlight.",
+    )
+    parser.add_argument("file", metavar="FILE.npz", help="MixedWM38-layout file (arr_0 maps, arr_1 labels)")
+    parser.add_argument("--index", metavar="I", type=int, default=0, help="which map (row of arr_0, default 0)")
+    parser.add_argument("--out", metavar="IMAGE", required=True, help="output image, e.g. map.png or map.jpg")
+    parser.add_argument("--palette", default="grey", help="grey (default), viridis, fab or highlight")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float, help="pixels per die, may be fractional (default 1)")
+    size.add_argument("--size", metavar="PX|WxH", help="image size in pixels: 512 or 800x600 (map centred)")
+    parser.add_argument("--grid-lines", action="store_true", help="one-pixel lines between dies (≥ 3 px per die)")
+    parser.add_argument("--margin", metavar="PX", type=int, default=0, help="uniform border in pixels (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.set_defaults(handler=_run_render)
+
+
+def _parse_size(text: str) -> int | tuple[int, int]:
+    from defect_glm import CommandError
+
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise CommandError(f"--size is a number of pixels (512) or WIDTHxHEIGHT (800x600); got {text!r}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _run_render(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from data_tools.loaders import DataFormatError, load_mixedwm38
+    from data_tools.render import render, save_image
+    from defect_glm import CommandError
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CommandError(f"{out} already exists; pass --overwrite to replace it")
+    if args.index < 0:
+        raise CommandError(f"--index must be ≥ 0, got {args.index}")
+    size = None if args.size is None else _parse_size(args.size)
+    try:
+        data = load_mixedwm38(args.file, limit=args.index + 1)
+    except DataFormatError as exc:
+        raise CommandError(str(exc)) from None
+    if args.index >= len(data):
+        raise CommandError(f"--index {args.index} is past the end of {args.file} ({len(data)} maps)")
+    try:
+        image = render(data.wafer(args.index), palette=args.palette, scale=args.scale, size=size,
+                       grid_lines=args.grid_lines, margin=args.margin)
+        save_image(image, out)
+    except (ValueError, OSError) as exc:
+        raise CommandError(str(exc)) from None
+    print(f"wrote {out}: map {args.index} ({data.class_name(args.index)}), {image.size[0]}×{image.size[1]} px, "
+          f"palette {args.palette}")
     return 0
 
 

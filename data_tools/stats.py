@@ -1,6 +1,7 @@
 """Per-class statistics of a wafer-map data set: counts, failing-die fractions, where failures sit.
 
-Used by `defect-glm data stats FILE.npz [--json]` and by `benchmarks/compare_synthetic.py`
+Used by `defect-glm data stats FILE [--json]` (MixedWM38 .npz, WM-811K .pkl or an image folder with
+a label CSV) and by `benchmarks/compare_synthetic.py`
 to compare synthetic maps with real ones. Radial zones are measured as `WaferMap.zones` does
 (centre of the dies, radius √(dies/π), zones centre < 0.4 ≤ middle < 0.8 ≤ edge), vectorised over
 many maps at once.
@@ -9,11 +10,12 @@ many maps at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from data_tools.loaders import WaferDataset
+from data_tools.loaders import LabelledWafer, WaferDataset
 from data_tools.wafer_map import FAIL, OFF, ZONE_EDGES
 
 ZONES = tuple(ZONE_EDGES)
@@ -116,6 +118,58 @@ def format_table(data: WaferDataset) -> str:
         lines.append(
             f"{name:<{width}}  {s.count:>6}  {100 * s.fail_fraction_mean:>7.1f}  {100 * s.fail_fraction_std:>6.1f}  "
             f"{z['center']:>6.2f}  {z['middle']:>6.2f}  {z['edge']:>6.2f}"
+        )
+    lines.append("zone columns: mean share of each map's failing dies in the centre / middle / edge zone")
+    return "\n".join(lines)
+
+
+def records_stats(records: Sequence[LabelledWafer], source: str = "") -> dict:
+    """JSON-ready statistics of maps of any sizes (WM-811K, image folders), like `stats_json`.
+
+    Classes are keyed as in `stats_json` (``Normal``, ``Center+Scratch``…, in taxonomy order), with
+    ``unlabelled`` last for maps without labels. ``shape`` is the common grid size, or None when the
+    maps have several; ``shapes`` counts the maps of each size (``"26x26"``), most common first.
+    """
+    from data_tools.taxonomy import CLASS_NAMES
+
+    n = len(records)
+    measures = {key: np.zeros(n, dtype=np.int64) for key in ("dies", "failing", *(f"failing_{z}" for z in ZONES))}
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, record in enumerate(records):
+        by_shape.setdefault(record.wafer.shape, []).append(i)
+    for shape_indices in by_shape.values():
+        picked = np.asarray(shape_indices)
+        for start in range(0, len(picked), CHUNK):
+            part = picked[start : start + CHUNK]
+            found = per_map_measures(np.stack([records[int(i)].wafer.grid for i in part]))
+            for key, values in found.items():
+                measures[key][part] = values
+    names = np.asarray([r.class_name or "unlabelled" for r in records], dtype=object)
+    present = set(names.tolist())
+    order = [c for c in (*CLASS_NAMES, "unlabelled") if c in present]
+    shapes = sorted(by_shape.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return {
+        "file": source,
+        "maps": n,
+        "shape": list(shapes[0][0]) if len(shapes) == 1 else None,
+        "shapes": {f"{h}x{w}": len(idx) for (h, w), idx in shapes},
+        "classes": {name: summarise(measures, names == name).to_json() for name in order},
+    }
+
+
+def format_report(report: dict) -> str:
+    """A readable per-class table of a `records_stats` (or `stats_json`) report."""
+    classes = report["classes"]
+    width = max([len(n) for n in classes] + [5])
+    sizes = report.get("shapes") or {"x".join(str(v) for v in report["shape"]): report["maps"]}
+    shown = ", ".join(f"{k} ({v})" for k, v in list(sizes.items())[:5]) + (" …" if len(sizes) > 5 else "")
+    head = f"{'class':<{width}}  {'maps':>6}  {'fail %':>7}  {'± sd':>6}  {'centre':>6}  {'middle':>6}  {'edge':>6}"
+    lines = [f"{report['file']}: {report['maps']} maps; grid sizes {shown}", head, "-" * len(head)]
+    for name, s in classes.items():
+        z = s["zone_share"]
+        lines.append(
+            f"{name:<{width}}  {s['count']:>6}  {100 * s['fail_fraction_mean']:>7.1f}  "
+            f"{100 * s['fail_fraction_std']:>6.1f}  {z['center']:>6.2f}  {z['middle']:>6.2f}  {z['edge']:>6.2f}"
         )
     lines.append("zone columns: mean share of each map's failing dies in the centre / middle / edge zone")
     return "\n".join(lines)

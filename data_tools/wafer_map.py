@@ -3,7 +3,7 @@
 A `WaferMap` wraps an (H, W) uint8 grid using the MixedWM38 codes
 (0 = off wafer, 1 = good die, 2 = failing die) and measures what a process engineer
 reads off a map: die count, failing dies, yield, which radial zone (centre / middle /
-edge) and which angular sector the failures sit in, and the clusters they form.
+edge), which angular sector and quadrant the failures sit in, and the clusters they form.
 The measured facts are what answers quote as numbers, so they live in one place.
 """
 
@@ -23,6 +23,8 @@ OFF, GOOD, FAIL = 0, 1, 2
 ZONE_EDGES = {"center": (0.0, 0.4), "middle": (0.4, 0.8), "edge": (0.8, math.inf)}
 #: Compass sectors, clockwise from "north" (the top of the map), 45° each.
 SECTORS = ("N", "NE", "E", "SE", "S", "SW", "W", "NW")
+#: Quadrants, clockwise from the top right, 90° each (NE = upper right, SE = lower right, …).
+QUADRANTS = ("NE", "SE", "SW", "NW")
 SECTOR_WORDS = {
     "N": "top", "NE": "upper right", "E": "right", "SE": "lower right",
     "S": "bottom", "SW": "lower left", "W": "left", "NW": "upper left",
@@ -173,6 +175,20 @@ class WaferMap:
         return {
             name: ZoneCount(int((on & (index == i)).sum()), int((fail & (index == i)).sum()))
             for i, name in enumerate(SECTORS)
+        }
+
+    @cached_property
+    def quadrants(self) -> dict[str, ZoneCount]:
+        """Dies and failing dies per quadrant around the wafer centre: NE (upper right), SE, SW, NW.
+
+        Quadrant boundaries are the vertical and horizontal lines through the centre; a cell on a
+        boundary goes to the quadrant clockwise of it (the top centre line to NE).
+        """
+        index = (self.angle() // 90.0).astype(int) % 4
+        on, fail = self.grid > OFF, self.grid == FAIL
+        return {
+            name: ZoneCount(int((on & (index == i)).sum()), int((fail & (index == i)).sum()))
+            for i, name in enumerate(QUADRANTS)
         }
 
     @cached_property

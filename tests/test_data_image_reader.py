@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from data_tools.image_reader import (
     ImageTooLargeError,
@@ -150,7 +150,26 @@ def _text() -> Image.Image:
     return image
 
 
+def _photo(size: int = 240) -> Image.Image:
+    """A photo-like picture: a softly lit round object (a round thing, like a wafer) with sensor noise."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.indices((size, size)) / size - 0.5
+    shade = np.clip(1 - 4 * (xx**2 + yy**2), 0, 1) * (0.6 + 0.4 * xx)
+    pixels = np.stack([shade * 200, shade * 180, shade * 220], -1) + rng.normal(0, 4, (size, size, 3))
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+def _texture(size: int = 240) -> Image.Image:
+    """A smooth random colour field, like an out-of-focus photo."""
+    field = np.random.default_rng(6).normal(size=(size // 8 + 2, size // 8 + 2, 3))
+    small = Image.fromarray(((field - field.min()) / np.ptp(field) * 255).astype(np.uint8))
+    return small.resize((size, size), Image.BICUBIC).filter(ImageFilter.GaussianBlur(2))
+
+
 NON_WAFERS = {
+    "photo": _photo,
+    "photo-jpeg": lambda: Image.open(io.BytesIO(encode(_photo(), "JPEG", quality=85))).convert("RGB"),
+    "texture": _texture,
     "noise": lambda: Image.fromarray(np.random.default_rng(1).integers(0, 256, (120, 120, 3), dtype=np.uint8)),
     "binary-noise": lambda: Image.fromarray(
         (np.random.default_rng(2).random((120, 120)) < 0.5).astype(np.uint8) * 255

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import struct
 import zipfile
@@ -394,3 +395,58 @@ def test_load_image_folder_refuses_a_csv_without_the_columns(tmp_path):
         load_image_folder(folder, csv_path)
     with pytest.raises(DataFormatError, match="no such folder"):
         load_image_folder(tmp_path / "nope", csv_path)
+
+
+# ---------------------------------------------------------------- the loaders from the command line
+
+
+def _data_cli(capsys, *args: str) -> tuple[int, str, str]:
+    from defect_glm import main
+
+    code = main(["data", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_stats_reads_a_wm811k_pickle(lswmd, capsys):
+    code, out, err = _data_cli(capsys, "stats", str(lswmd), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["maps"] == 5 and report["shape"] is None
+    assert report["shapes"] == {"26x26": 2, "15x20": 1, "30x34": 1, "45x48": 1}
+    assert list(report["classes"]) == ["Normal", "Edge_Loc", "Edge_Ring", "Near_Full", "unlabelled"]
+    assert all(c["count"] == 1 for c in report["classes"].values())
+    first = load_wm811k(lswmd)[0].wafer
+    assert report["classes"]["Normal"]["fail_fraction_mean"] == pytest.approx(first.failing / first.dies, abs=1e-4)
+    code, out, _ = _data_cli(capsys, "stats", str(lswmd), "--limit", "2")
+    assert code == 0 and "2 maps; grid sizes 26x26 (1), 30x34 (1)" in out and "Edge_Ring" in out
+
+
+def test_cli_stats_reads_an_image_folder_and_reports_skipped_rows(tmp_path, capsys):
+    folder, grids = _image_folder(tmp_path)
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("file,class\nw0.png,Center\nw1.png,Center\nphoto.png,Loc\nw2.png,EL+S\n")
+    code, out, err = _data_cli(capsys, "stats", str(folder), "--labels", str(csv_path), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["shape"] == [52, 52] and report["maps"] == 3
+    assert {k: v["count"] for k, v in report["classes"].items()} == {"Center": 2, "Edge_Loc+Scratch": 1}
+    expected = np.mean([(g == 2).sum() / (g > 0).sum() for g in grids[:2]])
+    assert report["classes"]["Center"]["fail_fraction_mean"] == pytest.approx(expected, abs=1e-4)
+    assert "skipped line 4 (photo.png): not a wafer map" in err
+
+
+def test_cli_stats_wrong_inputs_exit_2_with_the_reason(tmp_path, capsys):
+    folder, _ = _image_folder(tmp_path)
+    code, _, err = _data_cli(capsys, "stats", str(folder))
+    assert code == 2 and "give its labels CSV with --labels" in err
+    junk = tmp_path / "LSWMD.pkl"
+    junk.write_bytes(b"\x80\x02not really")
+    code, _, err = _data_cli(capsys, "stats", str(junk))
+    assert code == 2 and "expected a pandas pickle of WM-811K" in err
+    code, _, err = _data_cli(capsys, "stats", str(tmp_path / "absent.npz"))
+    assert code == 2 and "no such file" in err
+    only_photo = tmp_path / "photo.csv"
+    only_photo.write_text("file,class\nphoto.png,Loc\n")
+    code, _, err = _data_cli(capsys, "stats", str(folder), "--labels", str(only_photo))
+    assert code == 2 and "could be read" in err

@@ -123,3 +123,69 @@ def test_bad_arguments_say_what_was_expected(kwargs: dict, message: str) -> None
 def test_bad_grid_is_rejected_clearly() -> None:
     with pytest.raises(ValueError, match="die codes"):
         render(np.full((4, 4), 7))
+
+
+# ------------------------------------------------------------------ `defect-glm data render`
+
+
+def _npz(tmp_path):
+    from data_tools.loaders import save_mixedwm38
+    from data_tools.taxonomy import to_multi_hot
+
+    grids = np.stack([disc_map(), np.where(disc_map() > 0, 1, 0).astype(np.uint8)])
+    labels = np.stack([to_multi_hot(["Center"]), to_multi_hot([])])
+    return save_mixedwm38(tmp_path / "maps.npz", grids, labels), grids
+
+
+def _render_cli(capsys, *args: str) -> tuple[int, str, str]:
+    from defect_glm import main
+
+    code = main(["data", "render", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_render_draws_the_chosen_map(tmp_path, capsys) -> None:
+    from data_tools.image_reader import read_wafer_image
+
+    path, grids = _npz(tmp_path)
+    out = tmp_path / "map.png"
+    code, stdout, err = _render_cli(capsys, str(path), "--out", str(out), "--palette", "fab", "--scale", "6",
+                                    "--grid-lines", "--margin", "4")
+    assert code == 0, err
+    assert "map 0 (Center)" in stdout
+    image = Image.open(out)
+    assert image.size == (20 * 6 + 1 + 8, 20 * 6 + 1 + 8)
+    assert tuple(np.asarray(image.convert("RGB"))[0, 0]) == PALETTES["fab"].background
+    assert np.array_equal(read_wafer_image(out, expected_shape=(20, 20)).grid, grids[0])
+
+    jpg = tmp_path / "normal.jpg"
+    code, stdout, err = _render_cli(capsys, str(path), "--index", "1", "--size", "300x200", "--out", str(jpg))
+    assert code == 0, err
+    assert "map 1 (Normal)" in stdout and Image.open(jpg).format == "JPEG" and Image.open(jpg).size == (300, 200)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--index", "2"], "past the end"),
+        (["--palette", "rainbow"], "unknown palette 'rainbow'"),
+        (["--size", "big"], "--size is a number of pixels"),
+        (["--scale", "1", "--grid-lines"], "at least 3 pixels per die"),
+    ],
+)
+def test_cli_render_refuses_bad_requests_and_writes_nothing(tmp_path, capsys, args, message) -> None:
+    path, _ = _npz(tmp_path)
+    code, _, err = _render_cli(capsys, str(path), "--out", str(tmp_path / "x.png"), *args)
+    assert code == 2 and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.npz"]
+
+
+def test_cli_render_keeps_an_existing_file(tmp_path, capsys) -> None:
+    path, _ = _npz(tmp_path)
+    out = tmp_path / "x.png"
+    out.write_bytes(b"keep")
+    code, _, err = _render_cli(capsys, str(path), "--out", str(out))
+    assert code == 2 and "--overwrite" in err and out.read_bytes() == b"keep"
+    assert _render_cli(capsys, str(path), "--out", str(out), "--overwrite")[0] == 0
+    assert out.read_bytes().startswith(b"\x89PNG")

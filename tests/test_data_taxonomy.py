@@ -77,3 +77,43 @@ def test_names_in_both_languages():
     assert c.chinese == "中心+边缘局部+划痕"
     assert tx.display_names(["Scratch", "Center"], "zh") == ["中心", "划痕"]
     assert tx.parse_class_name("Normal").name == "Normal" and tx.parse_class_name("正常").patterns == ()
+
+
+def test_cli_lists_the_taxonomy(capsys):
+    import json
+
+    from defect_glm import main
+
+    assert main(["data", "classes", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["columns"] == ["Center", "Donut", "Edge_Loc", "Edge_Ring", "Loc", "Near_Full", "Scratch", "Random"]
+    assert [c["name"] for c in payload["classes"]] == list(tx.CLASS_NAMES)
+    edge_loc = payload["patterns"][2]
+    assert edge_loc["chinese"] == "边缘局部" and {"el", "edge loc"} <= set(edge_loc["aliases"])
+    assert "dount" in payload["patterns"][1]["aliases"]
+    assert len(payload["rules"]) == 4
+    assert main(["data", "classes"]) == 0
+    table = capsys.readouterr().out
+    assert "38 classes" in table and "00100010  Edge_Loc+Scratch" in table and "中心+边缘局部" in table
+
+
+def test_cli_lookup_resolves_aliases_and_refuses_impossible_classes(capsys):
+    import json
+
+    from defect_glm import main
+
+    assert main(["data", "classes", "--lookup", "Dount + EL", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["name"] == "Donut+Edge_Loc" and found["multi_hot"] == [0, 1, 1, 0, 0, 0, 0, 0]
+    assert found["chinese"] == "环形+边缘局部"
+    assert main(["data", "classes", "--lookup", "Near-full+Scratch"]) == 2
+    assert "Near-full only occurs alone" in capsys.readouterr().err
+    assert main(["data", "classes", "--lookup", "Blob"]) == 2
+    assert "unknown defect pattern 'Blob'" in capsys.readouterr().err
+
+
+def test_real_labels_obey_the_rules(real_mixedwm38):
+    labels = np.load(real_mixedwm38)["arr_1"]
+    rows, counts = np.unique(labels, axis=0, return_counts=True)
+    names = {tx.class_name(row) for row in rows}
+    assert names == set(tx.CLASS_NAMES) and len(rows) == 38 and counts.min() > 50

@@ -94,3 +94,29 @@ def test_real_maps_share_the_mixedwm38_layout(real_mixedwm38):
     data = np.load(real_mixedwm38)
     w = WaferMap(data["arr_0"][0])
     assert w.dies == 2061
+
+
+def test_quadrants_split_dies_and_failures_around_the_centre():
+    grid = disc()
+    grid[5:9, 28:32] = FAIL  # upper right
+    grid[30:33, 8:10] = FAIL  # lower left
+    w = WaferMap(grid)
+    quadrants = w.quadrants
+    assert list(quadrants) == ["NE", "SE", "SW", "NW"]
+    assert sum(q.dies for q in quadrants.values()) == w.dies
+    assert {name: q.failing for name, q in quadrants.items()} == {"NE": 16, "SE": 0, "SW": 6, "NW": 0}
+    # a round wafer: the quadrants hold about a quarter of the dies each
+    assert all(abs(q.dies - w.dies / 4) <= 0.03 * w.dies for q in quadrants.values())
+    assert w.transformed(k_rot90=1).quadrants["NW"].failing == 16  # NE turns to NW counter-clockwise
+
+
+def test_clusters_are_separate_and_sized_largest_first():
+    grid = disc()
+    grid[18:21, 18:21] = FAIL  # 9 dies in the centre
+    grid[5, 15:20] = FAIL  # a 5-die line near the top
+    grid[30, 30] = FAIL  # a single die
+    grid[31, 31] = FAIL  # diagonal neighbour: joins it (8-connectivity)
+    w = WaferMap(grid)
+    assert [c.size for c in w.clusters] == [9, 5, 2]
+    assert w.facts()["clusters"]["sizes"] == [9, 5, 2] and w.facts()["clusters"]["count"] == 3
+    assert w.clusters[0].zone == "center" and w.clusters[1].sector == "N"
