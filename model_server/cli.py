@@ -23,7 +23,7 @@ def _register_serve(subcommands: argparse._SubParsersAction) -> None:
         "serve",
         help="run the inference server (thread API, OpenAI-compatible API, metrics)",
         description="Serve the model over HTTP. Every option can also be set by its environment variable "
-        "(shown in brackets; the full table is in docs/serving.md). Binds 127.0.0.1 unless --host says otherwise.",
+        "(shown in brackets; the full table is in docs/server.md). Binds 127.0.0.1 unless --host says otherwise.",
     )
     add_arguments(parser)
     parser.set_defaults(handler=_serve)

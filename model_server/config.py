@@ -2,7 +2,7 @@
 
 Settings are read, lowest precedence first, from the defaults below, then the environment,
 then `defect-glm serve` flags. Each option is declared once in `OPTIONS`; the table here and
-the one in docs/serving.md are generated from it (`python -m model_server.config`).
+the one in docs/server.md are generated from it (`python -m model_server.config`).
 
 | option | environment variable | flag | default | meaning |
 | --- | --- | --- | --- | --- |
@@ -261,7 +261,7 @@ assert {o.name for o in OPTIONS} == {f.name for f in fields(ServerConfig)}, "eve
 
 
 def options_table() -> str:
-    """The Markdown table of every option (the module docstring and docs/serving.md hold a copy)."""
+    """The Markdown table of every option (the module docstring and docs/server.md hold a copy)."""
     lines = [
         "| option | environment variable | flag | default | meaning |",
         "| --- | --- | --- | --- | --- |",

@@ -1,0 +1,138 @@
+"""The dynamic batcher (model_server.batching) with small Backend implementations: no model, no HTTP.
+
+Batching off (max batch size 1) runs one request per generate call; on, requests waiting
+together share a call up to the maximum and each caller gets its own answer; `max_wait_ms`
+lets a lone request wait for company; a failing batch fails only its own requests; a backend
+swapped in (reload) serves the next batch while the running one finishes on the old backend,
+which is closed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from model_server.backends.base import Backend, BackendInfo, GenerationRequest
+from model_server.batching import Batcher, ModelFailure, QueueFull
+
+
+class _Counting(Backend):
+    """Answers "<name>: <question>"; records batch sizes; waits for `gate` if given; BOOM fails the batch."""
+
+    def __init__(self, name: str = "a", gate: threading.Event | None = None) -> None:
+        self.name = name
+        self.gate = gate
+        self.batches: list[list[str]] = []
+        self.started = threading.Event()
+        self.closed = False
+
+    @property
+    def info(self) -> BackendInfo:
+        return BackendInfo(self.name, "1", "test")
+
+    def generate(self, requests: list[GenerationRequest]) -> list[str]:
+        self.batches.append([r.question for r in requests])
+        self.started.set()
+        if self.gate is not None and not self.gate.wait(10):
+            raise RuntimeError("gate never opened")
+        if any("BOOM" in r.question for r in requests):
+            raise RuntimeError("simulated failure")
+        return [f"{self.name}: {r.question}" for r in requests]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _req(question: str) -> GenerationRequest:
+    return GenerationRequest(question)
+
+
+async def _started(backend: _Counting) -> None:
+    while not backend.started.is_set():
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize(("max_batch", "expected_sizes"), [(1, [1] * 9), (4, [1, 4, 4])])
+def test_batching_off_and_on(max_batch, expected_sizes):
+    gate = threading.Event()
+    backend = _Counting(gate=gate)
+
+    async def go():
+        batcher = Batcher(backend, max_batch_size=max_batch, max_wait_ms=0, max_queue=64)
+        await batcher.start()
+        first = asyncio.create_task(batcher.generate([_req("q0")]))
+        await _started(backend)  # q0 occupies the model; the next eight queue up behind it
+        rest = [asyncio.create_task(batcher.generate([_req(f"q{i}")])) for i in range(1, 9)]
+        while batcher.depth < 8:
+            await asyncio.sleep(0.005)
+        gate.set()
+        answers = [await t for t in (first, *rest)]
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(go())
+    assert answers == [[f"a: q{i}"] for i in range(9)]  # every caller got its own answer
+    assert [len(b) for b in backend.batches] == expected_sizes
+    assert [q for b in backend.batches for q in b] == [f"q{i}" for i in range(9)]  # first come, first served
+
+
+def test_max_wait_lets_a_lone_request_wait_for_company():
+    backend = _Counting()
+
+    async def go():
+        batcher = Batcher(backend, max_batch_size=8, max_wait_ms=300, max_queue=64)
+        await batcher.start()
+        first = asyncio.create_task(batcher.generate([_req("early")]))
+        await asyncio.sleep(0.05)  # well inside the wait
+        second = asyncio.create_task(batcher.generate([_req("late")]))
+        result = [await first, await second]
+        await batcher.stop()
+        return result
+
+    assert asyncio.run(go()) == [["a: early"], ["a: late"]]
+    assert backend.batches == [["early", "late"]]
+
+
+def test_a_failing_batch_fails_only_its_requests_and_a_full_queue_refuses():
+    backend = _Counting()
+
+    async def go():
+        batcher = Batcher(backend, max_batch_size=4, max_wait_ms=0, max_queue=2)
+        await batcher.start()
+        with pytest.raises(ModelFailure) as failure:
+            await batcher.generate([_req("BOOM")])
+        ok = await batcher.generate([_req("fine")])
+        with pytest.raises(QueueFull) as full:
+            await batcher.generate([_req("x"), _req("y"), _req("z")])  # more than the queue holds
+        await batcher.stop()
+        return failure.value, ok, full.value
+
+    failure, ok, full = asyncio.run(go())
+    assert "simulated failure" in str(failure) and ok == ["a: fine"]
+    assert full.retry_after >= 1 and "try again" in str(full)
+
+
+def test_swap_backend_between_batches_drops_nothing():
+    gate = threading.Event()
+    old, new = _Counting("old", gate=gate), _Counting("new")
+
+    async def go():
+        batcher = Batcher(old, max_batch_size=4, max_wait_ms=0, max_queue=64)
+        await batcher.start()
+        running = asyncio.create_task(batcher.generate([_req("during")]))
+        await _started(old)
+        swap = asyncio.create_task(batcher.swap_backend(new))
+        await asyncio.sleep(0.05)
+        closed_while_running = old.closed
+        queued = asyncio.create_task(batcher.generate([_req("after")]))
+        gate.set()
+        await swap
+        result = (await running, await queued, closed_while_running, old.closed, new.closed)
+        await batcher.stop()
+        return result
+
+    during, after, closed_while_running, old_closed, new_closed = asyncio.run(go())
+    assert during == ["old: during"] and after == ["new: after"]
+    assert not closed_while_running and old_closed and not new_closed
