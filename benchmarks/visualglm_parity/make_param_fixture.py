@@ -45,10 +45,20 @@ def main() -> None:
     # SAT places its big linears on `torch.cuda.current_device()` when asked to initialise on the GPU:
     # point that at the meta device so 7.8B parameters cost no memory.
     torch.cuda.current_device = lambda: torch.device("meta")
+    # SAT's parallel layers allocate with an explicit `device=torch.device("cpu")` default, which the meta
+    # device context does not override: redirect torch.empty while the model is built.
+    real_empty = torch.empty
+
+    def meta_empty(*size, **kwargs):
+        kwargs["device"] = "meta"
+        return real_empty(*size, **kwargs)
+
+    torch.empty = meta_empty
     args = ref.SatVisualGLM.get_args(**PUBLISHED)
     args.skip_init, args.use_gpu_initialization = True, True
     with torch.device("meta"):
         model = ref.SatVisualGLM(args)
+    torch.empty = real_empty
     shapes: dict[str, list[int]] = {}
     for name, tensor in model.state_dict().items():
         if name.startswith("mixins.eva.model."):

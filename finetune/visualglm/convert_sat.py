@@ -208,6 +208,7 @@ def convert_sat_checkpoint(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Convert SRC (SAT) into DST (our safetensors checkpoint + processor); returns a summary."""
+    from .image_processing import VisualGLMImageProcessor
     from .modeling import VisualGLMForConditionalGeneration
     from .processing import VisualGLMProcessor
     from .tokenization import ChatGLMTokenizer
@@ -215,8 +216,8 @@ def convert_sat_checkpoint(
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if dst.exists() and not overwrite:
         raise SatCheckpointError(f"{dst} already exists; choose a new directory or pass --overwrite")
-    vocab = _find_tokenizer(src, tokenizer)
     state, sat_config, iteration = read_sat_checkpoint(src)
+    vocab = _find_tokenizer(src, tokenizer)
     tok = ChatGLMTokenizer(str(vocab))
     overrides = {} if "eos_token_id" in sat_config else {"eos_token_id": tok.eos_token_id}
     config = config_from_sat(sat_config, **overrides)
@@ -257,7 +258,8 @@ def convert_sat_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
-        VisualGLMProcessor(tokenizer=tok, image_length=config.image_length).save_pretrained(staging)
+        image_processor = VisualGLMImageProcessor(image_size=int(config.eva_config["image_size"][0]))
+        VisualGLMProcessor(image_processor, tok, image_length=config.image_length).save_pretrained(staging)
         (staging / "conversion.json").write_text(
             json.dumps(
                 {"source": str(src.resolve()), "format": "sat", "iteration": iteration, "lora_alpha": lora_alpha,

@@ -141,7 +141,7 @@ class GLMAttention(nn.Module):
         hidden: torch.Tensor,
         bias: torch.Tensor,
         position_ids: torch.Tensor,
-        past_key_values: Cache | None,
+        cache: Cache | None,
     ) -> torch.Tensor:
         batch, length, _ = hidden.shape
         mixed = self.query_key_value(hidden).view(batch, length, self.num_heads, 3 * self.head_dim)
@@ -152,8 +152,8 @@ class GLMAttention(nn.Module):
         k1, k2 = key.chunk(2, dim=-1)
         query = torch.cat([_apply_rotary(q1, cos0, sin0), _apply_rotary(q2, cos1, sin1)], dim=-1)
         key = torch.cat([_apply_rotary(k1, cos0, sin0), _apply_rotary(k2, cos1, sin1)], dim=-1)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype))
         return self.dense(out.transpose(1, 2).reshape(batch, length, -1))
 
@@ -182,10 +182,10 @@ class GLMBlock(GradientCheckpointingLayer):
         hidden: torch.Tensor,
         bias: torch.Tensor,
         position_ids: torch.Tensor,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         attention_input = self.input_layernorm(hidden)
-        hidden = attention_input * self.alpha + self.attention(attention_input, bias, position_ids, past_key_values)
+        hidden = attention_input * self.alpha + self.attention(attention_input, bias, position_ids, cache)
         mlp_input = self.post_attention_layernorm(hidden)
         return mlp_input * self.alpha + self.mlp(mlp_input)
 
@@ -456,7 +456,7 @@ class VisualGLMForConditionalGeneration(VisualGLMPreTrainedModel, GenerationMixi
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         use_cache: bool | None = None,
@@ -465,14 +465,16 @@ class VisualGLMForConditionalGeneration(VisualGLMPreTrainedModel, GenerationMixi
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        if cache is None:  # the name transformers used before 5.x's `cache`
+            cache = kwargs.pop("past_key_values", None)
         if input_ids is None:
             raise VisualGLMInputError("VisualGLM needs input_ids (the special tokens define its attention pattern)")
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None and not self.training:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None and not self.training:
+            cache = DynamicCache(config=self.config)
         if not use_cache:
-            past_key_values = None
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+            cache = None
+        past_length = cache.get_seq_length() if cache is not None else 0
         batch, length = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones(batch, past_length + length, dtype=torch.long, device=input_ids.device)
@@ -488,7 +490,12 @@ class VisualGLMForConditionalGeneration(VisualGLMPreTrainedModel, GenerationMixi
         else:
             context = None  # every new token comes after <sop>: plain causal attention over the cache
             if position_ids is None:
-                raise VisualGLMInputError("position_ids are required when continuing from past_key_values")
+                raise VisualGLMInputError("position_ids are required when continuing from a cache")
+        if position_ids.ndim != 3 or position_ids.shape[1] != 2:
+            raise VisualGLMInputError(
+                f"VisualGLM takes 2-D GLM positions of shape (batch, 2, length); got {tuple(position_ids.shape)} "
+                "(leave position_ids out and they are derived from the special tokens)"
+            )
 
         if inputs_embeds is None:
             inputs_embeds = self.transformer.word_embeddings(input_ids)
@@ -501,7 +508,7 @@ class VisualGLMForConditionalGeneration(VisualGLMPreTrainedModel, GenerationMixi
         for layer in self.transformer.layers:
             if output_hidden_states:
                 all_hidden.append(hidden)
-            hidden = layer(hidden, bias, position_ids, past_key_values)
+            hidden = layer(hidden, bias, position_ids, cache)
         hidden = self.transformer.final_layernorm(hidden)
         if output_hidden_states:
             all_hidden.append(hidden)
@@ -511,12 +518,12 @@ class VisualGLMForConditionalGeneration(VisualGLMPreTrainedModel, GenerationMixi
         loss = None
         if labels is not None:
             shift_logits = logits[:, :-1].float()
-            shift_labels = labels[:, 1:].to(logits.device)
+            shift_labels = labels[:, -shift_logits.shape[1] - 1 :][:, 1:].to(logits.device)
             loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=past_key_values,
+            cache=cache,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
         )
 
@@ -535,23 +542,33 @@ class VisualGLMForConditionalGeneration(VisualGLMPreTrainedModel, GenerationMixi
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.Tensor,
-        past_key_values: Cache | None = None,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
         pixel_values: torch.Tensor | None = None,
         **kwargs,
     ) -> dict:
+        """Only the new tokens go in after the first step; GLM's 2-D positions are derived from the whole sequence."""
         kwargs.pop("position_ids", None)
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids,
-            past_key_values=past_key_values,
-            attention_mask=attention_mask,
-            inputs_embeds=None,
-            pixel_values=pixel_values,
-            **kwargs,
-        )
-        new_tokens = model_inputs["input_ids"].shape[1]
-        model_inputs["position_ids"] = glm_position_ids(input_ids, attention_mask, self.config)[..., -new_tokens:]
-        cached = past_key_values.get_seq_length() if past_key_values is not None else 0
-        model_inputs["pixel_values"] = pixel_values if cached == 0 else None
+        kwargs.pop("past_key_values", None)
+        cached = cache.get_seq_length() if cache is not None else 0
+        if next_sequence_length is None:
+            next_sequence_length = input_ids.shape[1] - cached
+        new = input_ids[:, -next_sequence_length:]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = glm_position_ids(input_ids, attention_mask, self.config)[..., -next_sequence_length:]
+        model_inputs: dict = {
+            "input_ids": new.clone(memory_format=torch.contiguous_format),
+            "attention_mask": attention_mask,
+            "position_ids": positions.clone(memory_format=torch.contiguous_format),
+            "pixel_values": pixel_values if cached == 0 else None,
+        }
+        if cache is not None:
+            model_inputs["cache"] = cache
+        for key, value in kwargs.items():
+            if key not in model_inputs and key not in ("labels", "next_sequence_length", "cache_position"):
+                model_inputs[key] = value
         return model_inputs

@@ -89,8 +89,10 @@ class VisualGLMProcessor(ProcessorMixin):
             image_processor = VisualGLMImageProcessor(**image_settings)
         elif (path / "preprocessor_config.json").is_file():
             image_processor = VisualGLMImageProcessor.from_pretrained(path)
-        else:
-            image_processor = VisualGLMImageProcessor()
+        else:  # the published config.json: the ViT's input size
+            eva = settings.get("eva_config") or {}
+            size = eva.get("image_size", [VisualGLMImageProcessor().image_size])
+            image_processor = VisualGLMImageProcessor(image_size=int(size[0] if isinstance(size, list) else size))
         image_length = int(settings.get("image_length", DEFAULT_IMAGE_LENGTH))
         template_file = path / "chat_template.jinja"
         template = template_file.read_text() if template_file.is_file() else None

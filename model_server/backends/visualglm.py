@@ -1,0 +1,221 @@
+"""The `visualglm` backend: VisualGLM-6B (optionally + a LoRA adapter) run in-process with our own architecture.
+
+Serves any checkpoint `finetune.visualglm` can load through the transformers Auto classes: the
+published `THUDM/visualglm-6b` directory as downloaded (sharded `.bin` + index, or safetensors),
+a Defect-GLM SAT release converted with `defect-glm convert defect-glm-sat`, or a checkpoint/adapter
+trained with `defect-glm train --lora --base <visualglm dir>`. No trust_remote_code, no SAT.
+
+The prompt is VisualGLM's own: `<img>` + image slots + `</img>问：…\\n答：` `[gMASK]` `<sop>`, earlier
+turns re-serialised into every prompt as `问：q\\n答：a\\n` (the processor's chat template). Whether
+the first question also carries the line of facts measured from the die grid
+(`finetune.prompting.facts_line`) depends on the model: models trained by this project (adapters,
+merged checkpoints) saw it in training and get it; the published model and the converted SAT
+release never saw it and get the plain question. `measured_facts` overrides the choice.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest, Turn
+
+
+def default_measured_facts(model_dir: Path, adapter_dir: Path | None) -> bool:
+    """True for models this project trained (they saw the facts line); False for upstream/converted weights."""
+    if adapter_dir is not None:
+        return True
+    try:
+        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError):
+        model_type = None
+    if model_type == "chatglm":  # the published THUDM/visualglm-6b directory
+        return False
+    return not (model_dir / "conversion.json").is_file()  # written by `defect-glm convert`
+
+
+def build_visualglm_messages(request: GenerationRequest, history: Sequence[Turn], measured_facts: bool) -> list[dict]:
+    """Chat messages for the VisualGLM processor: the image in the first user turn, then the turns."""
+    if measured_facts:
+        from finetune.prompting import build_messages
+
+        return build_messages(request.wafer, history, request.question)
+    from finetune.prompting import model_image
+
+    if not isinstance(request.question, str) or not request.question.strip():
+        raise ValueError("a question is needed: got an empty question")
+    messages: list[dict] = []
+    image_placed = request.wafer is None
+    for turn in [*history, Turn("user", request.question)]:
+        content: list[dict] = [{"type": "text", "text": turn.text}]
+        if turn.role == "user" and not image_placed:
+            assert request.wafer is not None
+            content.insert(0, {"type": "image", "image": model_image(request.wafer)})
+            image_placed = True
+        messages.append({"role": turn.role, "content": content})
+    return messages
+
+
+class VisualGLMBackend(Backend):
+    """Answers with VisualGLM-6B (greedy decoding, KV cache); generation is serialised by a lock."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        adapter_dir: str | Path | None = None,
+        dtype: str = "float32",
+        quantization: str | None = None,
+        device: str | None = None,
+        measured_facts: bool | None = None,
+    ) -> None:
+        import finetune.visualglm  # noqa: F401  (registers VisualGLM, incl. the published "chatglm" config)
+        from finetune.loading import load_model
+        from model_server.backends.hf import checkpoint_version
+
+        self.model_dir = Path(model_dir).expanduser()
+        self.adapter_dir = Path(adapter_dir).expanduser() if adapter_dir is not None else None
+        self.model, self.processor = load_model(
+            self.model_dir, self.adapter_dir, dtype=dtype, quantization=quantization, device=device
+        )
+        base = getattr(self.model, "base_model", self.model)
+        base = getattr(base, "model", base)  # peft wraps the model twice
+        if not hasattr(base, "encode_images"):
+            raise ValueError(
+                f"{self.model_dir} holds a {type(base).__name__}, not VisualGLM; serve it with --backend hf"
+            )
+        self.config = base.config
+        self.measured_facts = (
+            default_measured_facts(self.model_dir, self.adapter_dir) if measured_facts is None else measured_facts
+        )
+        name = self.model_dir.resolve().name + (f"+{self.adapter_dir.resolve().name}" if self.adapter_dir else "")
+        self._info = BackendInfo(
+            name=name,
+            version=checkpoint_version(self.model_dir, self.adapter_dir),
+            backend="visualglm",
+            details={
+                "model_dir": str(self.model_dir),
+                "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
+                "dtype": dtype,
+                "quantization": quantization,
+                "architecture": type(base).__name__,
+                "measured_facts": self.measured_facts,
+                "context": int(self.config.max_sequence_length),
+            },
+        )
+        self._lock = threading.Lock()
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
+
+    # ------------------------------------------------------------------ prompts
+    def prompt(self, request: GenerationRequest) -> tuple[str, list]:
+        """(rendered prompt text, images) for one request; oldest turns dropped in pairs until it fits."""
+        history = tuple(request.history)
+        limit = int(self.config.max_sequence_length)
+        while True:
+            messages = build_visualglm_messages(request, history, self.measured_facts)
+            text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            images = [p["image"] for m in messages for p in m["content"] if p.get("type") == "image"]
+            length = len(self.processor.encode_prompt(text, bool(images)))
+            if length + request.max_new_tokens <= limit:
+                return text, images
+            if not history:
+                raise BackendError(
+                    f"the question needs {length} prompt tokens + {request.max_new_tokens} new tokens, more than "
+                    f"the model's context of {limit}; ask a shorter question or lower max_new_tokens"
+                )
+            history = history[2:]
+
+    def _inputs(self, requests: Sequence[GenerationRequest]) -> dict[str, Any]:
+        import torch
+
+        texts, images = [], []
+        for request in requests:
+            text, request_images = self.prompt(request)
+            texts.append(text)
+            images.extend(request_images)
+        encoded = self.processor(text=texts, images=images or None, padding=True, padding_side="left")
+        parameter = next(self.model.parameters())
+        device = parameter.device
+        compute = parameter.dtype if parameter.dtype.is_floating_point else torch.float16
+        return {
+            k: v.to(device=device, dtype=compute) if k == "pixel_values" else v.to(device)
+            for k, v in encoded.items()
+        }
+
+    def _generation_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
+        tokenizer = self.processor.tokenizer
+        return {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+
+    # ------------------------------------------------------------------ Backend
+    def generate(self, requests: list[GenerationRequest]) -> list[str]:
+        import torch
+
+        if not requests:
+            return []
+        try:
+            with self._lock:
+                inputs = self._inputs(requests)
+                with torch.inference_mode():
+                    output = self.model.generate(
+                        **inputs, **self._generation_kwargs(max(r.max_new_tokens for r in requests))
+                    )
+                new_tokens = output[:, inputs["input_ids"].shape[1] :]
+                return [
+                    self.processor.tokenizer.decode(row[: r.max_new_tokens].tolist(), skip_special_tokens=True).strip()
+                    for row, r in zip(new_tokens, requests)
+                ]
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"the model failed to answer: {type(exc).__name__}: {exc}") from exc
+
+    def generate_stream(self, request: GenerationRequest) -> Iterator[str]:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        with self._lock:
+            try:
+                inputs = self._inputs([request])
+            except BackendError:
+                raise
+            except Exception as exc:
+                raise BackendError(f"the model failed to answer: {type(exc).__name__}: {exc}") from exc
+            streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            failure: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    with torch.inference_mode():
+                        self.model.generate(**inputs, **self._generation_kwargs(request.max_new_tokens), streamer=streamer)
+                except BaseException as exc:  # reported to the consumer below
+                    failure.append(exc)
+                    streamer.end()
+
+            worker = threading.Thread(target=run, name="visualglm-stream", daemon=True)
+            worker.start()
+            first = True
+            for piece in streamer:
+                if first:
+                    piece, first = piece.lstrip(), False
+                if piece:
+                    yield piece
+            worker.join()
+            if failure:
+                raise BackendError(f"the model failed to answer: {type(failure[0]).__name__}: {failure[0]}")
+
+    def close(self) -> None:
+        model: Any = self.__dict__.pop("model", None)
+        self.__dict__.pop("processor", None)
+        del model
+        gc.collect()
