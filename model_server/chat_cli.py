@@ -133,14 +133,16 @@ class ChatSession:
             self.client = client
             return
         from model_server.config import ConfigError, ServerConfig
-        from model_server.demo import start_server
+        from model_server.demo import check_model, start_server
 
         if self.model is not None and not self.model.is_dir():
             raise _command_error(f"--model {self.model}: no such checkpoint directory")
         try:
-            config = ServerConfig.from_env(host="127.0.0.1", port=0, model=self.model, db=self.db, web_dir=None)
+            config = ServerConfig.from_env(host="127.0.0.1", port=0, model=self.model, db=self.db)
+            config = config.with_overrides(web_dir=None)  # no page: from_env ignores None overrides
         except ConfigError as exc:
             raise _command_error(str(exc)) from exc
+        check_model(config)
         print("Loading the model in this process…", file=err, flush=True)
         self._local = self._loop.run(start_server(config))
         try:

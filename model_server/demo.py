@@ -122,6 +122,37 @@ def sample_names() -> list[str]:
         return []
 
 
+def check_model(config: ServerConfig) -> Path | None:
+    """The checkpoint directory `config` will serve, checked before anything loads (None for the openai backend).
+
+    Without --model / DEFECT_GLM_MODEL that is `finetune.checkpoints.serving_model_dir()`: the
+    promoted checkpoint, else the committed default model. Raises the one-line CommandError
+    that says what is missing and what to do, instead of a load failure deep in transformers.
+    """
+    if config.backend == "openai":
+        return None
+    if config.model is not None:
+        if not config.model.is_dir():
+            raise _command_error(f"--model {config.model}: no such checkpoint directory")
+        return config.model
+    from finetune.checkpoints import ENV_DEFAULT_MODEL, CheckpointError, serving_info
+
+    try:
+        info = serving_info()
+    except CheckpointError as exc:
+        raise _command_error(f"cannot tell which checkpoint to serve: {exc}") from exc
+    path = Path(info["path"])
+    if not (path / "config.json").is_file():
+        origin = (f"{ENV_DEFAULT_MODEL}={os.environ[ENV_DEFAULT_MODEL]}" if os.environ.get(ENV_DEFAULT_MODEL)
+                  else "it is committed in the repository: update your checkout")
+        raise _command_error(
+            f"no model to serve: the default model {path} is missing or incomplete ({origin}); "
+            "pass --model DIR to serve another checkpoint, or train and promote one "
+            "(`defect-glm train`, `defect-glm promote`)"
+        )
+    return path
+
+
 def demo_config(host: str, port: int, model: Path | None, db: Path | None) -> ServerConfig:
     """Server settings for the demo: the environment's, with the demo's address, model and database."""
     if model is not None and not model.is_dir():
@@ -132,6 +163,7 @@ def demo_config(host: str, port: int, model: Path | None, db: Path | None) -> Se
         config = ServerConfig.from_env(host=host, port=port, model=model, db=db)
     except ConfigError as exc:
         raise _command_error(str(exc)) from exc
+    check_model(config)
     if config.web_dir is None or not (config.web_dir / "index.html").is_file():
         raise _command_error(
             f"the demo page is missing: no index.html in {config.web_dir} (check DEFECT_GLM_WEB_DIR)"

@@ -28,12 +28,15 @@ from model_server.findings import build_findings
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "model_server" / "web" / "static" / "samples"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_demo_web import DemoProcess, demo_env  # noqa: E402  (the demo-process helper both files use)
+from test_demo_web import WAIT_S, DemoProcess, demo_env  # noqa: E402  (the demo-process helper both files use)
+
+pytestmark = pytest.mark.timeout(2 * WAIT_S + 60)
 
 
-def run_cli(args: list[str], home: Path, stdin: str = "", timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "defect_glm", *args], cwd=ROOT, env=demo_env(home), input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(args: list[str], home: Path, stdin: str = "", timeout: float = WAIT_S,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "defect_glm", *args], cwd=ROOT, env=env or demo_env(home),
+                          input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
 def post_sample(url: str, thread_id: str, sample: Path, text: str = "What defects does this wafer show?") -> dict:
@@ -91,11 +94,15 @@ def test_ctrl_c_stops_the_demo_cleanly(tiny_model_dir, tmp_path):
     process.wait_for(r"^Model ready")
     post_sample(url, "ctrl-c", SAMPLES / "center.png")
     process.proc.send_signal(signal.SIGINT)
-    assert process.proc.wait(timeout=60) == 0
+    assert process.proc.wait(timeout=WAIT_S) == 0
     process.wait_for(r"^Stopped\.")
     port = int(url.rsplit(":", 1)[1])
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+    with socket.socket() as again:  # the port is free for the next `defect-glm demo --port PORT`
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen(1)
 
 
 def test_demo_on_a_busy_port_says_so(tiny_model_dir, tmp_path):
@@ -103,16 +110,28 @@ def test_demo_on_a_busy_port_says_so(tiny_model_dir, tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        result = run_cli(["demo", "--port", str(port), "--model", str(tiny_model_dir)], tmp_path, timeout=60)
+        result = run_cli(["demo", "--port", str(port), "--model", str(tiny_model_dir)], tmp_path)
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_demo_with_a_missing_model_says_so(tmp_path):
-    result = run_cli(["demo", "--port", "0", "--model", str(tmp_path / "nope")], tmp_path, timeout=60)
+    result = run_cli(["demo", "--port", "0", "--model", str(tmp_path / "nope")], tmp_path)
     assert result.returncode == 2
     assert "no such checkpoint directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_and_chat_without_the_default_model_say_what_to_do(tmp_path):
+    """A fresh checkout whose finetune/default_model is missing: one clear line, no traceback, nothing served."""
+    env = demo_env(tmp_path)
+    env["DEFECT_GLM_DEFAULT_MODEL"] = str(tmp_path / "default_model")  # absent, nothing promoted in this home
+    for args in (["demo", "--port", "0"], ["chat", str(SAMPLES / "loc.png")]):
+        result = run_cli(args, tmp_path, env=env)
+        assert result.returncode == 2, result.stderr
+        assert "no model to serve" in result.stderr and str(tmp_path / "default_model") in result.stderr
+        assert "--model DIR" in result.stderr and "Traceback" not in result.stderr
+        assert "open http" not in result.stdout
 
 
 # ---------------------------------------------------------------- chat

@@ -187,19 +187,23 @@
     return body;
   }
 
+  // Polls /v1/status until the model is loaded (the page can open while the demo is still loading it).
   async function loadStatus() {
     const badge = $("model-badge");
+    let ready = false;
     try {
       const response = await fetch("/v1/status");
       const status = await response.json();
-      if (!response.ok || !status.model) throw new Error("status " + response.status);
-      state.model = status.model + (status.model_version ? " " + status.model_version : "");
-      badge.textContent = status.ready ? state.model : state.model + " · " + t("model_loading");
-      badge.dataset.ready = String(Boolean(status.ready));
+      if (!response.ok) throw new Error("status " + response.status);
+      ready = Boolean(status.ready);
+      state.model = status.model ? status.model + (status.model_version ? " " + status.model_version : "") : "";
+      badge.textContent = ready ? state.model : [state.model, t("model_loading")].filter(Boolean).join(" · ");
+      badge.dataset.ready = String(ready);
     } catch (e) {
       badge.textContent = t("model_unreachable");
       badge.dataset.ready = "false";
     }
+    if (!ready) window.setTimeout(loadStatus, 2000);
   }
 
   // ------------------------------------------------------------------ conversation
