@@ -84,3 +84,29 @@ def test_channel_allowlist_always_lets_dms_through() -> None:
     assert cfg.allows_channel("C1") and not cfg.allows_channel("C2")
     assert cfg.allows_channel("D9", "im")
     assert BotConfig.from_env(BASE).allows_channel("C2")
+
+
+def test_cli_prints_the_settings_with_secrets_masked(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from defect_glm import main
+
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-cli-secret-1")
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-cli-secret-2")
+    monkeypatch.delenv("DEFECT_GLM_BOT_MODE", raising=False)
+    assert main(["bot", "--print-config", "--port", "0", "--upload-map"]) == 0
+    out = capsys.readouterr().out
+    shown = json.loads(out)
+    assert shown["mode"] == "socket" and shown["port"] == 0 and shown["upload_map"] is True
+    assert shown["bot_token"] == "set" and "xoxb-cli-secret-1" not in out and "xapp-cli-secret-2" not in out
+
+
+def test_cli_names_the_missing_variable(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from defect_glm import main
+
+    for name in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "DEFECT_GLM_BOT_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-cli-secret-1")
+    assert main(["bot", "--print-config"]) == 2  # neither an app token nor a signing secret
+    assert "SLACK_SIGNING_SECRET" in capsys.readouterr().err

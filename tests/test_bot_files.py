@@ -77,3 +77,30 @@ def test_token_never_goes_to_an_untrusted_host() -> None:
             assert fake.file_requests == []
 
     run(go())
+
+
+def test_a_redirect_to_an_untrusted_host_is_not_followed_with_the_token() -> None:
+    async def go() -> None:
+        async with FakeSlack() as fake:
+            # the target is the same fake server under a name outside SLACK_FILE_HOSTS
+            target = fake.add_file(wafer_png(), host="localhost")["url_private"]
+            meta = fake.add_file(wafer_png(), redirect_to=target)
+            with pytest.raises(FileRejected) as info:
+                await _download(fake, meta)
+            assert info.value.reason == "host"
+            assert [path for path, _ in fake.file_requests] == [meta["url_private_download"].split("?")[0][len(fake.base_url):]]
+
+    run(go())
+
+
+def test_a_redirect_within_the_trusted_hosts_is_followed() -> None:
+    async def go() -> None:
+        async with FakeSlack() as fake:
+            png = wafer_png()
+            target = fake.add_file(png)["url_private"]
+            meta = fake.add_file(b"", redirect_to=target, size=len(png))
+            assert await _download(fake, meta) == png
+            assert len(fake.file_requests) == 2
+            assert all(auth == f"Bearer {fake.bot_token}" for _, auth in fake.file_requests)
+
+    run(go())

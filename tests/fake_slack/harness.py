@@ -3,11 +3,14 @@
 `ModelServer` runs the real model_server (`model_server.app.create_app`) on 127.0.0.1 in the
 current event loop and can be stopped and started again on the same port (to test the bot's
 queue while the server is down). `bot_config(...)` builds the bot's settings for a fake Slack.
+`Delivery` sends events, clicks and commands the way the bot's mode receives them (Socket Mode
+websocket or signed HTTP), so one test body runs in both modes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from pathlib import Path
@@ -76,6 +79,49 @@ def bot_config(fake: FakeSlack, server_url: str, db: Path, mode: str = "socket",
     if mode == "http":
         env["PORT"] = "0"
         env["DEFECT_GLM_BOT_HOST"] = "127.0.0.1"
-    values: dict[str, object] = {"retry_initial_s": 0.2, "retry_max_s": 0.5, "server_timeout_s": 30.0}
+    # A long server time-out: a starved CPU must not turn a slow answer into a time-out and a retry.
+    values: dict[str, object] = {"retry_initial_s": 0.2, "retry_max_s": 0.5, "server_timeout_s": 120.0}
     values.update(overrides)
     return BotConfig.from_env(env, **values)
+
+
+class Delivery:
+    """Deliver events, button clicks and slash commands to a running bot the way its mode receives them.
+
+    Socket Mode: envelopes over the fake's websocket (acknowledged by the bot). HTTP mode: signed
+    POSTs to the bot's `/slack/events`. Each method returns what the tests need in both modes.
+    """
+
+    def __init__(self, fake: FakeSlack, mode: str, port: int | None = None) -> None:
+        self.fake = fake
+        self.mode = mode
+        self.url = f"http://127.0.0.1:{port}/slack/events" if mode == "http" else ""
+
+    async def ready(self) -> None:
+        if self.mode == "socket":
+            await self.fake.wait_for_socket()
+
+    async def event(self, event: dict, event_id: str | None = None, retry: int = 0) -> tuple[dict, float]:
+        """(the Events API body delivered, seconds until Slack had its acknowledgement)."""
+        if self.mode == "socket":
+            return await self.fake.send_socket(event, event_id=event_id, retry_attempt=retry)
+        body, status, seconds = await self.fake.send_http(self.url, event, event_id, retry or None)
+        assert status == 200, f"the bot answered HTTP {status} to an event"
+        return body, seconds
+
+    async def action(self, payload: dict) -> None:
+        if self.mode == "socket":
+            await self.fake.send_socket_interactive(payload)
+        else:
+            status, _ = await self.fake.send_http_interactive(self.url, payload)
+            assert status == 200, f"the bot answered HTTP {status} to a button click"
+
+    async def command(self, text: str) -> tuple[str, float]:
+        """(the `/wafer` response text, seconds until it came back)."""
+        start = time.monotonic()
+        if self.mode == "socket":
+            ack = await self.fake.send_socket_command(self.fake.slash_command(text))
+            return str(ack["payload"]["text"]), time.monotonic() - start
+        status, body, seconds = await self.fake.send_http_command(self.url, self.fake.slash_command(text))
+        assert status == 200, f"the bot answered HTTP {status} to /wafer {text}"
+        return str(json.loads(body)["text"]), seconds

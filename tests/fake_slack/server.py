@@ -39,6 +39,7 @@ class HostedFile:
     meta: dict
     content: bytes
     html_instead: bool = False  # answer downloads with a login page even with the token (no files:read)
+    redirect_to: str | None = None  # answer downloads with a 302 to this URL
 
 
 @dataclass
@@ -75,6 +76,7 @@ class FakeSlack:
         self.uploads: dict[str, dict] = {}
         self.calls: list[ApiCall] = []
         self.file_requests: list[tuple[str, str | None]] = []  # (path, Authorization header)
+        self.upload_requests: list[tuple[str, str | None]] = []  # files_upload_v2 step 2: (path, Authorization)
         self.rate_limits: dict[str, list[float]] = {}
         self.acks: dict[str, dict] = {}
         self._ack_events: dict[str, asyncio.Event] = {}
@@ -156,8 +158,13 @@ class FakeSlack:
         html_instead: bool = False,
         host: str | None = None,
         only_id: bool = False,
+        redirect_to: str | None = None,
     ) -> dict:
-        """Host a file; returns the `files[]` entry a message event carries (only the id if `only_id`)."""
+        """Host a file; returns the `files[]` entry a message event carries (only the id if `only_id`).
+
+        `html_instead`: downloads get the login page (a token without files:read); `host`: the
+        `url_private` names this host instead of 127.0.0.1; `redirect_to`: downloads answer 302 there.
+        """
         file_id = f"F{next(self._ids):08d}"
         base = f"http://{host}:{self.port}" if host else self.base_url
         meta = {
@@ -170,7 +177,7 @@ class FakeSlack:
             "url_private": f"{base}/files/{file_id}/{name}",
             "url_private_download": f"{base}/files/{file_id}/{name}?download=1",
         }
-        self.files[file_id] = HostedFile(meta, content, html_instead)
+        self.files[file_id] = HostedFile(meta, content, html_instead, redirect_to)
         return {"id": file_id, "file_access": "check_file_info"} if only_id else dict(meta)
 
     def user_message(
@@ -263,7 +270,12 @@ class FakeSlack:
     def calls_of(self, method: str) -> list[ApiCall]:
         return [c for c in self.calls if c.method == method]
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 90.0, what: str = "condition") -> Any:
+        """Poll `predicate` until it returns something truthy (returned); AssertionError after `timeout` s.
+
+        The default is generous so a starved CPU (the tests share it with training runs) slows the
+        tests down instead of failing them; a passing test never waits for the timeout.
+        """
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()
@@ -492,9 +504,12 @@ class FakeSlack:
             return web.Response(body=LOGIN_PAGE, content_type="text/html")
         if hosted is None:
             return web.Response(status=404, text="not found")
+        if hosted.redirect_to:
+            raise web.HTTPFound(hosted.redirect_to)
         return web.Response(body=hosted.content, content_type=hosted.meta["mimetype"])
 
     async def _upload(self, request: web.Request) -> web.Response:
+        self.upload_requests.append((request.path, request.headers.get("Authorization")))
         upload = self.uploads.get(request.match_info["upload_id"])
         if upload is None:
             return web.Response(status=404, text="unknown upload")
