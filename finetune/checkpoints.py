@@ -110,6 +110,11 @@ def _check_checkpoint(path: Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"{path} is neither a registered version nor a checkpoint directory")
     if not (path / "config.json").is_file():
+        if (path / "adapter_config.json").is_file():
+            raise CheckpointError(
+                f"{path} is a LoRA adapter, not a checkpoint; merge it into its base first: "
+                f"defect-glm merge --base BASE_DIR --adapter {path} --out MERGED_DIR"
+            )
         raise CheckpointError(f"{path} is not a checkpoint: expected config.json (model) in it")
     return path
 

@@ -1,4 +1,4 @@
-"""`defect-glm train | eval | promote | checkpoints | convert`: training, evaluation, checkpoint management.
+"""`defect-glm train | merge | eval | promote | checkpoints | convert`: training, evaluation, checkpoints.
 
 Each subcommand's handler imports its module lazily so `defect-glm --help` stays fast.
 """
@@ -11,6 +11,7 @@ import argparse
 def register(subcommands: argparse._SubParsersAction) -> None:
     # Each block below belongs to one module; keep them independent.
     _register_training(subcommands)
+    _register_merge(subcommands)
     _register_evaluation(subcommands)
     _register_checkpoints(subcommands)
     _register_convert(subcommands)
@@ -41,8 +42,14 @@ def _register_training(subcommands: argparse._SubParsersAction) -> None:
     train.add_argument("--eval-every", type=int, default=500, metavar="N", help="evaluate on val maps every N steps")
     train.add_argument("--eval-maps", type=int, default=256, metavar="N", help="val maps per evaluation (default 256)")
     train.add_argument("--save-every", type=int, default=500, metavar="N", help="save resumable state every N steps")
+    train.add_argument("--log-every", type=int, default=10, metavar="N", help="log the smoothed loss every N steps")
     train.add_argument("--recognition-fraction", type=float, default=0.5, metavar="F",
                        help="share of examples that are augmented recognition questions (default 0.5)")
+    train.add_argument("--vision-steps", type=int, default=0, metavar="N",
+                       help="stage 1 before the conversation steps: N steps training the vision tower alone as a "
+                       "pattern classifier (full training only; default 0: none)")
+    train.add_argument("--vision-batch-size", type=int, default=128, help="maps per stage-1 step (default 128)")
+    train.add_argument("--vision-lr", type=float, default=2e-3, help="stage-1 peak learning rate (default 2e-3)")
     train.add_argument("--max-length", type=int, default=512, help="longest example in tokens (default 512)")
     train.add_argument("--vocab-size", type=int, default=3000, help="tokenizer size for a model from scratch")
     train.add_argument("--model-config", metavar="JSON", default="{}",
@@ -51,7 +58,10 @@ def _register_training(subcommands: argparse._SubParsersAction) -> None:
     train.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
     train.add_argument("--lora-targets", default="all-linear", help="comma-separated module names or all-linear")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run saved in --out (same settings; ends with the same weights)")
+    train.add_argument("--stop-after", type=int, metavar="STEP",
+                       help="end this session after STEP (state saved), e.g. for a job time limit; then --resume")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_run_training)
 
@@ -74,16 +84,49 @@ def _run_training(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=Path(args.data), out=Path(args.out), lora=args.lora, base=Path(args.base) if args.base else None,
         quant=args.quant, steps=args.steps, batch_size=args.batch_size, micro_batches=args.micro_batches, lr=args.lr, warmup_steps=args.warmup_steps,
-        seed=args.seed, eval_every=args.eval_every, eval_maps=args.eval_maps, save_every=args.save_every,
-        recognition_fraction=args.recognition_fraction, max_length=args.max_length, vocab_size=args.vocab_size,
+        seed=args.seed, eval_every=args.eval_every, eval_maps=args.eval_maps, save_every=args.save_every, log_every=args.log_every,
+        recognition_fraction=args.recognition_fraction, vision_steps=args.vision_steps,
+        vision_batch_size=args.vision_batch_size, vision_lr=args.vision_lr, max_length=args.max_length, vocab_size=args.vocab_size,
         model=model, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
-        threads=args.threads, resume=args.resume, progress=not args.no_progress,
+        threads=args.threads, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
     )
     try:
         out = run_training(cfg)
     except (TrainingError, CorpusError, ModelLoadError) as exc:
         raise CommandError(str(exc)) from None
+    if cfg.stop_after is not None and cfg.stop_after < cfg.steps:
+        print(f"stopped after step {cfg.stop_after} of {cfg.steps}; state saved in {out / 'training_state'}. "
+              "Continue with the same command plus --resume (without --stop-after, or a later one).")
+        return 0
     print(f"checkpoint written to {out}")
+    return 0
+
+
+# --- merge (finetune.lora) -------------------------------------------------------------------
+def _register_merge(subcommands: argparse._SubParsersAction) -> None:
+    merge = subcommands.add_parser(
+        "merge",
+        help="fold a LoRA adapter into its base checkpoint: a plain checkpoint to serve or promote",
+        description="Loads --base with the --adapter from `defect-glm train --lora`, merges the adapter weights "
+        "into the base and saves model + processor into --out (new or empty). The result loads without peft "
+        "and answers like base + adapter.",
+    )
+    merge.add_argument("--base", metavar="MODEL_DIR", required=True, help="the checkpoint the adapter was trained on")
+    merge.add_argument("--adapter", metavar="ADAPTER_DIR", required=True, help="the adapter directory")
+    merge.add_argument("--out", metavar="DIR", required=True, help="new directory for the merged checkpoint")
+    merge.set_defaults(handler=_run_merge)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from defect_glm import CommandError
+    from finetune.loading import ModelLoadError
+    from finetune.lora import merge_adapter
+
+    try:
+        out = merge_adapter(args.base, args.adapter, args.out)
+    except ModelLoadError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"merged checkpoint written to {out}")
     return 0
 
 
@@ -208,12 +251,42 @@ def _run_promote(args: argparse.Namespace) -> int:
     except (CheckpointError, EvaluationError, ModelLoadError) as exc:
         raise CommandError(str(exc)) from None
     candidate, current = decision["candidate_eval"], decision["current_eval"]
+    previous = f"{current['exact_match']:.4f}" if current else "n/a (no checkpoint was served)"
     print(f"promoted {decision['serving']['version']}: exact match {candidate['exact_match']:.4f} vs "
-          f"{current['exact_match'] if current else 'n/a'} for the previous checkpoint; now serving "
+          f"{previous} for the previous checkpoint; now serving "
           f"{decision['serving']['path']} (reload the server: POST /admin/reload)")
     return 0
 
 
 # --- convert (finetune.visualglm.convert_sat) -----------------------------------------------
 def _register_convert(subcommands: argparse._SubParsersAction) -> None:
-    pass
+    convert = subcommands.add_parser(
+        "convert",
+        help="convert a released checkpoint into one the visualglm backend serves",
+        description="defect-glm-sat: Defect-GLM's SwissArmyTransformer release (e.g. checkpoint-WaferGLM-6000: "
+        "latest, <iter>/mp_rank_00_model_states.pt, model_config.json) -> a VisualGLM checkpoint with its LoRA "
+        "merged (safetensors + ChatGLM tokenizer). Serve it with `defect-glm serve --backend visualglm --model DST`. "
+        "The .pt file is a pickle: convert only checkpoints you trust.",
+    )
+    convert.add_argument("format", choices=("defect-glm-sat",), help="source format")
+    convert.add_argument("src", metavar="SRC", help="SAT checkpoint directory")
+    convert.add_argument("dst", metavar="DST", help="new output directory")
+    convert.add_argument("--tokenizer", metavar="PATH",
+                         help="ice_text.model, or the THUDM/visualglm-6b directory holding it (default: SRC or its parent)")
+    convert.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="cast weights (default: as stored)")
+    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    convert.set_defaults(handler=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from defect_glm import CommandError
+    from finetune.visualglm.convert_sat import SatCheckpointError, convert_sat_checkpoint
+
+    try:
+        summary = convert_sat_checkpoint(args.src, args.dst, tokenizer=args.tokenizer, dtype=args.dtype,
+                                         overwrite=args.overwrite)
+    except (SatCheckpointError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    print(f"converted iteration {summary['iteration']} ({summary['tensors']} tensors, LoRA merged in "
+          f"{len(summary['merged_lora_layers'])} layers) to {summary['dst']}")
+    return 0

@@ -229,14 +229,16 @@ def encode_example(processor: Any, example: Example, max_length: int) -> dict:
             piece = tokenizer(text)["input_ids"]
         else:
             piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if n == 0 and len(piece) >= max_length:
+            raise ValueError(
+                f"the first turn alone is {len(piece)} tokens, max_length={max_length} leaves no room for its "
+                "answer; raise --max-length"
+            )
         if n > 0 and len(ids) + len(piece) > max_length:
             if is_answer and not any(label != IGNORE_INDEX for label in labels):
                 piece = piece[: max_length - len(ids)]  # keep at least a truncated first answer
             else:
-                if not is_answer:
-                    break
-                # drop the prompt of this unfinished turn too
-                break
+                break  # a later turn that does not fit: stop (its prompt is dropped below)
         ids += piece
         labels += piece if is_answer else [IGNORE_INDEX] * len(piece)
     # never leave a trailing prompt without its answer

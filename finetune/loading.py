@@ -37,7 +37,7 @@ def _register_model_type(model_dir: Path) -> None:
         model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"cannot read {model_dir / 'config.json'}: {exc}") from exc
-    if model_type == "visualglm":
+    if model_type in ("visualglm", "chatglm"):  # chatglm: the published THUDM/visualglm-6b directory
         import finetune.visualglm  # noqa: F401  (registers the architecture with the Auto classes)
 
 
@@ -98,12 +98,14 @@ def load_model(
     quantization: str | None = None,
     device: str | None = None,
     trainable: bool = False,
+    with_processor: bool = True,
 ) -> tuple[Any, Any]:
     """Load `(model, processor)` from a checkpoint directory, with an optional peft adapter on top.
 
     dtype: float32 | float16 | bfloat16; quantization: None | "4bit" | "8bit" (CUDA only);
     device: "cpu", "cuda", "cuda:N" or None (CUDA when present). The model is in eval mode
-    unless `trainable`.
+    unless `trainable`. With `with_processor=False` the processor is not loaded (None): for
+    weights saved without one, such as an older run's training state.
     """
     from transformers import AutoModelForImageTextToText
 
@@ -133,5 +135,5 @@ def load_model(
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelLoadError(f"cannot apply the adapter {adapter_path} to {model_path}: {exc}") from exc
     model.train(trainable)
-    processor = load_processor(model_path, adapter_dir)
+    processor = load_processor(model_path, adapter_dir) if with_processor else None
     return model, processor

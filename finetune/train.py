@@ -3,14 +3,18 @@
 `run_training(TrainConfig)` is what `defect-glm train` calls. A run writes into its own output
 directory: the final checkpoint (model or adapter + processor), `training_state/` (for
 `--resume`), `log.jsonl`, `loss_curve.png` and `train_meta.json`. It never writes into the
-served checkpoint or the committed default model. Steps are seeded from (seed, step, process),
-so a resumed run draws the same batches it would have drawn, and `accelerate launch` on several
-GPUs works unchanged (each process draws its own share; gradients are averaged by Accelerate).
+served checkpoint, a registered checkpoint or the committed default model. Every step is seeded
+from (seed, step, process) — its batch and torch's generator (LoRA dropout) — so a resumed run
+(`stop_after`, or an interruption after a saved state) ends with the same weights as an
+uninterrupted one, and `accelerate launch` on several GPUs works unchanged (each process draws
+its own share; gradients are averaged by Accelerate; the learning-rate schedule counts
+optimizer steps, not process-steps).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -73,15 +77,28 @@ class TrainConfig:
     threads: int | None = None
     resume: bool = False
     progress: bool = True
+    vision_steps: int = 0  # stage 1: pattern-classifier steps for the vision tower first (finetune.vision_pretrain)
+    vision_batch_size: int = 128
+    vision_lr: float = 2e-3
+    stop_after: int | None = None  # end this session after this step (state saved); continue with resume
 
     def validate(self) -> None:
+        from finetune.loading import QUANTIZATIONS
+
         if self.lora and self.base is None:
             raise TrainingError("--lora needs --base MODEL_DIR: the checkpoint to put the adapter on")
         if self.quant is not None and not self.lora:
             raise TrainingError("--quant is for LoRA only (QLoRA); add --lora --base MODEL_DIR")
-        for name in ("steps", "batch_size", "micro_batches", "eval_every", "save_every", "log_every", "max_length"):
+        if self.quant is not None and self.quant not in QUANTIZATIONS:
+            raise TrainingError(f"--quant must be one of {', '.join(QUANTIZATIONS)}; got {self.quant!r}")
+        for name in ("steps", "batch_size", "micro_batches", "vision_batch_size", "eval_every", "eval_maps", "save_every", "log_every",
+                     "max_length"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise TrainingError(f"--stop-after must be at least 1, got {self.stop_after}")
+        if self.vocab_size < 300:
+            raise TrainingError(f"--vocab-size must be at least 300 (256 bytes + special tokens), got {self.vocab_size}")
         if not 0 < self.lr < 1:
             raise TrainingError(f"--lr must be in (0, 1), got {self.lr}")
         if not 0.0 <= self.recognition_fraction <= 1.0:
@@ -91,37 +108,92 @@ class TrainConfig:
             raise TrainingError(
                 f"unknown model settings {sorted(unknown)}; known: {', '.join(SmallModelConfig.__dataclass_fields__)}"
             )
+        if self.model and self.base is not None:
+            raise TrainingError(
+                "--model-config sets the sizes of a model trained from scratch; with --base the checkpoint's own "
+                "sizes are used. Drop one of the two."
+            )
+        if self.model:
+            try:
+                SmallModelConfig(**self.model).validate()
+            except (TypeError, ValueError) as exc:
+                raise TrainingError(f"--model-config: {exc}") from None
+
+
+def check_quantization(cfg: TrainConfig) -> None:
+    """Fail before anything is written when --quant cannot work here (no CUDA, no bitsandbytes)."""
+    if cfg.quant is None:
+        return
+    from finetune.loading import ModelLoadError, quantization_config
+
+    try:
+        quantization_config(cfg.quant, torch.float32)
+    except ModelLoadError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- output guard
 
 
-def _protected_dirs() -> list[Path]:
-    from finetune.checkpoints import default_model_dir, serving_model_dir
+#: Settings that may differ when a run is resumed: they do not change the weights it ends with.
+RESUMABLE_CHANGES = frozenset(
+    {"out", "resume", "progress", "threads", "stop_after", "eval_every", "eval_maps", "save_every", "log_every"}
+)
 
-    dirs = [default_model_dir()]
+
+def _protected_dirs() -> list[Path]:
+    from finetune.checkpoints import default_model_dir, registry_root, serving_model_dir
+
+    dirs = [default_model_dir(), registry_root()]
     with contextlib.suppress(OSError, ValueError):
         dirs.append(serving_model_dir())
     return [d.resolve() for d in dirs]
 
 
 def check_output(cfg: TrainConfig) -> None:
+    """Refuse an --out that is (inside) a served, registered or default checkpoint, or that holds another run."""
     out = cfg.out.resolve()
     for protected in _protected_dirs():
         if out == protected or protected in out.parents:
             raise TrainingError(
-                f"--out {cfg.out} is the served checkpoint or the committed default model ({protected}); training "
-                "never writes there. Train into a new directory, then `defect-glm promote` it."
+                f"--out {cfg.out} is inside the served checkpoint, the checkpoint registry or the committed default "
+                f"model ({protected}); training never writes there. Train into a new directory, then "
+                "`defect-glm promote` it."
             )
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise TrainingError(f"--out {cfg.out} is a file; give a directory for the run")
     state = cfg.out / STATE_DIR
     if cfg.resume:
         if not (state / "meta.json").is_file():
             raise TrainingError(f"--resume: no training state in {state}; start without --resume")
+        _check_resume_settings(cfg, json.loads((state / "meta.json").read_text()))
         return
     if cfg.out.exists() and any(cfg.out.iterdir()):
         raise TrainingError(
             f"--out {cfg.out} already holds files; pass --resume to continue that run, or choose a new directory"
         )
+
+
+def _check_resume_settings(cfg: TrainConfig, meta: dict) -> None:
+    saved = dict(meta.get("config", {}))
+    current = _jsonable(asdict(cfg))
+    for name in ("data", "base"):  # the same directory, however it is spelled
+        for settings in (saved, current):
+            if settings.get(name):
+                settings[name] = str(Path(settings[name]).resolve())
+    differing = [
+        f"{name.replace('_', '-')} {current[name]!r} (saved run: {saved.get(name)!r})"
+        for name in current
+        if name not in RESUMABLE_CHANGES and name in saved and saved[name] != current[name]
+    ]
+    if differing:
+        raise TrainingError(
+            "--resume with settings that differ from the saved run: " + "; ".join(differing)
+            + ". Resume with the original settings (see training_state/meta.json), or start a new run."
+        )
+    step = int(meta.get("step", 0))
+    if cfg.stop_after is not None and cfg.stop_after <= step:
+        raise TrainingError(f"--stop-after {cfg.stop_after}: the saved run is already at step {step}")
 
 
 # ---------------------------------------------------------------- model setup
@@ -143,50 +215,63 @@ def _tokenizer_texts(corpus: Corpus, limit_maps: int = 2000) -> list[str]:
     return texts
 
 
-def _new_small_model(cfg: TrainConfig, corpus: Corpus) -> tuple[Any, Any]:
+def _new_small_model(cfg: TrainConfig, corpus: Corpus, accelerator: Any = None) -> tuple[Any, Any]:
+    """A model from scratch. The main process trains the tokenizer and saves the processor into --out;
+    the other processes (accelerate launch) load that one, so every process has the same vocabulary."""
+    from finetune.loading import load_processor
     from finetune.small_model import build_model, build_processor
     from finetune.tokenizer import train_tokenizer
 
     model_config = SmallModelConfig(**cfg.model)
     model_config.validate()
-    tokenizer = train_tokenizer(_tokenizer_texts(corpus), vocab_size=cfg.vocab_size)
-    processor = build_processor(tokenizer, model_config)
-    model = build_model(tokenizer, model_config, seed=cfg.seed)
+    main = accelerator is None or accelerator.is_main_process
+    processor = None
+    if main:
+        tokenizer = train_tokenizer(_tokenizer_texts(corpus), vocab_size=cfg.vocab_size)
+        processor = build_processor(tokenizer, model_config)
+        processor.save_pretrained(cfg.out)  # a resumed run needs the tokenizer it started with
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if processor is None:
+        processor = load_processor(cfg.out)
+    model = build_model(processor.tokenizer, model_config, seed=cfg.seed)
     return model, processor
 
 
-def _with_lora(cfg: TrainConfig, model: Any) -> Any:
-    from peft import LoraConfig, get_peft_model
+def _lora_config(cfg: TrainConfig) -> Any:
+    from peft import LoraConfig
 
-    if cfg.quant is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model)
     targets: Any = cfg.lora_targets if cfg.lora_targets == "all-linear" else cfg.lora_targets.split(",")
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
-    return get_peft_model(model, lora)
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
 
 
-def setup_model(cfg: TrainConfig, corpus: Corpus) -> tuple[Any, Any]:
+def setup_model(cfg: TrainConfig, corpus: Corpus, accelerator: Any = None) -> tuple[Any, Any]:
     """(model in train mode, processor) for the run: resumed, LoRA on a base, a base, or new."""
     from finetune.loading import load_model, load_processor
 
     state = cfg.out / STATE_DIR
     if cfg.lora:
+        from peft import PeftModel, get_peft_model
+
         assert cfg.base is not None
+        model, _ = load_model(cfg.base, quantization=cfg.quant, trainable=True)
+        if cfg.quant is not None:  # QLoRA: the same preparation for a new and a resumed run
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model)
         if cfg.resume:
-            model, _ = load_model(cfg.base, adapter_dir=state / "model", quantization=cfg.quant, trainable=True)
+            model = PeftModel.from_pretrained(model, state / "model", is_trainable=True)
         else:
-            model, _ = load_model(cfg.base, quantization=cfg.quant, trainable=True)
-            model = _with_lora(cfg, model)
+            model = get_peft_model(model, _lora_config(cfg))
+        model.train()
         return model, load_processor(cfg.base)
     if cfg.resume:
-        model, _ = load_model(state / "model", trainable=True)
+        model, _ = load_model(state / "model", trainable=True, with_processor=False)
         return model, load_processor(cfg.out)
     if cfg.base is not None:
         model, processor = load_model(cfg.base, trainable=True)
         return model, processor
-    return _new_small_model(cfg, corpus)
+    return _new_small_model(cfg, corpus, accelerator)
 
 
 # ---------------------------------------------------------------- state
@@ -209,23 +294,44 @@ def _atomic_dir(final: Path, write: Any) -> None:
         raise
 
 
-def save_state(cfg: TrainConfig, model: Any, optimizer: Any, scheduler: Any, step: int, history: list[dict]) -> None:
+def save_state(
+    cfg: TrainConfig, model: Any, optimizer: Any, scheduler: Any, step: int, history: list[dict],
+    smoothed: float | None = None, processor: Any = None,
+) -> None:
+    """Everything --resume needs (weights or adapter + processor, optimizer, schedule, step, log), replaced
+    atomically; `training_state/model` is a loadable checkpoint (or adapter) of its own."""
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp / "model")
+        if processor is not None:
+            processor.save_pretrained(tmp / "model")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-        meta = {"step": step, "config": _jsonable(asdict(cfg)), "history": history}
+        meta = {"step": step, "config": _jsonable(asdict(cfg)), "history": history, "smoothed_loss": smoothed}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
     _atomic_dir(cfg.out / STATE_DIR, write)
 
 
-def load_state(cfg: TrainConfig, optimizer: Any, scheduler: Any) -> tuple[int, list[dict]]:
+def load_state(cfg: TrainConfig, optimizer: Any, scheduler: Any) -> tuple[int, list[dict], float | None]:
+    """(step, history, smoothed loss) of the saved run; optimizer and schedule restored in place."""
     state = cfg.out / STATE_DIR
     meta = json.loads((state / "meta.json").read_text())
     saved = torch.load(state / "optim.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    return int(meta["step"]), list(meta.get("history", []))
+    return int(meta["step"]), list(meta.get("history", [])), meta.get("smoothed_loss")
+
+
+def step_seed(seed: int, step: int, process: int) -> int:
+    """The torch seed of one step of one process (dropout draws), independent of earlier steps."""
+    return int(hashlib.sha256(f"step-{seed}-{step}-{process}".encode()).hexdigest()[:15], 16)
+
+
+def write_log(history: list[dict], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as handle:
+        for entry in history:
+            handle.write(json.dumps(entry) + "\n")
+    os.replace(tmp, path)
 
 
 def _jsonable(value: Any) -> Any:
@@ -319,7 +425,7 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     """
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if getattr(model, "derives_position_ids", False):
+    if getattr(getattr(model, "module", model), "derives_position_ids", False):  # .module: a DDP wrapper
         inputs.pop("position_ids", None)
     labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
     if not len(labelled):
@@ -334,17 +440,25 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     return loss, int((targets != IGNORE_INDEX).sum())
 
 
-def batch_loss(model: Any, encoded: list[dict], pad_token_id: int, device: Any, groups: int, backward: Any = None) -> float:
-    """Mean answer-token loss of `encoded`, run as length-sorted micro-batches; `backward(loss)` per micro-batch."""
+def batch_loss(
+    model: Any, encoded: list[dict], pad_token_id: int, device: Any, groups: int, backward: Any = None,
+    no_sync: Any = None,
+) -> float:
+    """Mean answer-token loss of `encoded` (summed over all its answer tokens / their count), run as
+    length-sorted micro-batches; `backward(loss)` per micro-batch. `no_sync()`, when given, is a context
+    in which backward skips the gradient all-reduce (all micro-batches but the last, on several GPUs).
+    """
     chunks = length_groups(encoded, groups)
     total_tokens = sum(sum(1 for t in e["labels"][1:] if t != IGNORE_INDEX) for e in encoded)
     total = 0.0
-    for chunk in chunks:
+    for i, chunk in enumerate(chunks):
         batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
-        summed, _ = answer_loss(model, batch)
-        scaled = summed / max(1, total_tokens)
-        if backward is not None:
-            backward(scaled)
+        last = i == len(chunks) - 1
+        with contextlib.nullcontext() if (backward is None or no_sync is None or last) else no_sync():
+            summed, _ = answer_loss(model, batch)
+            scaled = summed / max(1, total_tokens)
+            if backward is not None:
+                backward(scaled)
         total += float(scaled.detach())
     return total
 
@@ -352,46 +466,100 @@ def batch_loss(model: Any, encoded: list[dict], pad_token_id: int, device: Any, 
 # ---------------------------------------------------------------- the loop
 
 
+def param_groups(model: Any, cfg: TrainConfig) -> list[dict]:
+    """Optimizer groups: after a vision stage the pretrained tower learns at a tenth of the rate,
+    so the first noisy gradients from the still-random projector and decoder do not undo it."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.vision_steps < 1 or cfg.lora:
+        return [{"params": [p for _, p in trainable]}]
+    tower = [p for n, p in trainable if "vision_tower" in n]
+    rest = [p for n, p in trainable if "vision_tower" not in n]
+    return [{"params": rest}, {"params": tower, "lr": cfg.lr * 0.1}]
+
+
+def run_vision_stage(cfg: TrainConfig, model: Any, processor: Any, corpus: Corpus, accelerator: Any) -> list[dict]:
+    """Stage 1 (`vision_steps` > 0, full training only): the vision tower learns the patterns first."""
+    if cfg.vision_steps < 1 or cfg.lora:
+        return []
+    from tqdm import tqdm
+
+    from finetune.vision_pretrain import pretrain_vision
+
+    model.to(accelerator.device)
+    maps = corpus.map_indices("train")
+    history: list[dict] = []
+    bar = tqdm(total=cfg.vision_steps, desc="vision stage", unit="step",
+               disable=not (cfg.progress and accelerator.is_main_process))
+    started = time.monotonic()
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if step % cfg.log_every == 0 or step == cfg.vision_steps:
+            history.append({"vision_step": step, "vision_loss": round(loss, 5),
+                            "vision_seconds": round(time.monotonic() - started, 1)})
+
+    pretrain_vision(model, processor, corpus.grids[maps], corpus.labels[maps], cfg.vision_steps,
+                    batch_size=cfg.vision_batch_size, lr=cfg.vision_lr, seed=cfg.seed, on_step=on_step)
+    bar.close()
+    return history
+
+
 def run_training(cfg: TrainConfig) -> Path:
-    """Train as configured; returns the output directory holding the final checkpoint or adapter."""
-    from accelerate import Accelerator
+    """Train as configured; returns the output directory holding the final checkpoint or adapter.
+
+    With `stop_after` below `steps` the session ends after that step with its state saved (no final
+    checkpoint yet); the same settings plus `resume=True` continue it.
+    """
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm import tqdm
 
     cfg.validate()
+    check_quantization(cfg)
+    # Some trainable weights get no gradient (Llava reads the vision tower's last hidden state, so its
+    # post-layernorm is unused); on several GPUs DDP must be told, or the second step fails.
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    main = accelerator.is_main_process
     check_output(cfg)
+    accelerator.wait_for_everyone()  # every process has checked --out before any writes into it
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    accelerator = Accelerator()
     corpus = Corpus(cfg.data, splits=("train", "val"))
     sampler = ExampleSampler(corpus, "train", cfg.recognition_fraction)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    model, processor = setup_model(cfg, corpus)
-    if not cfg.resume and accelerator.is_main_process:
+    model, processor = setup_model(cfg, corpus, accelerator)
+    if not cfg.resume and main and not (cfg.out / "processor_config.json").is_file():
         processor.save_pretrained(cfg.out)  # a resumed run needs the tokenizer it started with
+    vision_history = run_vision_stage(cfg, model, processor, corpus, accelerator) if not cfg.resume else []
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Not passed to accelerator.prepare: Accelerate would step it once per process per step.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    start_step, history = (0, [])
+    start_step, history, smoothed = (0, vision_history, None)
     if cfg.resume:
-        start_step, history = load_state(cfg, optimizer, scheduler)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        start_step, history, smoothed = load_state(cfg, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
     tokenizer = getattr(processor, "tokenizer", processor)
     # wall time of earlier sessions of a resumed run, so "seconds" stays cumulative
     earlier = next((h["seconds"] for h in reversed(history) if "seconds" in h), 0.0)
     started = time.monotonic() - earlier
-    bar = tqdm(
-        total=cfg.steps, initial=start_step, desc="training", unit="step", disable=not (cfg.progress and accelerator.is_main_process)
-    )
-    smoothed = None
-    for step in range(start_step + 1, cfg.steps + 1):
+    last_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="training", unit="step", disable=not (cfg.progress and main))
+    no_sync = (lambda: accelerator.no_sync(model)) if accelerator.num_processes > 1 else None
+    for step in range(start_step + 1, last_step + 1):
+        torch.manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
         examples = sampler.batch((cfg.seed, step, accelerator.process_index), cfg.batch_size)
-        encoded = [encode_example(processor, e, cfg.max_length) for e in examples]
+        try:
+            encoded = [encode_example(processor, e, cfg.max_length) for e in examples]
+        except ValueError as exc:
+            raise TrainingError(f"step {step}: {exc}") from None
         loss = torch.tensor(batch_loss(
-            model, encoded, tokenizer.pad_token_id, accelerator.device, cfg.micro_batches, accelerator.backward
+            model, encoded, tokenizer.pad_token_id, accelerator.device, cfg.micro_batches, accelerator.backward,
+            no_sync,
         ), device=accelerator.device)
         accelerator.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -404,23 +572,26 @@ def run_training(cfg: TrainConfig) -> Path:
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append({"step": step, "loss": round(smoothed, 5), "seconds": round(time.monotonic() - started, 1)})
         is_eval = step % cfg.eval_every == 0 or step == cfg.steps
-        if is_eval and accelerator.is_main_process:
+        if is_eval and main:
             scores = evaluate_during_training(accelerator.unwrap_model(model), processor, corpus, cfg)
             if scores:
                 history.append({"step": step, **scores})
                 bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                         for k, v in scores.items()))
             plot_loss_curve(history, cfg.out / "loss_curve.png")
-        if (step % cfg.save_every == 0 or step == cfg.steps) and accelerator.is_main_process:
-            save_state(cfg, accelerator.unwrap_model(model), optimizer, scheduler, step, history)
+        if (step % cfg.save_every == 0 or step == last_step) and main:
+            save_state(cfg, accelerator.unwrap_model(model), optimizer, scheduler, step, history, smoothed, processor)
+            write_log(history, cfg.out / "log.jsonl")
         accelerator.wait_for_everyone()
     bar.close()
-    if accelerator.is_main_process:
+    if last_step < cfg.steps:
+        if main:
+            plot_loss_curve(history, cfg.out / "loss_curve.png")
+        return cfg.out
+    if main:
         final = accelerator.unwrap_model(model)
         save_final(cfg, final, processor)
-        with (cfg.out / "log.jsonl").open("w") as handle:
-            for entry in history:
-                handle.write(json.dumps(entry) + "\n")
+        write_log(history, cfg.out / "log.jsonl")
         plot_loss_curve(history, cfg.out / "loss_curve.png")
         meta = {
             "config": _jsonable(asdict(cfg)),

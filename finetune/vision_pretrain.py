@@ -80,7 +80,8 @@ def pretrain_vision(
         raise ValueError(f"need as many labels as maps (got {len(grids)} maps, {len(labels)} labels), at least one")
     tower = model.model.vision_tower if hasattr(model, "model") else model.vision_tower
     torch.manual_seed(seed)
-    head = PatternHead(model.config.vision_config.hidden_size)
+    device = next(tower.parameters()).device
+    head = PatternHead(model.config.vision_config.hidden_size).to(device)
     params = [*tower.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -91,14 +92,14 @@ def pretrain_vision(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    targets_all = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+    targets_all = torch.as_tensor(np.asarray(labels), dtype=torch.float32, device=device)
     was_training = tower.training
     tower.train()
     losses = []
     for step in range(steps):
         rng = random.Random(f"vision-{seed}-{step}")
         chosen = [rng.randrange(len(grids)) for _ in range(batch_size)]
-        pixels = pixel_batch(processor, grids[chosen], rng)
+        pixels = pixel_batch(processor, grids[chosen], rng).to(device)
         logits = head(vision_features(model, pixels))
         loss = nn.functional.binary_cross_entropy_with_logits(logits, targets_all[chosen])
         loss.backward()

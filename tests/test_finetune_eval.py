@@ -1,0 +1,147 @@
+"""Evaluation: `defect-glm eval` on synthetic MixedWM38-layout files, `score()` on hand-made predictions.
+
+A checkpoint of known behaviour (finetune.tiny.build_fixed_answer_checkpoint: it answers "normal"
+to everything) gives exact expected scores through the whole path — question, generation, parsing,
+scoring, JSON, report; the tiny random checkpoint (gibberish answers) checks shape and consistency.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from data_tools.taxonomy import PATTERN_KEYS
+from defect_glm import main
+from finetune.evaluate import INVALID, score
+from finetune.tiny import build_fixed_answer_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """One torch thread: these tiny models gain nothing from more, and the CPU is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three labelled maps in the MixedWM38 layout: Normal, Center, Random (in that order)."""
+    path = tmp_path_factory.mktemp("eval-maps") / "maps.npz"
+    assert main(["data", "synth", "--per-class", "1", "--classes", "Normal,Center,Random", "--out", str(path),
+                 "--no-progress"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def says_normal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_fixed_answer_checkpoint(tmp_path_factory.mktemp("fixed") / "normal", "normal")
+
+
+def _eval_json(capsys: pytest.CaptureFixture, *args: str) -> dict:
+    capsys.readouterr()
+    assert main(["eval", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_eval_json_has_exact_scores_for_a_model_of_known_answers(maps, says_normal, tmp_path, capsys):
+    result = _eval_json(capsys, "--model", str(says_normal), "--mixedwm38", str(maps), "--numbers", "3",
+                        "--report", str(tmp_path / "report"))
+    assert result["n"] == 3 and result["correct"] == 1 and result["unparsed"] == 0
+    assert result["exact_match"] == pytest.approx(1 / 3, abs=1e-5)  # only the Normal map is right
+    assert result["mistakes"][0]["answer"] == "normal" and result["mistakes"][0]["parsed"] == "Normal"
+
+    assert set(result["per_pattern"]) == set(PATTERN_KEYS)
+    for key in ("Center", "Random"):  # present once, never predicted
+        assert result["per_pattern"][key] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert result["per_pattern"]["Scratch"]["support"] == 0
+    assert result["macro_f1"] == 0.0
+    assert result["per_class"] == {"Normal": {"n": 1, "exact_match": 1.0}, "Center": {"n": 1, "exact_match": 0.0},
+                                   "Random": {"n": 1, "exact_match": 0.0}}
+
+    protocol = result["defect_glm_protocol"]  # 36 classes: the Random map is left out
+    assert protocol["classes"] == 36 and protocol["n"] == 2 and protocol["exact_match"] == 0.5
+    assert set(protocol["excluded"]) == {"Near_Full", "Random"}
+
+    assert result["ms_per_map"] > 0 and result["by_language"] == {"en": 0.5, "zh": 0.0}
+    assert sorted((c["truth"], c["predicted"], c["count"]) for c in result["confusion"]) == [
+        ("Center", "Normal", 1), ("Normal", "Normal", 1), ("Random", "Normal", 1)]
+    assert result["numbers"]["n_maps"] == 3 and result["numbers"]["failing_within_1_die"] == 0.0
+
+    report = Path(result["report"])
+    assert report == tmp_path / "report" / "report.md"
+    text = report.read_text()
+    assert "33.33%" in text and "| Center | 0.0000 | 0.0000 | 0.0000 | 1 |" in text
+    assert "![confusion matrix](confusion_matrix.png)" in text
+    with Image.open(tmp_path / "report" / "confusion_matrix.png") as image:
+        assert image.format == "PNG"
+
+
+def test_eval_of_the_tiny_random_model_is_consistent(maps, tiny_model_dir, capsys):
+    result = _eval_json(capsys, "--model", str(tiny_model_dir), "--mixedwm38", str(maps), "--limit", "2",
+                        "--numbers", "0", "--batch-size", "2")
+    assert result["n"] == 2 and result["limit"] == 2 and "numbers" not in result
+    assert result["correct"] == round(result["exact_match"] * result["n"])
+    assert 0 <= result["unparsed"] <= result["n"]
+    assert sum(c["count"] for c in result["confusion"]) == 2
+    for values in result["per_pattern"].values():
+        assert all(0.0 <= values[k] <= 1.0 for k in ("precision", "recall", "f1"))
+    assert sum(v["n"] for v in result["per_class"].values()) == 2
+    assert result["model"] == str(tiny_model_dir) and result["adapter"] is None
+
+
+def test_eval_text_output_is_one_summary(maps, says_normal, capsys):
+    capsys.readouterr()
+    assert main(["eval", "--model", str(says_normal), "--mixedwm38", str(maps), "--numbers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("exact match 33.33% of 3 maps (Defect-GLM 36-class protocol 50.00% of 2)")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--mixedwm38", "nowhere.npz"], "no such file"),
+        (["--limit", "0"], "--limit must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_bad_eval_input_is_a_clear_error(maps, says_normal, capsys, extra, message):
+    args = ["eval", "--model", str(says_normal), "--mixedwm38", str(maps), *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_of_a_directory_that_is_no_checkpoint(maps, tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path), "--mixedwm38", str(maps)]) == 2
+    assert "expected config.json" in capsys.readouterr().err
+
+
+def test_score_of_hand_made_predictions():
+    truth = [(), ("Center",), ("Center", "Scratch"), ("Donut",), ("Near_Full",)]
+    predicted = [(), ("Center",), ("Center",), None, ("Near_Full",)]
+    result = score(truth, predicted)
+    assert result["n"] == 5 and result["correct"] == 3 and result["exact_match"] == 0.6 and result["unparsed"] == 1
+    # Center: 2 true positives, 0 false positives, 0 misses; Scratch and Donut: missed once
+    assert result["per_pattern"]["Center"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
+    assert result["per_pattern"]["Scratch"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert result["per_pattern"]["Donut"]["recall"] == 0.0
+    assert result["per_pattern"]["Near_Full"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+    assert result["macro_f1"] == 0.5  # mean F1 over the 4 patterns present: (1 + 0 + 0 + 1) / 4
+    assert result["per_class"]["Center+Scratch"] == {"n": 1, "exact_match": 0.0}
+    # the 36-class protocol leaves the Near-full map out: 2 of 4 right
+    assert result["defect_glm_protocol"]["n"] == 4 and result["defect_glm_protocol"]["exact_match"] == 0.5
+
+
+def test_score_counts_false_positives_and_invalid_combinations():
+    from finetune.evaluate import class_label
+
+    result = score([(), ("Scratch",)], [("Scratch",), ("Scratch",)])
+    assert result["per_pattern"]["Scratch"] == {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 1}
+    assert class_label(None) == INVALID and class_label(("Near_Full", "Center")) == INVALID
+    assert score([], [])["n"] == 0

@@ -1,0 +1,276 @@
+"""Training the small model: `defect-glm train` end to end on a tiny corpus, resume, the loss, the output guard.
+
+The corpus is built by the real builder (`defect-glm data build --synthetic 1`, one conversation per
+map) and the model uses `TINY_CONFIG` sizes through `--model-config`, so a 4-step run takes seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from defect_glm import main
+from finetune.dataset import IGNORE_INDEX, Corpus, Example, ExampleSampler, collate, encode_example, training_messages
+from finetune.loading import load_model
+from finetune.small_model import TINY_CONFIG
+from finetune.train import TrainConfig, TrainingError, batch_loss, check_output
+
+TINY = json.dumps(TINY_CONFIG.to_dict())
+#: A 4-step run: evaluation every 2 steps, state saved every 2 steps, loss logged every step.
+RUN = [
+    "--steps", "4", "--batch-size", "4", "--micro-batches", "2", "--lr", "1e-2", "--warmup-steps", "1",
+    "--eval-every", "2", "--eval-maps", "2", "--save-every", "2", "--log-every", "1", "--vocab-size", "300",
+    "--model-config", TINY, "--threads", "1", "--seed", "3",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """One torch thread: these tiny models gain nothing from more, and the CPU is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train-corpus") / "corpus"
+    code = main(["data", "build", "--synthetic", "1", "-k", "1", "--val-fraction", "0.2", "--test-fraction", "0.1",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_run(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """An uninterrupted 4-step run through the CLI, with its progress bar (stderr) captured."""
+    out = tmp_path_factory.mktemp("run-a") / "run"
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main(["train", "--data", str(corpus_dir), "--out", str(out), *RUN])
+    assert code == 0, stderr.getvalue()[-2000:]
+    return out, stderr.getvalue()
+
+
+@pytest.fixture()
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> Path:
+    """An empty checkpoint registry, with the tiny checkpoint standing in for the committed default model."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("DEFECT_GLM_HOME", str(home))
+    monkeypatch.setenv("DEFECT_GLM_DEFAULT_MODEL", str(tiny_model_dir))
+    return home
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "model.safetensors")
+
+
+def _train_losses(run: Path) -> list[tuple[int, float]]:
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [(e["step"], e["loss"]) for e in lines if "loss" in e]
+
+
+# ---------------------------------------------------------------- the run
+
+
+def test_full_training_writes_a_loadable_checkpoint_log_curve_and_evaluations(full_run):
+    out, stderr = full_run
+    for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "log.jsonl",
+                 "loss_curve.png", "train_meta.json", "training_state"):
+        assert (out / name).exists(), name
+    model, processor = load_model(out)
+    assert model.config.text_config.hidden_size == TINY_CONFIG.text_hidden
+    assert len(processor.tokenizer) == model.config.text_config.vocab_size
+
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log if "loss" in e)
+    evals = [e for e in log if "val_loss" in e]
+    assert [e["step"] for e in evals] == [2, 4]  # every --eval-every steps (and at the end)
+    assert all(e["val_n"] == 2 and 0.0 <= e["val_exact_match"] <= 1.0 for e in evals)
+
+    with Image.open(out / "loss_curve.png") as image:
+        assert image.format == "PNG" and image.size[0] > 100
+    meta = json.loads((out / "train_meta.json").read_text())
+    assert meta["steps"] == 4 and meta["config"]["seed"] == 3 and meta["last_eval"]["step"] == 4
+    assert "training" in stderr and "4/4" in stderr  # the progress bar
+
+
+def test_stopped_and_resumed_run_ends_with_the_same_weights(full_run, corpus_dir, tmp_path, capsys):
+    reference, _ = full_run
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus_dir), "--out", str(out), *RUN, "--stop-after", "2", "--no-progress"]) == 0
+    assert "--resume" in capsys.readouterr().out
+    state = json.loads((out / "training_state" / "meta.json").read_text())
+    assert state["step"] == 2 and not (out / "model.safetensors").exists()
+
+    # a resume with different settings would not reproduce the run: refused, saying which
+    assert main(["train", "--data", str(corpus_dir), "--out", str(out), *RUN, "--lr", "2e-2", "--resume"]) == 2
+    assert "lr 0.02 (saved run: 0.01)" in capsys.readouterr().err
+
+    assert main(["train", "--data", str(corpus_dir), "--out", str(out), *RUN, "--resume", "--no-progress"]) == 0
+    expected, got = _weights(reference), _weights(out)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    resumed, uninterrupted = _train_losses(out), _train_losses(reference)
+    assert [step for step, _ in resumed] == [step for step, _ in uninterrupted] == [1, 2, 3, 4]
+    assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in uninterrupted], rel=1e-5)
+
+
+def test_batches_are_seeded_by_run_seed_and_step(corpus_dir):
+    sampler = ExampleSampler(Corpus(corpus_dir, splits=("train", "val")), "train", 0.5)
+
+    def drawn(seed: tuple[int, int, int]) -> list[tuple]:
+        return [(e.texts, e.patterns, e.wafer.grid.tobytes()) for e in sampler.batch(seed, 6)]
+
+    first = drawn((3, 7, 0))
+    assert drawn((3, 7, 0)) == first
+    assert drawn((4, 7, 0)) != first and drawn((3, 8, 0)) != first and drawn((3, 7, 1)) != first
+
+
+# ---------------------------------------------------------------- the loss
+
+
+def _encoded_examples(
+    corpus_dir: Path, processor: Any, n: int = 5, max_length: int = 512
+) -> tuple[list[dict], list[Example]]:
+    sampler = ExampleSampler(Corpus(corpus_dir, splits=("train", "val")), "train", 0.5, augment=True)
+    examples = sampler.batch((0, 1, 0), n)
+    return [encode_example(processor, e, max_length) for e in examples], examples
+
+
+def test_labels_cover_exactly_the_answer_tokens(corpus_dir, tiny_model_dir):
+    _, processor = load_model(tiny_model_dir)
+    encoded, examples = _encoded_examples(corpus_dir, processor, n=8, max_length=4096)
+    tokenizer = processor.tokenizer
+    for e, example in zip(encoded, examples):
+        answer_ids = [t for t in e["labels"] if t != IGNORE_INDEX]
+        answers = [m["content"][0]["text"] for m in training_messages(example) if m["role"] == "assistant"]
+        assert tokenizer.decode(answer_ids) == "".join(f"{a}<|end|>" for a in answers)
+        assert e["labels"][-1] == tokenizer.eos_token_id and e["labels"][0] == IGNORE_INDEX
+    # over max_length: cut, but never to a prompt without an answer
+    short, _ = _encoded_examples(corpus_dir, processor, n=8, max_length=200)
+    for e in short:
+        assert len(e["input_ids"]) <= 200 and e["labels"][-1] != IGNORE_INDEX
+    with pytest.raises(ValueError, match="raise --max-length"):
+        _encoded_examples(corpus_dir, processor, n=1, max_length=20)
+
+
+def test_collate_left_pads_with_real_token_positions():
+    pixels = torch.ones(1, 3, 4, 4)
+    short = {"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7], "pixel_values": pixels}
+    long = {"input_ids": [1, 2, 3, 4, 5], "labels": [IGNORE_INDEX] * 3 + [4, 5], "pixel_values": 2 * pixels}
+    batch = collate([short, long], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]]
+    assert batch["attention_mask"].tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
+    assert batch["position_ids"].tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX] * 3 + [6, 7], [IGNORE_INDEX] * 3 + [4, 5]]
+    assert torch.equal(batch["pixel_values"], torch.cat([pixels, 2 * pixels]))
+
+
+def test_batch_loss_is_the_mean_loss_over_answer_tokens_of_each_example_alone(corpus_dir, tiny_model_dir):
+    model, processor = load_model(tiny_model_dir)
+    encoded, _ = _encoded_examples(corpus_dir, processor)
+    assert len({len(e["input_ids"]) for e in encoded}) > 1  # padding is really exercised
+
+    # reference: every example on its own, no padding, full logits, plain next-token cross-entropy
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for e in encoded:
+            ids = torch.tensor([e["input_ids"]])
+            logits = model(input_ids=ids, pixel_values=e["pixel_values"]).logits[0, :-1]
+            targets = torch.tensor(e["labels"][1:])
+            total += float(torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX,
+                                                             reduction="sum"))
+            count += int((targets != IGNORE_INDEX).sum())
+    expected = total / count
+    pad = processor.tokenizer.pad_token_id
+    with torch.no_grad():
+        for groups in (1, 2, len(encoded)):
+            assert batch_loss(model, encoded, pad, "cpu", groups) == pytest.approx(expected, rel=1e-5), groups
+
+
+def test_micro_batches_give_the_same_gradient(corpus_dir, tiny_model_dir):
+    model, processor = load_model(tiny_model_dir, trainable=True)
+    encoded, _ = _encoded_examples(corpus_dir, processor, n=4)
+    grads = []
+    for groups in (1, 3):
+        model.zero_grad(set_to_none=True)
+        batch_loss(model, encoded, processor.tokenizer.pad_token_id, "cpu", groups, backward=lambda loss: loss.backward())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_out_guard_never_overwrites_runs_or_served_checkpoints(corpus_dir, full_run, isolated_home, tiny_model_dir,
+                                                              tmp_path, capsys):
+    used, _ = full_run
+    assert main(["train", "--data", str(corpus_dir), "--out", str(used), *RUN]) == 2
+    assert "already holds files; pass --resume" in capsys.readouterr().err
+    assert main(["train", "--data", str(corpus_dir), "--out", str(tmp_path / "new"), *RUN, "--resume"]) == 2
+    assert "no training state" in capsys.readouterr().err
+    # the default model (here the tiny checkpoint) and anything in the registry are off limits
+    for out in (tiny_model_dir, tiny_model_dir / "sub", isolated_home / "checkpoints" / "v0001"):
+        with pytest.raises(TrainingError, match="training never writes there"):
+            check_output(TrainConfig(data=corpus_dir, out=out))
+    assert not (isolated_home / "checkpoints").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error given where CUDA is absent")
+def test_quantised_lora_without_cuda_is_a_clear_error(corpus_dir, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "adapter"
+    args = ["train", "--data", str(corpus_dir), "--out", str(out), "--lora", "--base", str(tiny_model_dir)]
+    assert main([*args, "--quant", "4bit"]) == 2
+    err = capsys.readouterr().err
+    assert "--quant 4bit needs a CUDA GPU" in err and "without --quant" in err
+    assert not out.exists()  # nothing was written
+    assert main(["train", "--data", str(corpus_dir), "--out", str(out), "--quant", "8bit"]) == 2
+    assert "--quant is for LoRA only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model-config", '{"text_layerz": 2}'], "unknown model settings ['text_layerz']"),
+        (["--model-config", '{"text_hidden": 30, "text_heads": 4}'], "text_hidden 30 must be divisible"),
+        (["--model-config", "[1]"], "must be a JSON object"),
+        (["--vocab-size", "100"], "--vocab-size must be at least 300"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--lora"], "--lora needs --base"),
+    ],
+)
+def test_bad_settings_are_refused_before_training(corpus_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus_dir), "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 2
+    assert "build one with `defect-glm data build`" in capsys.readouterr().err
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    from finetune.train import lr_factor
+
+    cfg = TrainConfig(data=Path("."), out=Path("."), steps=10, warmup_steps=2, min_lr_ratio=0.1)
+    factors = [lr_factor(s, cfg) for s in range(11)]
+    assert factors[:3] == [0.5, 1.0, 1.0] and factors[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in itertools.pairwise(factors[1:]))
