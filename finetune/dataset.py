@@ -198,10 +198,14 @@ def _tokenizer(processor: Any) -> Any:
     return getattr(processor, "tokenizer", processor)
 
 
-def encode_example(processor: Any, example: Example, max_length: int) -> dict:
-    """input_ids, labels (answer tokens only; the rest IGNORE_INDEX) and pixel_values for one example."""
-    messages = training_messages(example)
-    images = images_of(messages)
+def answer_segments(processor: Any, messages: list[dict]) -> list[tuple[str, bool]]:
+    """The conversation's text cut into (piece, is_answer) segments by the processor's chat template.
+
+    Every answer is a target when the template renders a conversation as growing prefixes (each
+    turn appended to the last). Templates that re-serialise the history for every new question
+    (VisualGLM's `[Round i]` prompts) do not; then the last answer alone is the target, after
+    the prompt exactly as it is rendered at inference.
+    """
     segments: list[tuple[str, bool]] = []
     done = ""
     for i, message in enumerate(messages):
@@ -209,13 +213,31 @@ def encode_example(processor: Any, example: Example, max_length: int) -> dict:
             continue
         prompt = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         full = processor.apply_chat_template(messages[: i + 1], tokenize=False)
-        if not prompt.startswith(done) or not full.startswith(prompt):
+        if not full.startswith(prompt):
             raise ValueError(
-                "the processor's chat template does not render a conversation as prefix + answer; "
+                "the processor's chat template does not render an answer after its prompt; "
                 "answer-only labels cannot be derived from it"
             )
+        if not prompt.startswith(done):  # history re-serialised: train on the last answer only
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            prompt = processor.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True)
+            full = processor.apply_chat_template(messages, tokenize=False)
+            if not full.startswith(prompt):
+                raise ValueError(
+                    "the processor's chat template does not render an answer after its prompt; "
+                    "answer-only labels cannot be derived from it"
+                )
+            return [(prompt, False), (full[len(prompt) :], True)]
         segments += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
         done = full
+    return segments
+
+
+def encode_example(processor: Any, example: Example, max_length: int) -> dict:
+    """input_ids, labels (answer tokens only; the rest IGNORE_INDEX) and pixel_values for one example."""
+    messages = training_messages(example)
+    images = images_of(messages)
+    segments = answer_segments(processor, messages)
     tokenizer = _tokenizer(processor)
     ids: list[int] = []
     labels: list[int] = []

@@ -168,6 +168,35 @@ def test_labels_cover_exactly_the_answer_tokens(corpus_dir, tiny_model_dir):
         _encoded_examples(corpus_dir, processor, n=1, max_length=20)
 
 
+#: A template that, like VisualGLM's, renders the question being answered differently from history.
+ROUNDS_TEMPLATE = (
+    "{% set ns = namespace(last=-1) %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}{% set ns.last = loop.index0 %}{% endif %}"
+    "{% endfor %}"
+    "{% for message in messages %}"
+    "{% if loop.index0 == ns.last %}{{ '<|user|>now: ' }}"
+    "{% else %}{{ '<|' + message['role'] + '|>' }}{% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<image>' }}"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{{ '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def test_a_template_that_reserialises_history_trains_on_the_last_answer(tiny_model_dir):
+    from data_tools.synthetic import generate
+
+    _, processor = load_model(tiny_model_dir)
+    wafer = generate("Center", __import__("numpy").random.default_rng(0))
+    example = Example(wafer, ("What is it?", "Center.", "And the yield?", "High."), ("Center",))
+    prefix_encoded = encode_example(processor, example, 4096)
+    tokenizer = processor.tokenizer
+    assert tokenizer.decode([t for t in prefix_encoded["labels"] if t != IGNORE_INDEX]) == "Center.<|end|>High.<|end|>"
+    processor.chat_template = ROUNDS_TEMPLATE
+    encoded = encode_example(processor, example, 4096)
+    assert tokenizer.decode([t for t in encoded["labels"] if t != IGNORE_INDEX]) == "High.<|end|>"
+    assert "now: And the yield?" in tokenizer.decode(encoded["input_ids"])
+
+
 def test_collate_left_pads_with_real_token_positions():
     pixels = torch.ones(1, 3, 4, 4)
     short = {"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7], "pixel_values": pixels}
