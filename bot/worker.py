@@ -7,6 +7,10 @@ overloaded, the job stays queued: the user is told once that the answer is delay
 worker retries with exponential backoff (DEFECT_GLM_BOT_RETRY_INITIAL_S … _MAX_S), answers
 in the same placeholder message when the server returns, and after
 DEFECT_GLM_BOT_RETRY_FOR_S apologises instead. A restarted bot resumes every pending job.
+
+Every attempt of a job sends the same idempotency key (`idempotency_key`), so a retry after a
+time-out while the server was still answering gets that answer back instead of putting the
+question into the thread's memory a second time.
 """
 
 from __future__ import annotations
@@ -39,6 +43,15 @@ REFUSALS = {
 }
 
 MapUploader = Callable[[AsyncWebClient, Job, wire.ThreadReply], Awaitable[None]]
+
+
+def idempotency_key(job: Job) -> str:
+    """The key every attempt of `job` sends: the job id plus the Slack message it answers.
+
+    The message timestamp keeps keys unique within a thread even when a bot with a new,
+    empty database numbers its jobs from 1 again.
+    """
+    return f"job-{job.id}-{job.message_ts}"
 
 
 class QueueWorker:
@@ -162,6 +175,7 @@ class QueueWorker:
             job.question,
             image=None if image is None else image.data,
             filename=None if image is None else image.name,
+            idempotency_key=idempotency_key(job),
         )
 
     async def _deliver(self, job: Job, reply: wire.ThreadReply) -> None:

@@ -236,7 +236,7 @@ def create_app(
 
         loader = create_backend
     memory = ThreadMemory(config.db_path, max_threads=config.max_threads, ttl_s=config.thread_ttl_s,
-                          max_stored_turns=config.max_stored_turns)
+                          max_stored_turns=config.max_stored_turns, idempotency_ttl_s=config.idempotency_ttl_s)
     app = web.Application(middlewares=[_middleware], client_max_size=request_body_limit(config))
     holder: dict[str, ServerState] = {}
     metrics_ = ServerMetrics(

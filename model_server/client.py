@@ -135,18 +135,36 @@ class ModelServerClient:
 
     # ------------------------------------------------------------------ thread API
     async def send_message(
-        self, thread_id: str, text: str, image: bytes | None = None, filename: str | None = None
+        self,
+        thread_id: str,
+        text: str,
+        image: bytes | None = None,
+        filename: str | None = None,
+        idempotency_key: str | None = None,
     ) -> wire.ThreadReply:
-        """Add a user message (and optionally the wafer image) to a thread and get the answer."""
+        """Add a user message (and optionally the wafer image) to a thread and get the answer.
+
+        `idempotency_key` (sent as the ``Idempotency-Key`` header) names this one message: send
+        the same key again when retrying after a time-out and the server answers from the first
+        request (waiting for it if still running) instead of storing the question twice.
+        """
         path = self._thread_path(thread_id) + "/messages"
+        headers: dict[str, str] = {}
+        if idempotency_key is not None:
+            if not wire.valid_idempotency_key(idempotency_key):
+                raise ValueError(
+                    f"idempotency key {idempotency_key[:300]!r} is not valid: use 1-{wire.MAX_IDEMPOTENCY_KEY_CHARS} "
+                    "visible ASCII characters (no spaces)"
+                )
+            headers[wire.IDEMPOTENCY_KEY_HEADER] = idempotency_key
         if image is None:
-            _, data, _ = await self._request("POST", path, json=wire.MessageRequest(text).to_json())
+            _, data, _ = await self._request("POST", path, json=wire.MessageRequest(text).to_json(), headers=headers)
         else:
             form = aiohttp.FormData()
             form.add_field(wire.FIELD_TEXT, text)
             form.add_field(wire.FIELD_IMAGE, image, filename=filename or "wafer.png",
                            content_type="application/octet-stream")
-            _, data, _ = await self._request("POST", path, data=form)
+            _, data, _ = await self._request("POST", path, data=form, headers=headers)
         try:
             return wire.ThreadReply.from_json(data)
         except wire.WireFormatError as exc:

@@ -32,6 +32,7 @@ the one in docs/server.md are generated from it (`python -m model_server.config`
 | max_history_turns | DEFECT_GLM_MAX_HISTORY_TURNS | --max-history-turns | 8 | earlier turns put in the prompt (oldest trimmed; the model may allow fewer) |
 | max_stored_turns | DEFECT_GLM_MAX_STORED_TURNS | --max-stored-turns | 200 | turns kept per thread in the database (oldest deleted) |
 | thread_ttl_s | DEFECT_GLM_THREAD_TTL_S | --thread-ttl-s | 2592000 | threads idle this long are forgotten (30 days; 0: never) |
+| idempotency_ttl_s | DEFECT_GLM_IDEMPOTENCY_TTL_S | --idempotency-ttl-s | 86400 | how long a message's Idempotency-Key is remembered (1 day; 0: as long as its thread) |
 | max_threads | DEFECT_GLM_MAX_THREADS | --max-threads | 10000 | most threads kept; the least recently used are evicted |
 | web_dir | DEFECT_GLM_WEB_DIR | --web-dir | model_server/web | folder with index.html and static/ served at / (absent: no page) |
 | log_level | DEFECT_GLM_LOG_LEVEL | --log-level | INFO | logging level |
@@ -97,6 +98,7 @@ class ServerConfig:
     max_history_turns: int = 8
     max_stored_turns: int = 200
     thread_ttl_s: float = 30 * 24 * 3600.0
+    idempotency_ttl_s: float = 24 * 3600.0
     max_threads: int = 10_000
     web_dir: Path | None = DEFAULT_WEB_DIR
     log_level: str = "INFO"
@@ -154,7 +156,7 @@ def validate(cfg: ServerConfig) -> list[str]:
     for name in ("max_batch_size", "max_queue", "max_image_bytes", "max_image_pixels", "max_text_chars",
                  "max_new_tokens", "max_stored_turns", "max_threads"):
         need(getattr(cfg, name) >= 1, f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("max_wait_ms", "max_history_turns", "thread_ttl_s"):
+    for name in ("max_wait_ms", "max_history_turns", "thread_ttl_s", "idempotency_ttl_s"):
         need(getattr(cfg, name) >= 0, f"{name} must be 0 or more, got {getattr(cfg, name)}")
     for name in ("request_timeout_s", "openai_timeout_s"):
         need(getattr(cfg, name) > 0, f"{name} must be positive seconds, got {getattr(cfg, name)}")
@@ -251,6 +253,8 @@ OPTIONS: tuple[Option, ...] = (
            "turns kept per thread in the database (oldest deleted)"),
     Option("thread_ttl_s", "DEFECT_GLM_THREAD_TTL_S", _float, "2592000",
            "threads idle this long are forgotten (30 days; 0: never)"),
+    Option("idempotency_ttl_s", "DEFECT_GLM_IDEMPOTENCY_TTL_S", _float, "86400",
+           "how long a message's Idempotency-Key is remembered (1 day; 0: as long as its thread)"),
     Option("max_threads", "DEFECT_GLM_MAX_THREADS", _int, "10000", "most threads kept; the least recently used are evicted"),
     Option("web_dir", "DEFECT_GLM_WEB_DIR", _path, "model_server/web",
            "folder with index.html and static/ served at / (absent: no page)"),

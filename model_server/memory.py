@@ -4,11 +4,19 @@ Tables:
     threads(thread_id, created_at, updated_at, image_sha256, findings, model)
     turns(id, thread_id, role, text, created_at, image_sha256)   -- image_sha256 on the user turn that brought it
     images(sha256, data, grid, rows, cols, created_at)            -- each image once, by content hash
+    idempotency_keys(thread_id, key, question_sha256, answer, findings, model, created_at)
+                                                                  -- the reply to each keyed message
 
 A question and its answer are written in one transaction (`record_exchange`), so a process
 killed mid-request leaves the thread as it was before that request: never a question without
 its answer, never a half-written row. WAL with synchronous=NORMAL keeps the file consistent
 across crashes of the process.
+
+Idempotency: an exchange recorded with a client's idempotency key also stores its reply
+(answer, findings, model) under ``(thread_id, key)``, in the same transaction as the turns, so
+`replay` finds it after a restart too and never finds a key without its turns. Keys are
+forgotten with their thread, after `idempotency_ttl_s` (0: only with the thread), and beyond
+the newest ``max_stored_turns // 2`` per thread (one key per stored question-answer pair).
 
 Bounded: at most `max_threads` threads (least recently updated evicted first), threads idle
 longer than `ttl_s` are forgotten, at most `max_stored_turns` turns per thread. Images no
@@ -31,7 +39,7 @@ import sqlite_utils
 
 from data_tools.wafer_map import WaferMap
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: idempotency_keys
 
 
 class ThreadMemoryError(RuntimeError):
@@ -75,6 +83,26 @@ class StoredThread:
 
 
 @dataclass(frozen=True)
+class StoredReply:
+    """The reply given to a message sent with an idempotency key, kept to answer that key's repeats."""
+
+    key: str
+    question_sha256: str
+    answer: str
+    findings: dict | None
+    model: str | None
+    created_at: float
+
+    def same_question(self, question: str) -> bool:
+        """True if `question` is the one this reply answered."""
+        return question_sha256(question) == self.question_sha256
+
+
+def question_sha256(question: str) -> str:
+    return hashlib.sha256(question.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
 class ThreadContext:
     """What the next answer in a thread needs: the thread's map and the turns about it, trimmed."""
 
@@ -94,17 +122,20 @@ class ThreadMemory:
         max_threads: int = 10_000,
         ttl_s: float = 30 * 24 * 3600.0,
         max_stored_turns: int = 200,
+        idempotency_ttl_s: float = 24 * 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if max_threads < 1 or max_stored_turns < 1 or ttl_s < 0:
+        if max_threads < 1 or max_stored_turns < 1 or ttl_s < 0 or idempotency_ttl_s < 0:
             raise ValueError(
                 f"memory limits must be positive: max_threads={max_threads}, "
-                f"max_stored_turns={max_stored_turns}, ttl_s={ttl_s}"
+                f"max_stored_turns={max_stored_turns}, ttl_s={ttl_s}, idempotency_ttl_s={idempotency_ttl_s}"
             )
         self.path = Path(path)
         self.max_threads = max_threads
         self.ttl_s = ttl_s
         self.max_stored_turns = max_stored_turns
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self.max_keys_per_thread = max(1, max_stored_turns // 2)
         self._clock = clock
         self._lock = threading.RLock()
         try:
@@ -133,6 +164,12 @@ class ThreadMemory:
                 {"sha256": str, "data": bytes, "grid": str, "rows": int, "cols": int, "created_at": float},
                 pk="sha256", if_not_exists=True,
             )
+            db["idempotency_keys"].create(
+                {"thread_id": str, "key": str, "question_sha256": str, "answer": str, "findings": str,
+                 "model": str, "created_at": float},
+                pk=("thread_id", "key"), if_not_exists=True,
+            )
+            db["idempotency_keys"].create_index(["created_at"], if_not_exists=True)
             db["turns"].create_index(["thread_id", "id"], if_not_exists=True)
             db["threads"].create_index(["updated_at"], if_not_exists=True)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -201,6 +238,29 @@ class ThreadMemory:
         image = self.image(thread.image_sha256) if thread.image_sha256 else None
         return ThreadContext(True, image, thread.findings, tuple(turns))
 
+    def replay(self, thread_id: str, key: str) -> StoredReply | None:
+        """The stored reply to the message sent with `key` on this thread; None if unknown or forgotten."""
+        with self._lock:
+            if self._thread_row(thread_id) is None:
+                return None
+            rows = list(self.db.query(
+                "SELECT key, question_sha256, answer, findings, model, created_at FROM idempotency_keys "
+                "WHERE thread_id = ? AND key = ?", [thread_id, key]))
+        if not rows or self._key_expired(rows[0]["created_at"]):
+            return None
+        row = rows[0]
+        return StoredReply(
+            key=row["key"],
+            question_sha256=row["question_sha256"],
+            answer=row["answer"],
+            findings=json.loads(row["findings"]) if row["findings"] else None,
+            model=row["model"],
+            created_at=row["created_at"],
+        )
+
+    def _key_expired(self, created_at: float) -> bool:
+        return self.idempotency_ttl_s > 0 and created_at < self._clock() - self.idempotency_ttl_s
+
     def count(self) -> int:
         with self._lock:
             return int(self.db.execute("SELECT count(*) FROM threads").fetchone()[0])
@@ -215,8 +275,13 @@ class ThreadMemory:
         image: StoredImage | None = None,
         findings: dict | None = None,
         model: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
-        """Store a question and its answer (and a newly sent image with its findings) in one transaction."""
+        """Store a question and its answer (and a newly sent image with its findings) in one transaction.
+
+        With `idempotency_key`, the reply (answer, the thread's findings after this exchange, model)
+        is stored under that key in the same transaction, for `replay`.
+        """
         now = self._clock()
         with self._lock, self.db.conn:
             row = self._thread_row(thread_id)
@@ -245,6 +310,13 @@ class ThreadMemory:
                 "INSERT INTO turns (thread_id, role, text, created_at, image_sha256) VALUES (?, 'assistant', ?, ?, NULL)",
                 [thread_id, answer, now],
             )
+            if idempotency_key is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys (thread_id, key, question_sha256, answer, findings, "
+                    "model, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [thread_id, idempotency_key, question_sha256(question), answer, findings_json, model, now],
+                )
+                self._prune_keys(thread_id, now)
             self.db.execute(
                 "DELETE FROM turns WHERE thread_id = ? AND id NOT IN "
                 "(SELECT id FROM turns WHERE thread_id = ? ORDER BY id DESC LIMIT ?)",
@@ -262,11 +334,23 @@ class ThreadMemory:
         return existed
 
     def evict(self) -> int:
-        """Forget expired threads and the least recently used beyond `max_threads`. Returns how many."""
+        """Forget expired threads (and idempotency keys) and the least recently used threads beyond
+        `max_threads`. Returns how many threads."""
         with self._lock, self.db.conn:
             return self._evict_locked(self._clock())
 
+    def _prune_keys(self, thread_id: str, now: float) -> None:
+        if self.idempotency_ttl_s > 0:
+            self.db.execute("DELETE FROM idempotency_keys WHERE thread_id = ? AND created_at < ?",
+                            [thread_id, now - self.idempotency_ttl_s])
+        self.db.execute(
+            "DELETE FROM idempotency_keys WHERE thread_id = ? AND rowid NOT IN "
+            "(SELECT rowid FROM idempotency_keys WHERE thread_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?)",
+            [thread_id, thread_id, self.max_keys_per_thread],
+        )
+
     def _delete_rows(self, thread_id: str) -> None:
+        self.db.execute("DELETE FROM idempotency_keys WHERE thread_id = ?", [thread_id])
         self.db.execute("DELETE FROM turns WHERE thread_id = ?", [thread_id])
         self.db.execute("DELETE FROM threads WHERE thread_id = ?", [thread_id])
 
@@ -290,6 +374,8 @@ class ThreadMemory:
             self._delete_rows(thread_id)
         if doomed:
             self._delete_orphan_images()
+        if self.idempotency_ttl_s > 0:
+            self.db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", [now - self.idempotency_ttl_s])
         return len(doomed)
 
     def integrity_ok(self) -> bool:

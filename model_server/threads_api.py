@@ -4,6 +4,13 @@ POST /v1/threads/{thread_id}/messages takes multipart (``text``, optional ``imag
 JSON (``text``, optional base64 ``image``). Work on one thread is serialised in arrival order
 (the lock is taken before the body is read); different threads run concurrently and are
 batched together by the model worker.
+
+Idempotency: a message may carry an ``Idempotency-Key`` header. Its reply is stored with the
+turns (`ThreadMemory.record_exchange`); a later message on the same thread with the same key
+gets that stored reply (``Idempotent-Replayed: true``) and is neither asked nor stored again.
+Because work on a thread is serialised, a repeat that arrives while the first request is still
+being answered waits behind it and then finds its reply; if the first failed (nothing stored),
+the repeat is answered afresh. A key reused for a different question is a 422.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from model_server.backends.base import GenerationRequest, Turn
 from model_server.batching import ModelFailure, QueueFull
 from model_server.errors import ApiError, bad_request
 from model_server.findings import build_findings, parse_patterns, recognition_question
-from model_server.memory import StoredImage
+from model_server.memory import StoredImage, StoredReply
 from model_server.state import REQUEST_ID, STATE, ServerState
 
 #: Size of the pieces a multipart body is read in.
@@ -35,6 +42,43 @@ def thread_id_of(request: web.Request) -> str:
             f"thread id {thread_id[:140]!r} is not valid: use 1-128 characters from letters, digits and . _ : @ -",
         )
     return thread_id
+
+
+def idempotency_key_of(request: web.Request) -> str | None:
+    """The request's ``Idempotency-Key`` header (None without one); 400 when it is malformed."""
+    values = request.headers.getall(wire.IDEMPOTENCY_KEY_HEADER, [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise bad_request(wire.CODE_INVALID_IDEMPOTENCY_KEY,
+                          f"send one {wire.IDEMPOTENCY_KEY_HEADER} header, not {len(values)}")
+    key = values[0]
+    if not wire.valid_idempotency_key(key):
+        raise bad_request(
+            wire.CODE_INVALID_IDEMPOTENCY_KEY,
+            f"the {wire.IDEMPOTENCY_KEY_HEADER} header {key[:60]!r}{'…' if len(key) > 60 else ''} is not valid "
+            f"({len(key)} characters): use 1-{wire.MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters, "
+            "no spaces or control characters (e.g. a UUID)",
+        )
+    return key
+
+
+def replayed_reply(thread_id: str, stored: StoredReply, question: str, started: float) -> web.Response:
+    """The stored reply to an earlier message with the same idempotency key; 422 if it was another question."""
+    if not stored.same_question(question):
+        raise ApiError(
+            422, wire.INVALID_REQUEST, wire.CODE_IDEMPOTENCY_KEY_REUSED,
+            f"the {wire.IDEMPOTENCY_KEY_HEADER} {stored.key!r} was already used on thread {thread_id!r} for a "
+            "different question; send a new key with each new message",
+        )
+    reply = wire.ThreadReply(
+        thread_id=thread_id,
+        answer=stored.answer,
+        findings=None if stored.findings is None else wire.Findings.from_json(stored.findings),
+        model=stored.model or "",
+        latency_ms=(time.perf_counter() - started) * 1000.0,
+    )
+    return web.json_response(reply.to_json(), headers={wire.IDEMPOTENT_REPLAYED_HEADER: "true"})
 
 
 async def _read_part(part: BodyPartReader, limit: int, too_big: ApiError) -> bytes:
@@ -145,9 +189,15 @@ async def run_model(state: ServerState, requests: list[GenerationRequest], reque
 async def post_message(request: web.Request) -> web.Response:
     state = request.app[STATE]
     thread_id = thread_id_of(request)
+    key = idempotency_key_of(request)
     started = time.perf_counter()
     async with state.thread_lock(thread_id):
         text, image_bytes = await read_message(request, state)
+        if key is not None:
+            # a repeat waited on the thread lock for the request with its key; that one's reply is stored now
+            stored = state.memory.replay(thread_id, key)
+            if stored is not None:
+                return replayed_reply(thread_id, stored, text or recognition_question(), started)
         state.backend  # noqa: B018  (503 before reading images while the model loads)
         new_image: StoredImage | None = None
         wafer: WaferMap | None = None
@@ -176,7 +226,8 @@ async def post_message(request: web.Request) -> web.Response:
         answer = answers[0]
         model = state.info.name
         state.memory.record_exchange(thread_id, question, answer, image=new_image,
-                                     findings=findings_json if new_image is not None else None, model=model)
+                                     findings=findings_json if new_image is not None else None, model=model,
+                                     idempotency_key=key)
     reply = wire.ThreadReply(
         thread_id=thread_id,
         answer=answer,

@@ -15,6 +15,11 @@ Thread API::
 Every error, on every route, is ``{"error": {"message", "type", "code"}}`` (see `ErrorBody`);
 the ``type`` and ``code`` values are the constants below. Responses carry the request id in the
 ``X-Request-Id`` header; 429 and 503 carry ``Retry-After``.
+
+A message POST may carry an ``Idempotency-Key`` header (`IDEMPOTENCY_KEY_HEADER`): a repeat of
+the same key on the same thread is answered with the stored reply of the first request (waiting
+for it if it is still being answered) instead of being asked and stored again; such a reply
+carries ``Idempotent-Replayed: true``.
 """
 
 from __future__ import annotations
@@ -30,9 +35,17 @@ FIELD_TEXT = "text"
 FIELD_IMAGE = "image"
 REQUEST_ID_HEADER = "X-Request-Id"
 RETRY_AFTER_HEADER = "Retry-After"
+#: A client's key for one logical message: a retry with the same key is answered once, from memory.
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+#: Set to "true" on a reply that was replayed from an earlier request with the same idempotency key.
+IDEMPOTENT_REPLAYED_HEADER = "Idempotent-Replayed"
+#: The longest accepted idempotency key, in characters.
+MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 #: Thread ids: Slack's "C0123:1700000000.000100" style, UUIDs, anything URL-safe up to 128 chars.
 THREAD_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+#: Idempotency keys: 1-255 visible ASCII characters (no spaces or control characters), e.g. a UUID.
+IDEMPOTENCY_KEY_PATTERN = re.compile(rf"^[\x21-\x7e]{{1,{MAX_IDEMPOTENCY_KEY_CHARS}}}$")
 
 # ------------------------------------------------------------------ error types (the "type" field)
 INVALID_REQUEST = "invalid_request_error"  # 400, 413, 415: the request is malformed or over a limit
@@ -49,6 +62,8 @@ CODE_INVALID_FIELD = "invalid_field"
 CODE_MISSING_TEXT = "missing_text"
 CODE_TEXT_TOO_LONG = "text_too_long"
 CODE_INVALID_THREAD_ID = "invalid_thread_id"
+CODE_INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"  # 400: the Idempotency-Key header is malformed
+CODE_IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"  # 422: the key was used for a different question
 CODE_INVALID_BASE64 = "invalid_base64"
 CODE_IMAGE_TOO_LARGE = "image_too_large"
 CODE_IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"
@@ -86,6 +101,11 @@ def _require(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> 
 
 def valid_thread_id(thread_id: str) -> bool:
     return bool(THREAD_ID_PATTERN.match(thread_id))
+
+
+def valid_idempotency_key(key: str) -> bool:
+    """1-255 visible ASCII characters (``\\x21``-``\\x7e``): no spaces, control or non-ASCII characters."""
+    return bool(IDEMPOTENCY_KEY_PATTERN.fullmatch(key))
 
 
 # ------------------------------------------------------------------ errors

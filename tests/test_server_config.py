@@ -47,6 +47,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "max_history_turns": ("0", 0),
     "max_stored_turns": ("5", 5),
     "thread_ttl_s": ("0", 0.0),
+    "idempotency_ttl_s": ("600", 600.0),
     "max_threads": ("4", 4),
     "web_dir": ("/srv/web", Path("/srv/web")),
     "log_level": ("debug", "DEBUG"),
