@@ -8,11 +8,9 @@ the committed default model, so the first promotion has something real to beat.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from defect_glm import main
 from finetune import checkpoints
@@ -21,14 +19,7 @@ from finetune.train import TrainConfig, TrainingError, check_output
 from model_server.backends.registry import model_dir
 from model_server.config import ServerConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One torch thread: these tiny models gain nothing from more, and the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

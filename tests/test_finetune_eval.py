@@ -8,11 +8,9 @@ scoring, JSON, report; the tiny random checkpoint (gibberish answers) checks sha
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from data_tools.taxonomy import PATTERN_KEYS
@@ -20,14 +18,7 @@ from defect_glm import main
 from finetune.evaluate import INVALID, score
 from finetune.tiny import build_fixed_answer_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One torch thread: these tiny models gain nothing from more, and the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
