@@ -85,7 +85,7 @@ def _inputs(model: Any, processor: Any, requests: Sequence[GenerationRequest]) -
     }
 
 
-def _generation_kwargs(processor: Any, max_new_tokens: int) -> dict:
+def generation_kwargs(processor: Any, max_new_tokens: int) -> dict:
     tokenizer = _tokenizer(processor)
     return {
         "max_new_tokens": max_new_tokens,
@@ -109,7 +109,7 @@ def generate_answers(
         inputs = _inputs(model, processor, chunk)
         max_new = max(r.max_new_tokens for r in chunk)
         with torch.inference_mode():
-            output = model.generate(**inputs, **_generation_kwargs(processor, max_new))
+            output = model.generate(**inputs, **generation_kwargs(processor, max_new))
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         for row, request in zip(new_tokens, chunk):
             answers.append(tokenizer.decode(row[: request.max_new_tokens], skip_special_tokens=True).strip())
@@ -118,16 +118,24 @@ def generate_answers(
 
 def stream_answer(model: Any, processor: Any, request: GenerationRequest) -> Iterator[str]:
     """Yield the greedy answer to one request piece by piece as it is generated (for SSE)."""
+    inputs = _inputs(model, processor, [request])
+    yield from stream_generate(model, _tokenizer(processor), inputs, generation_kwargs(processor, request.max_new_tokens))
+
+
+def stream_generate(model: Any, tokenizer: Any, inputs: dict, kwargs: dict) -> Iterator[str]:
+    """Run `model.generate(**inputs, **kwargs)` on a worker thread and yield the decoded text as it arrives.
+
+    A failure inside `generate` is raised here as `GenerationError`, with the original as its cause.
+    """
     from transformers import TextIteratorStreamer
 
-    inputs = _inputs(model, processor, [request])
-    streamer = TextIteratorStreamer(_tokenizer(processor), skip_prompt=True, skip_special_tokens=True)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
             with torch.inference_mode():
-                model.generate(**inputs, **_generation_kwargs(processor, request.max_new_tokens), streamer=streamer)
+                model.generate(**inputs, **kwargs, streamer=streamer)
         except BaseException as exc:  # reported to the consumer below
             failure.append(exc)
             streamer.end()

@@ -58,11 +58,12 @@ def _text(text: str) -> dict:
     return {"type": "text", "text": text}
 
 
-def build_messages(wafer: WaferMap | None, history: Sequence[Turn], question: str) -> list[dict]:
+def build_messages(wafer: WaferMap | None, history: Sequence[Turn], question: str, facts: bool = True) -> list[dict]:
     """Chat messages for `processor.apply_chat_template`: earlier turns, then the new question.
 
-    The first user turn gets the image part (``{"type": "image", "image": PIL.Image}``) and the
-    facts line when a wafer is given. Every message's content is a list of parts.
+    The first user turn gets the image part (``{"type": "image", "image": PIL.Image}``) and, with
+    `facts` (models trained here), the facts line when a wafer is given. Every message's content is
+    a list of parts.
     """
     if not isinstance(question, str) or not question.strip():
         raise ValueError("a question is needed: got an empty question")
@@ -74,7 +75,8 @@ def build_messages(wafer: WaferMap | None, history: Sequence[Turn], question: st
             raise ValueError(f"a turn's role must be 'user' or 'assistant', got {turn.role!r}")
         if turn.role == "user" and not image_placed:
             assert wafer is not None
-            content = [{"type": "image", "image": model_image(wafer)}, _text(f"{facts_line(wafer)}\n{turn.text}")]
+            text = f"{facts_line(wafer)}\n{turn.text}" if facts else turn.text
+            content = [{"type": "image", "image": model_image(wafer)}, _text(text)]
             image_placed = True
         else:
             content = [_text(turn.text)]

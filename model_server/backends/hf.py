@@ -32,6 +32,11 @@ def checkpoint_version(model_dir: Path, adapter_dir: Path | None = None) -> str:
     return h.hexdigest()[:12]
 
 
+def checkpoint_name(model_dir: Path, adapter_dir: Path | None = None) -> str:
+    """The served model's name: the checkpoint folder's name, plus the adapter's after a `+`."""
+    return model_dir.resolve().name + (f"+{adapter_dir.resolve().name}" if adapter_dir else "")
+
+
 class HFBackend(Backend):
     """Answers with a local transformers model; generation is serialised by the server's batcher."""
 
@@ -50,9 +55,8 @@ class HFBackend(Backend):
         self.model, self.processor = load_model(
             self.model_dir, self.adapter_dir, dtype=dtype, quantization=quantization, device=device
         )
-        name = self.model_dir.resolve().name + (f"+{self.adapter_dir.resolve().name}" if self.adapter_dir else "")
         self._info = BackendInfo(
-            name=name,
+            name=checkpoint_name(self.model_dir, self.adapter_dir),
             version=checkpoint_version(self.model_dir, self.adapter_dir),
             backend="hf",
             details={

@@ -22,7 +22,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest, Turn
+from finetune.generation import generation_kwargs
+from finetune.prompting import build_messages, images_of
+from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest
 
 
 def default_measured_facts(model_dir: Path, adapter_dir: Path | None) -> bool:
@@ -36,28 +38,6 @@ def default_measured_facts(model_dir: Path, adapter_dir: Path | None) -> bool:
     if model_type == "chatglm":  # the published THUDM/visualglm-6b directory
         return False
     return not (model_dir / "conversion.json").is_file()  # written by `defect-glm convert`
-
-
-def build_visualglm_messages(request: GenerationRequest, history: Sequence[Turn], measured_facts: bool) -> list[dict]:
-    """Chat messages for the VisualGLM processor: the image in the first user turn, then the turns."""
-    if measured_facts:
-        from finetune.prompting import build_messages
-
-        return build_messages(request.wafer, history, request.question)
-    from finetune.prompting import model_image
-
-    if not isinstance(request.question, str) or not request.question.strip():
-        raise ValueError("a question is needed: got an empty question")
-    messages: list[dict] = []
-    image_placed = request.wafer is None
-    for turn in [*history, Turn("user", request.question)]:
-        content: list[dict] = [{"type": "text", "text": turn.text}]
-        if turn.role == "user" and not image_placed:
-            assert request.wafer is not None
-            content.insert(0, {"type": "image", "image": model_image(request.wafer)})
-            image_placed = True
-        messages.append({"role": turn.role, "content": content})
-    return messages
 
 
 class VisualGLMBackend(Backend):
@@ -74,7 +54,7 @@ class VisualGLMBackend(Backend):
     ) -> None:
         import finetune.visualglm  # noqa: F401  (registers VisualGLM, incl. the published "chatglm" config)
         from finetune.loading import load_model
-        from model_server.backends.hf import checkpoint_version
+        from model_server.backends.hf import checkpoint_name, checkpoint_version
 
         self.model_dir = Path(model_dir).expanduser()
         self.adapter_dir = Path(adapter_dir).expanduser() if adapter_dir is not None else None
@@ -91,9 +71,8 @@ class VisualGLMBackend(Backend):
         self.measured_facts = (
             default_measured_facts(self.model_dir, self.adapter_dir) if measured_facts is None else measured_facts
         )
-        name = self.model_dir.resolve().name + (f"+{self.adapter_dir.resolve().name}" if self.adapter_dir else "")
         self._info = BackendInfo(
-            name=name,
+            name=checkpoint_name(self.model_dir, self.adapter_dir),
             version=checkpoint_version(self.model_dir, self.adapter_dir),
             backend="visualglm",
             details={
@@ -118,9 +97,9 @@ class VisualGLMBackend(Backend):
         history = tuple(request.history)
         limit = int(self.config.max_sequence_length)
         while True:
-            messages = build_visualglm_messages(request, history, self.measured_facts)
+            messages = build_messages(request.wafer, history, request.question, facts=self.measured_facts)
             text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            images = [p["image"] for m in messages for p in m["content"] if p.get("type") == "image"]
+            images = images_of(messages)
             length = len(self.processor.encode_prompt(text, bool(images)))
             if length + request.max_new_tokens <= limit:
                 return text, images
@@ -148,15 +127,6 @@ class VisualGLMBackend(Backend):
             for k, v in encoded.items()
         }
 
-    def _generation_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
-        tokenizer = self.processor.tokenizer
-        return {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": False,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        }
-
     # ------------------------------------------------------------------ Backend
     def generate(self, requests: list[GenerationRequest]) -> list[str]:
         import torch
@@ -168,7 +138,7 @@ class VisualGLMBackend(Backend):
                 inputs = self._inputs(requests)
                 with torch.inference_mode():
                     output = self.model.generate(
-                        **inputs, **self._generation_kwargs(max(r.max_new_tokens for r in requests))
+                        **inputs, **generation_kwargs(self.processor, max(r.max_new_tokens for r in requests))
                     )
                 new_tokens = output[:, inputs["input_ids"].shape[1] :]
                 return [
@@ -181,8 +151,7 @@ class VisualGLMBackend(Backend):
             raise BackendError(f"the model failed to answer: {type(exc).__name__}: {exc}") from exc
 
     def generate_stream(self, request: GenerationRequest) -> Iterator[str]:
-        import torch
-        from transformers import TextIteratorStreamer
+        from finetune.generation import GenerationError, stream_generate
 
         with self._lock:
             try:
@@ -191,28 +160,12 @@ class VisualGLMBackend(Backend):
                 raise
             except Exception as exc:
                 raise BackendError(f"the model failed to answer: {type(exc).__name__}: {exc}") from exc
-            streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            failure: list[BaseException] = []
-
-            def run() -> None:
-                try:
-                    with torch.inference_mode():
-                        self.model.generate(**inputs, **self._generation_kwargs(request.max_new_tokens), streamer=streamer)
-                except BaseException as exc:  # reported to the consumer below
-                    failure.append(exc)
-                    streamer.end()
-
-            worker = threading.Thread(target=run, name="visualglm-stream", daemon=True)
-            worker.start()
-            first = True
-            for piece in streamer:
-                if first:
-                    piece, first = piece.lstrip(), False
-                if piece:
-                    yield piece
-            worker.join()
-            if failure:
-                raise BackendError(f"the model failed to answer: {type(failure[0]).__name__}: {failure[0]}")
+            kwargs = generation_kwargs(self.processor, request.max_new_tokens)
+            try:
+                yield from stream_generate(self.model, self.processor.tokenizer, inputs, kwargs)
+            except GenerationError as exc:
+                cause = exc.__cause__ or exc
+                raise BackendError(f"the model failed to answer: {type(cause).__name__}: {cause}") from cause
 
     def close(self) -> None:
         model: Any = self.__dict__.pop("model", None)
