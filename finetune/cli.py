@@ -45,6 +45,9 @@ def _register_training(subcommands: argparse._SubParsersAction) -> None:
     train.add_argument("--log-every", type=int, default=10, metavar="N", help="log the smoothed loss every N steps")
     train.add_argument("--recognition-fraction", type=float, default=0.5, metavar="F",
                        help="share of examples that are augmented recognition questions (default 0.5)")
+    train.add_argument("--count-fraction", type=float, default=0.0, metavar="F",
+                       help="share of examples that are generated number questions (failing dies, yield, zones) on "
+                       "augmented training maps, answered from the measured facts (default 0)")
     train.add_argument("--vision-steps", type=int, default=0, metavar="N",
                        help="stage 1 before the conversation steps: N steps training the vision tower alone as a "
                        "pattern classifier (full training only; default 0: none)")
@@ -58,6 +61,9 @@ def _register_training(subcommands: argparse._SubParsersAction) -> None:
     train.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
     train.add_argument("--lora-targets", default="all-linear", help="comma-separated module names or all-linear")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--bf16", action="store_true",
+                       help="bf16 mixed precision: forward passes under autocast, weights and checkpoint stay fp32 "
+                       "(~1.6x faster on CPUs with AVX512-BF16/AMX and on recent GPUs)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run saved in --out (same settings; ends with the same weights)")
     train.add_argument("--stop-after", type=int, metavar="STEP",
@@ -85,10 +91,10 @@ def _run_training(args: argparse.Namespace) -> int:
         data=Path(args.data), out=Path(args.out), lora=args.lora, base=Path(args.base) if args.base else None,
         quant=args.quant, steps=args.steps, batch_size=args.batch_size, micro_batches=args.micro_batches, lr=args.lr, warmup_steps=args.warmup_steps,
         seed=args.seed, eval_every=args.eval_every, eval_maps=args.eval_maps, save_every=args.save_every, log_every=args.log_every,
-        recognition_fraction=args.recognition_fraction, vision_steps=args.vision_steps,
+        recognition_fraction=args.recognition_fraction, count_fraction=args.count_fraction, vision_steps=args.vision_steps,
         vision_batch_size=args.vision_batch_size, vision_lr=args.vision_lr, max_length=args.max_length, vocab_size=args.vocab_size,
         model=model, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
-        threads=args.threads, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
+        threads=args.threads, bf16=args.bf16, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
     )
     try:
         out = run_training(cfg)

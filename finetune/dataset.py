@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_tools.answers import recognition_answer
-from data_tools.phrasing import RECOGNITION_QUESTIONS
+from data_tools.answers import count_answer, recognition_answer
+from data_tools.phrasing import COUNT_QUESTIONS, RECOGNITION_QUESTIONS, ZONE_NAMES
 from data_tools.taxonomy import PATTERN_KEYS, from_multi_hot
 from data_tools.wafer_map import WaferMap
 from finetune.prompting import build_messages, images_of
@@ -34,6 +34,9 @@ SPLITS = ("train", "val", "test")
 #: (quarter turns, mirror) for the 8 symmetries of the square grid.
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for k in range(4) for flip in (False, True))
 RECOGNITION_VARIANTS = 3
+COUNT_VARIANTS = 2
+#: Topics of the generated number questions, weighted towards the two the number check asks.
+COUNT_TOPIC_WEIGHTS: dict[str, int] = {"failing": 3, "yield": 3, "summary": 2, "good": 1, "dies": 1, "zone": 2}
 
 
 class CorpusError(ValueError):
@@ -152,26 +155,52 @@ def recognition_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random
     return Example(wafer, (question, answer), patterns)
 
 
-class ExampleSampler:
-    """Draws training examples: a share of augmented recognition questions, the rest corpus conversations."""
+def count_example(grid: np.ndarray, rng: random.Random, augment: bool = True) -> Example:
+    """A number question (failing dies, yield, a zone, ...) about `grid` (randomly transformed),
+    answered with the numbers measured from it: the model learns to copy them from the facts line."""
+    wafer = WaferMap(grid)
+    if augment:
+        wafer = wafer.transformed(*rng.choice(DIHEDRAL))
+    language = rng.choice(("en", "zh"))
+    topic = rng.choices(list(COUNT_TOPIC_WEIGHTS), weights=list(COUNT_TOPIC_WEIGHTS.values()))[0]
+    zone = rng.choice(("center", "middle", "edge"))
+    question = rng.choice(COUNT_QUESTIONS[topic][language]).format(zone=rng.choice(ZONE_NAMES[language][zone]))
+    answer = count_answer(wafer.facts(), topic, language, zone=zone, variant=rng.randrange(COUNT_VARIANTS))
+    return Example(wafer, (question, answer))
 
-    def __init__(self, corpus: Corpus, split: str = "train", recognition_fraction: float = 0.5, augment: bool = True):
-        if not 0.0 <= recognition_fraction <= 1.0:
-            raise ValueError(f"recognition_fraction must be in [0, 1], got {recognition_fraction}")
+
+class ExampleSampler:
+    """Draws training examples: shares of augmented recognition and number questions, the rest corpus
+    conversations (all of them when the split has no maps)."""
+
+    def __init__(self, corpus: Corpus, split: str = "train", recognition_fraction: float = 0.5, augment: bool = True,
+                 count_fraction: float = 0.0):
+        for name, value in (("recognition_fraction", recognition_fraction), ("count_fraction", count_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if recognition_fraction + count_fraction > 1.0:
+            raise ValueError(f"recognition_fraction + count_fraction must be at most 1, got "
+                             f"{recognition_fraction} + {count_fraction}")
         self.corpus = corpus
         self.records = corpus.records.get(split, [])
         self.maps = corpus.map_indices(split)
         if not self.records and not len(self.maps):
             raise CorpusError(f"the {split} split of {corpus.root} holds no conversations and no maps")
         self.recognition_fraction = recognition_fraction if len(self.maps) else 0.0
-        if not self.records:
-            self.recognition_fraction = 1.0
+        self.count_fraction = count_fraction if len(self.maps) else 0.0
+        if not self.records:  # maps only: recognition and number questions share everything
+            total = self.recognition_fraction + self.count_fraction
+            self.recognition_fraction = self.recognition_fraction / total if total else 1.0
+            self.count_fraction = 1.0 - self.recognition_fraction
         self.augment = augment
 
     def sample(self, rng: random.Random) -> Example:
-        if rng.random() < self.recognition_fraction:
+        draw = rng.random()
+        if draw < self.recognition_fraction + self.count_fraction:
             i = int(self.maps[rng.randrange(len(self.maps))])
-            return recognition_example(self.corpus.grids[i], self.corpus.labels[i], rng, self.augment)
+            if draw < self.recognition_fraction:
+                return recognition_example(self.corpus.grids[i], self.corpus.labels[i], rng, self.augment)
+            return count_example(self.corpus.grids[i], rng, self.augment)
         return self.corpus.example(self.records[rng.randrange(len(self.records))])
 
     def batch(self, seed: Sequence[int], size: int) -> list[Example]:

@@ -43,17 +43,18 @@ def _encode(processor: Any, texts: list[str], images: list) -> dict:
     return processor(**kwargs)
 
 
-def prepare_prompt(model: Any, processor: Any, request: GenerationRequest) -> tuple[str, list]:
-    """Prompt text and images for one request, oldest turns dropped (in pairs) until it fits."""
+def prepare_prompt(model: Any, processor: Any, request: GenerationRequest) -> tuple[str, dict]:
+    """Prompt text and its encoding (a batch of one) for one request, oldest turns dropped (in pairs)
+    until prompt and answer fit the model's context."""
     limit = context_limit(model)
     history = tuple(request.history)
     while True:
         messages = build_messages(request.wafer, history, request.question)
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        images = images_of(messages)
-        length = int(_encode(processor, [text], images)["input_ids"].shape[1])
+        encoded = _encode(processor, [text], images_of(messages))
+        length = int(encoded["input_ids"].shape[1])
         if length + request.max_new_tokens <= limit:
-            return text, images
+            return text, encoded
         if not history:
             raise GenerationError(
                 f"the question needs {length} prompt tokens + {request.max_new_tokens} new tokens, "
@@ -69,14 +70,33 @@ def _device_of(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
+def left_pad_batch(encodings: Sequence[dict], pad_token_id: int) -> dict:
+    """One batch from single-row processor outputs: per-token tensors (shaped like `input_ids`) are
+    left-padded (`input_ids` with the pad token, the rest with 0, so the attention mask hides the
+    padding); every other tensor (pixel values, image sizes) is concatenated along the batch, in
+    request order (the order the model matches images to their placeholder tokens)."""
+    length = max(int(e["input_ids"].shape[1]) for e in encodings)
+    batch: dict[str, Any] = {}
+    for key in dict.fromkeys(k for e in encodings for k in e):  # a request without an image has no pixel values
+        values = [e[key] for e in encodings if key in e]
+        if not all(torch.is_tensor(v) for v in values):
+            raise GenerationError(f"cannot batch the processor output {key!r}: not a tensor")
+        if len(values) == len(encodings) and all(
+            v.dim() == 2 and v.shape == e["input_ids"].shape for v, e in zip(values, encodings)
+        ):
+            fill = pad_token_id if key == "input_ids" else 0
+            batch[key] = torch.stack([
+                torch.nn.functional.pad(v[0], (length - v.shape[1], 0), value=fill) for v in values
+            ])
+        else:
+            batch[key] = torch.cat(values)
+    return batch
+
+
 def _inputs(model: Any, processor: Any, requests: Sequence[GenerationRequest]) -> dict:
-    texts, images = [], []
-    for request in requests:
-        text, request_images = prepare_prompt(model, processor, request)
-        texts.append(text)
-        images.extend(request_images)
-    _tokenizer(processor).padding_side = "left"
-    inputs = _encode(processor, texts, images)
+    """Model inputs for a batch: each request encoded once (while fitting it to the context), then left-padded."""
+    encodings = [prepare_prompt(model, processor, request)[1] for request in requests]
+    inputs = encodings[0] if len(encodings) == 1 else left_pad_batch(encodings, _tokenizer(processor).pad_token_id)
     device = _device_of(model)
     dtype = next(model.parameters()).dtype
     return {

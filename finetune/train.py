@@ -67,6 +67,7 @@ class TrainConfig:
     save_every: int = 500
     log_every: int = 10
     recognition_fraction: float = 0.5
+    count_fraction: float = 0.0
     max_length: int = 512
     vocab_size: int = 3000
     model: dict = field(default_factory=dict)  # SmallModelConfig overrides for a model from scratch
@@ -75,6 +76,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_targets: str = "all-linear"
     threads: int | None = None
+    bf16: bool = False  # bf16 autocast for forward passes (weights, optimizer and saved model stay fp32)
     resume: bool = False
     progress: bool = True
     vision_steps: int = 0  # stage 1: pattern-classifier steps for the vision tower first (finetune.vision_pretrain)
@@ -103,6 +105,9 @@ class TrainConfig:
             raise TrainingError(f"--lr must be in (0, 1), got {self.lr}")
         if not 0.0 <= self.recognition_fraction <= 1.0:
             raise TrainingError(f"--recognition-fraction must be in [0, 1], got {self.recognition_fraction}")
+        if not 0.0 <= self.count_fraction <= 1.0 - self.recognition_fraction:
+            raise TrainingError(f"--count-fraction must be in [0, 1 - recognition fraction], got {self.count_fraction}"
+                                f" with --recognition-fraction {self.recognition_fraction}")
         unknown = set(self.model) - set(SmallModelConfig.__dataclass_fields__)
         if unknown:
             raise TrainingError(
@@ -483,7 +488,7 @@ def run_vision_stage(cfg: TrainConfig, model: Any, processor: Any, corpus: Corpu
         return []
     from tqdm import tqdm
 
-    from finetune.vision_pretrain import pretrain_vision
+    from finetune.vision_pretrain import pattern_accuracy, pretrain_vision
 
     model.to(accelerator.device)
     maps = corpus.map_indices("train")
@@ -499,9 +504,17 @@ def run_vision_stage(cfg: TrainConfig, model: Any, processor: Any, corpus: Corpu
             history.append({"vision_step": step, "vision_loss": round(loss, 5),
                             "vision_seconds": round(time.monotonic() - started, 1)})
 
-    pretrain_vision(model, processor, corpus.grids[maps], corpus.labels[maps], cfg.vision_steps,
-                    batch_size=cfg.vision_batch_size, lr=cfg.vision_lr, seed=cfg.seed, on_step=on_step)
+    _, head = pretrain_vision(model, processor, corpus.grids[maps], corpus.labels[maps], cfg.vision_steps,
+                              batch_size=cfg.vision_batch_size, lr=cfg.vision_lr, seed=cfg.seed, on_step=on_step,
+                              bf16=cfg.bf16)
     bar.close()
+    val = corpus.map_indices("val")[: cfg.eval_maps * 4]
+    if len(val):  # how well the tower alone separates the patterns: a ceiling for stage 2
+        accuracy = pattern_accuracy(model, head, processor, corpus.grids[val], corpus.labels[val])
+        history.append({"vision_step": cfg.vision_steps, "vision_val_exact_match": round(accuracy, 4),
+                        "vision_val_n": len(val)})
+        if cfg.progress and accelerator.is_main_process:
+            tqdm.write(f"vision stage: exact match of the pattern head on {len(val)} val maps {accuracy:.4f}")
     return history
 
 
@@ -518,7 +531,10 @@ def run_training(cfg: TrainConfig) -> Path:
     check_quantization(cfg)
     # Some trainable weights get no gradient (Llava reads the vision tower's last hidden state, so its
     # post-layernorm is unused); on several GPUs DDP must be told, or the second step fails.
-    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = Accelerator(
+        mixed_precision="bf16" if cfg.bf16 else "no",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
     main = accelerator.is_main_process
     check_output(cfg)
     accelerator.wait_for_everyone()  # every process has checked --out before any writes into it
@@ -528,7 +544,7 @@ def run_training(cfg: TrainConfig) -> Path:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     corpus = Corpus(cfg.data, splits=("train", "val"))
-    sampler = ExampleSampler(corpus, "train", cfg.recognition_fraction)
+    sampler = ExampleSampler(corpus, "train", cfg.recognition_fraction, count_fraction=cfg.count_fraction)
     cfg.out.mkdir(parents=True, exist_ok=True)
     model, processor = setup_model(cfg, corpus, accelerator)
     if not cfg.resume and main and not (cfg.out / "processor_config.json").is_file():

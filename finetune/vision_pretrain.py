@@ -69,8 +69,10 @@ def pretrain_vision(
     lr: float = 2e-3,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
+    bf16: bool = False,
 ) -> tuple[list[float], PatternHead]:
-    """Train the model's vision tower as a pattern classifier for `steps` steps.
+    """Train the model's vision tower as a pattern classifier for `steps` steps (forward passes under
+    bf16 autocast with `bf16`: weights stay fp32).
 
     Returns the loss of every step and the classifier head (for diagnostics; the model does not keep it).
     """
@@ -100,8 +102,9 @@ def pretrain_vision(
         rng = random.Random(f"vision-{seed}-{step}")
         chosen = [rng.randrange(len(grids)) for _ in range(batch_size)]
         pixels = pixel_batch(processor, grids[chosen], rng).to(device)
-        logits = head(vision_features(model, pixels))
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, targets_all[chosen])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = head(vision_features(model, pixels))
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets_all[chosen])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -10,6 +10,7 @@ import contextlib
 import io
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,36 @@ def test_full_training_writes_a_loadable_checkpoint_log_curve_and_evaluations(fu
     meta = json.loads((out / "train_meta.json").read_text())
     assert meta["steps"] == 4 and meta["config"]["seed"] == 3 and meta["last_eval"]["step"] == 4
     assert "training" in stderr and "4/4" in stderr  # the progress bar
+
+
+def test_a_bf16_run_with_a_vision_stage_logs_the_towers_val_exact_match_and_saves_fp32(corpus_dir, tmp_path):
+    out = tmp_path / "run"
+    args = [*RUN, "--steps", "2", "--vision-steps", "3", "--vision-batch-size", "4", "--count-fraction", "0.3",
+            "--bf16", "--no-progress"]
+    assert main(["train", "--data", str(corpus_dir), "--out", str(out), *args]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["vision_step"] for e in log if "vision_loss" in e] == [1, 2, 3]
+    (ceiling,) = [e for e in log if "vision_val_exact_match" in e]
+    assert 0.0 <= ceiling["vision_val_exact_match"] <= 1.0 and ceiling["vision_val_n"] >= 1
+    config = json.loads((out / "train_meta.json").read_text())["config"]
+    assert config["count_fraction"] == 0.3 and config["bf16"] is True
+    assert {t.dtype for t in _weights(out).values()} == {torch.float32}
+
+
+def test_number_questions_are_answered_with_the_facts_of_the_transformed_map(corpus_dir):
+    corpus = Corpus(corpus_dir, splits=("train", "val"))
+    sampler = ExampleSampler(corpus, "train", 0.0, count_fraction=1.0)
+    examples = sampler.batch((0, 0, 0), 40)
+    originals = {corpus.grids[i].tobytes() for i in corpus.map_indices("train")}
+    assert any(e.wafer.grid.tobytes() not in originals for e in examples)  # augmented
+    for example in examples:
+        facts = example.wafer.facts()
+        numbers = {int(n) for n in re.findall(r"\d+", example.texts[1].split("%")[-1])}
+        assert numbers <= {facts["dies"], facts["failing"], facts["good"], facts["clusters"]["count"],
+                           *(v for z in facts["zones"].values() for v in (z["failing"], z["dies"]))}, example.texts
+        if "%" in example.texts[1]:
+            assert f"{facts['yield']:.2f}%" in example.texts[1]
+    assert {"zh", "en"} == {"zh" if re.search(r"[\u4e00-\u9fff]", e.texts[1]) else "en" for e in examples}
 
 
 def test_stopped_and_resumed_run_ends_with_the_same_weights(full_run, corpus_dir, tmp_path, capsys):
@@ -275,6 +306,7 @@ def test_quantised_lora_without_cuda_is_a_clear_error(corpus_dir, tiny_model_dir
         (["--vocab-size", "100"], "--vocab-size must be at least 300"),
         (["--steps", "0"], "--steps must be at least 1"),
         (["--lora"], "--lora needs --base"),
+        (["--recognition-fraction", "0.5", "--count-fraction", "0.6"], "--count-fraction must be in [0, 1 - recog"),
     ],
 )
 def test_bad_settings_are_refused_before_training(corpus_dir, tmp_path, capsys, extra, message):

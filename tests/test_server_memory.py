@@ -209,8 +209,8 @@ def test_long_conversation_is_trimmed_to_the_model_context(tmp_path, tiny_model_
 
     last = backend.seen[-1]
     assert len(last.history) == 8
-    text, images = prepare_prompt(backend.model, backend.processor, last)
-    tokens = backend.processor(text=[text], images=images, return_tensors="pt")["input_ids"].shape[1]
+    text, encoded = prepare_prompt(backend.model, backend.processor, last)
+    tokens = encoded["input_ids"].shape[1]
     assert tokens + last.max_new_tokens <= context_limit(backend.model)
     assert "0: the failing" not in text  # the oldest follow-up was trimmed away
     assert "3: the failing" in text
