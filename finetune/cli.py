@@ -155,6 +155,8 @@ def _register_evaluation(subcommands: argparse._SubParsersAction) -> None:
     ev.add_argument("--numbers", type=int, default=50, metavar="N", help="maps for the number check (0: skip)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the sample and question choice")
     ev.add_argument("--threads", type=int, help="torch CPU threads")
+    ev.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="weights' dtype, as `defect-glm serve --dtype` loads them (default float32)")
     ev.add_argument("--json", action="store_true", help="print the full result as JSON")
     ev.add_argument("--report", metavar="DIR", help="write confusion_matrix.png and report.md here")
     ev.set_defaults(handler=_run_evaluation)
@@ -172,7 +174,7 @@ def _run_evaluation(args: argparse.Namespace) -> int:
         result = evaluate_file(
             args.model or serving_model_dir(), args.mixedwm38, adapter_dir=args.adapter, split=args.split,
             limit=args.limit, batch_size=args.batch_size, numbers=args.numbers, seed=args.seed,
-            report_dir=args.report, threads=args.threads,
+            report_dir=args.report, threads=args.threads, dtype=args.dtype,
         )
     except (EvaluationError, ModelLoadError) as exc:
         raise CommandError(str(exc)) from None

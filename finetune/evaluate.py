@@ -207,8 +207,10 @@ def evaluate_file(
     seed: int = 0,
     report_dir: str | Path | None = None,
     threads: int | None = None,
+    dtype: str = "float32",
 ) -> dict:
-    """Load a checkpoint, evaluate it on a MixedWM38 file, optionally write a report; returns the JSON dict."""
+    """Load a checkpoint (weights in `dtype`, as the server would with `--dtype`), evaluate it on a
+    MixedWM38 file, optionally write a report; returns the JSON dict."""
     import torch
 
     from finetune.loading import load_model
@@ -216,9 +218,10 @@ def evaluate_file(
     if threads:
         torch.set_num_threads(threads)
     grids, labels = select_maps(mixedwm38, split, limit, seed)
-    model, processor = load_model(model_dir, adapter_dir=adapter_dir)
+    model, processor = load_model(model_dir, adapter_dir=adapter_dir, dtype=dtype)
     result: dict[str, Any] = {
         "model": str(model_dir),
+        "dtype": dtype,
         "adapter": None if adapter_dir is None else str(adapter_dir),
         "file": str(mixedwm38),
         "split": split,

@@ -84,7 +84,13 @@ def test_eval_of_the_tiny_random_model_is_consistent(maps, tiny_model_dir, capsy
     for values in result["per_pattern"].values():
         assert all(0.0 <= values[k] <= 1.0 for k in ("precision", "recall", "f1"))
     assert sum(v["n"] for v in result["per_class"].values()) == 2
-    assert result["model"] == str(tiny_model_dir) and result["adapter"] is None
+    assert result["model"] == str(tiny_model_dir) and result["adapter"] is None and result["dtype"] == "float32"
+
+
+def test_eval_in_bfloat16_reports_the_dtype_and_scores_the_same_maps(maps, says_normal, capsys):
+    result = _eval_json(capsys, "--model", str(says_normal), "--mixedwm38", str(maps), "--numbers", "0",
+                        "--dtype", "bfloat16")
+    assert result["dtype"] == "bfloat16" and result["n"] == 3 and result["correct"] == 1
 
 
 def test_eval_text_output_is_one_summary(maps, says_normal, capsys):
