@@ -447,12 +447,14 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 
 def batch_loss(
     model: Any, encoded: list[dict], pad_token_id: int, device: Any, groups: int, backward: Any = None,
-    no_sync: Any = None,
+    no_sync: Any = None, bf16: bool = False,
 ) -> float:
     """Mean answer-token loss of `encoded` (summed over all its answer tokens / their count), run as
     length-sorted micro-batches; `backward(loss)` per micro-batch. `no_sync()`, when given, is a context
     in which backward skips the gradient all-reduce (all micro-batches but the last, on several GPUs).
+    With `bf16` the forward passes run under bf16 autocast (the backward follows their dtypes).
     """
+    device_type = torch.device(device).type
     chunks = length_groups(encoded, groups)
     total_tokens = sum(sum(1 for t in e["labels"][1:] if t != IGNORE_INDEX) for e in encoded)
     total = 0.0
@@ -460,7 +462,8 @@ def batch_loss(
         batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
         last = i == len(chunks) - 1
         with contextlib.nullcontext() if (backward is None or no_sync is None or last) else no_sync():
-            summed, _ = answer_loss(model, batch)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                summed, _ = answer_loss(model, batch)
             scaled = summed / max(1, total_tokens)
             if backward is not None:
                 backward(scaled)
@@ -531,10 +534,7 @@ def run_training(cfg: TrainConfig) -> Path:
     check_quantization(cfg)
     # Some trainable weights get no gradient (Llava reads the vision tower's last hidden state, so its
     # post-layernorm is unused); on several GPUs DDP must be told, or the second step fails.
-    accelerator = Accelerator(
-        mixed_precision="bf16" if cfg.bf16 else "no",
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     main = accelerator.is_main_process
     check_output(cfg)
     accelerator.wait_for_everyone()  # every process has checked --out before any writes into it
@@ -575,7 +575,7 @@ def run_training(cfg: TrainConfig) -> Path:
             raise TrainingError(f"step {step}: {exc}") from None
         loss = torch.tensor(batch_loss(
             model, encoded, tokenizer.pad_token_id, accelerator.device, cfg.micro_batches, accelerator.backward,
-            no_sync,
+            no_sync, bf16=cfg.bf16,
         ), device=accelerator.device)
         accelerator.clip_grad_norm_(params, 1.0)
         optimizer.step()
