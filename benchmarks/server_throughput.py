@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts (default 1,8,32)")
     parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level (default 64)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per answer (default 32)")
-    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="batching wait (default 10)")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="batching wait (default 0, the server default)")
     parser.add_argument("--mode", choices=("image", "followup"), default="image",
                         help="image: a new thread with a map per request; followup: text follow-ups (default image)")
     parser.add_argument("--only", choices=("on", "off"), default=None, help="run one setting only")

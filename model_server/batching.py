@@ -60,7 +60,7 @@ class Batcher:
         backend: Backend,
         *,
         max_batch_size: int = 16,
-        max_wait_ms: float = 10.0,
+        max_wait_ms: float = 0.0,
         max_queue: int = 256,
         metrics: ServerMetrics | None = None,
     ) -> None:

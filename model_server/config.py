@@ -21,7 +21,7 @@ the one in docs/server.md are generated from it (`python -m model_server.config`
 | db | DEFECT_GLM_DB | --db | $DEFECT_GLM_HOME/server/threads.sqlite | SQLite file holding thread memory |
 | admin_token | DEFECT_GLM_ADMIN_TOKEN | --admin-token | (none) | bearer token for POST /admin/reload (unset: reload disabled) |
 | max_batch_size | DEFECT_GLM_MAX_BATCH_SIZE | --max-batch-size | 16 | most requests in one generate call (1: no batching) |
-| max_wait_ms | DEFECT_GLM_MAX_WAIT_MS | --max-wait-ms | 10 | how long the first request of a batch waits for company |
+| max_wait_ms | DEFECT_GLM_MAX_WAIT_MS | --max-wait-ms | 0 | how long the first request of a batch waits for company (0: take what is queued) |
 | max_queue | DEFECT_GLM_MAX_QUEUE | --max-queue | 256 | requests waiting for the model before new ones get 429 |
 | request_timeout_s | DEFECT_GLM_REQUEST_TIMEOUT_S | --request-timeout-s | 300 | longest a request waits for its answer before 503 |
 | max_image_bytes | DEFECT_GLM_MAX_IMAGE_BYTES | --max-image-bytes | 10485760 | largest accepted image file (413 above) |
@@ -87,7 +87,7 @@ class ServerConfig:
     db: Path | None = None
     admin_token: str | None = None
     max_batch_size: int = 16
-    max_wait_ms: float = 10.0
+    max_wait_ms: float = 0.0
     max_queue: int = 256
     request_timeout_s: float = 300.0
     max_image_bytes: int = 10 * 1024 * 1024
@@ -236,7 +236,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("admin_token", "DEFECT_GLM_ADMIN_TOKEN", _str, "(none)",
            "bearer token for POST /admin/reload (unset: reload disabled)", secret=True),
     Option("max_batch_size", "DEFECT_GLM_MAX_BATCH_SIZE", _int, "16", "most requests in one generate call (1: no batching)"),
-    Option("max_wait_ms", "DEFECT_GLM_MAX_WAIT_MS", _float, "10", "how long the first request of a batch waits for company"),
+    Option("max_wait_ms", "DEFECT_GLM_MAX_WAIT_MS", _float, "0",
+           "how long the first request of a batch waits for company (0: take what is queued)"),
     Option("max_queue", "DEFECT_GLM_MAX_QUEUE", _int, "256", "requests waiting for the model before new ones get 429"),
     Option("request_timeout_s", "DEFECT_GLM_REQUEST_TIMEOUT_S", _float, "300",
            "longest a request waits for its answer before 503"),
