@@ -24,7 +24,7 @@ from PIL import Image
 
 from data_tools.answers import count_answer, recognition_answer
 from data_tools.phrasing import COUNT_QUESTIONS, RECOGNITION_QUESTIONS, ZONE_NAMES
-from data_tools.taxonomy import PATTERN_KEYS, from_multi_hot
+from data_tools.taxonomy import CLASSES, PATTERN_KEYS, from_multi_hot
 from data_tools.wafer_map import WaferMap
 from finetune.prompting import build_messages, images_of
 from model_server.backends.base import Turn
@@ -37,6 +37,8 @@ RECOGNITION_VARIANTS = 3
 COUNT_VARIANTS = 2
 #: Topics of the generated number questions, weighted towards the two the number check asks.
 COUNT_TOPIC_WEIGHTS: dict[str, int] = {"failing": 3, "yield": 3, "summary": 2, "good": 1, "dies": 1, "zone": 2}
+#: Side range (dies) of the synthetic maps of varied size that number questions may be asked about.
+VARIED_SIDES = (20, 100)
 
 
 class CorpusError(ValueError):
@@ -169,13 +171,25 @@ def count_example(grid: np.ndarray, rng: random.Random, augment: bool = True) ->
     return Example(wafer, (question, answer))
 
 
+def varied_size_grid(rng: random.Random) -> np.ndarray:
+    """A synthetic map of a random class and a random size (square or not): its die and failure counts
+    cannot be guessed from the image as they can on same-sized maps, so questions about it teach
+    copying numbers from the facts line."""
+    from data_tools.synthetic import generate_grid
+
+    rows = rng.randint(*VARIED_SIDES)
+    cols = rows if rng.random() < 0.7 else rng.randint(*VARIED_SIDES)
+    return generate_grid(rng.choice(CLASSES), np.random.default_rng(rng.randrange(2**32)), (rows, cols))
+
+
 class ExampleSampler:
     """Draws training examples: shares of augmented recognition and number questions, the rest corpus
     conversations (all of them when the split has no maps)."""
 
     def __init__(self, corpus: Corpus, split: str = "train", recognition_fraction: float = 0.5, augment: bool = True,
-                 count_fraction: float = 0.0):
-        for name, value in (("recognition_fraction", recognition_fraction), ("count_fraction", count_fraction)):
+                 count_fraction: float = 0.0, count_varied: float = 0.0):
+        for name, value in (("recognition_fraction", recognition_fraction), ("count_fraction", count_fraction),
+                            ("count_varied", count_varied)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if recognition_fraction + count_fraction > 1.0:
@@ -192,6 +206,7 @@ class ExampleSampler:
             total = self.recognition_fraction + self.count_fraction
             self.recognition_fraction = self.recognition_fraction / total if total else 1.0
             self.count_fraction = 1.0 - self.recognition_fraction
+        self.count_varied = count_varied
         self.augment = augment
 
     def sample(self, rng: random.Random) -> Example:
@@ -200,6 +215,8 @@ class ExampleSampler:
             i = int(self.maps[rng.randrange(len(self.maps))])
             if draw < self.recognition_fraction:
                 return recognition_example(self.corpus.grids[i], self.corpus.labels[i], rng, self.augment)
+            if self.count_varied and rng.random() < self.count_varied:
+                return count_example(varied_size_grid(rng), rng, self.augment)
             return count_example(self.corpus.grids[i], rng, self.augment)
         return self.corpus.example(self.records[rng.randrange(len(self.records))])
 

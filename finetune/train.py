@@ -68,6 +68,7 @@ class TrainConfig:
     log_every: int = 10
     recognition_fraction: float = 0.5
     count_fraction: float = 0.0
+    count_varied: float = 0.0  # share of the number questions asked about synthetic maps of random size
     max_length: int = 512
     vocab_size: int = 3000
     model: dict = field(default_factory=dict)  # SmallModelConfig overrides for a model from scratch
@@ -108,6 +109,8 @@ class TrainConfig:
         if not 0.0 <= self.count_fraction <= 1.0 - self.recognition_fraction:
             raise TrainingError(f"--count-fraction must be in [0, 1 - recognition fraction], got {self.count_fraction}"
                                 f" with --recognition-fraction {self.recognition_fraction}")
+        if not 0.0 <= self.count_varied <= 1.0:
+            raise TrainingError(f"--count-varied must be in [0, 1], got {self.count_varied}")
         unknown = set(self.model) - set(SmallModelConfig.__dataclass_fields__)
         if unknown:
             raise TrainingError(
@@ -544,7 +547,8 @@ def run_training(cfg: TrainConfig) -> Path:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     corpus = Corpus(cfg.data, splits=("train", "val"))
-    sampler = ExampleSampler(corpus, "train", cfg.recognition_fraction, count_fraction=cfg.count_fraction)
+    sampler = ExampleSampler(corpus, "train", cfg.recognition_fraction, count_fraction=cfg.count_fraction,
+                             count_varied=cfg.count_varied)
     cfg.out.mkdir(parents=True, exist_ok=True)
     model, processor = setup_model(cfg, corpus, accelerator)
     if not cfg.resume and main and not (cfg.out / "processor_config.json").is_file():

@@ -115,6 +115,17 @@ def test_a_bf16_run_with_a_vision_stage_logs_the_towers_val_exact_match_and_save
     assert {t.dtype for t in _weights(out).values()} == {torch.float32}
 
 
+def _assert_numbers_are_the_maps(example: Example) -> None:
+    """Every number in the answer is one measured on the example's own (transformed) map."""
+    facts = example.wafer.facts()
+    answer = example.texts[1]
+    numbers = {int(n) for n in re.findall(r"\d+", re.sub(r"\d+\.\d+%", "", answer))}
+    assert numbers and numbers <= {facts["dies"], facts["failing"], facts["good"], facts["clusters"]["count"],
+                                   *(v for z in facts["zones"].values() for v in (z["failing"], z["dies"]))}, answer
+    if "%" in answer:
+        assert f"{facts['yield']:.2f}%" in answer
+
+
 def test_number_questions_are_answered_with_the_facts_of_the_transformed_map(corpus_dir):
     corpus = Corpus(corpus_dir, splits=("train", "val"))
     sampler = ExampleSampler(corpus, "train", 0.0, count_fraction=1.0)
@@ -122,13 +133,18 @@ def test_number_questions_are_answered_with_the_facts_of_the_transformed_map(cor
     originals = {corpus.grids[i].tobytes() for i in corpus.map_indices("train")}
     assert any(e.wafer.grid.tobytes() not in originals for e in examples)  # augmented
     for example in examples:
-        facts = example.wafer.facts()
-        numbers = {int(n) for n in re.findall(r"\d+", example.texts[1].split("%")[-1])}
-        assert numbers <= {facts["dies"], facts["failing"], facts["good"], facts["clusters"]["count"],
-                           *(v for z in facts["zones"].values() for v in (z["failing"], z["dies"]))}, example.texts
-        if "%" in example.texts[1]:
-            assert f"{facts['yield']:.2f}%" in example.texts[1]
+        _assert_numbers_are_the_maps(example)
     assert {"zh", "en"} == {"zh" if re.search(r"[\u4e00-\u9fff]", e.texts[1]) else "en" for e in examples}
+
+
+def test_number_questions_on_varied_size_maps_use_those_maps_facts(corpus_dir):
+    corpus = Corpus(corpus_dir, splits=("train", "val"))
+    sampler = ExampleSampler(corpus, "train", 0.0, count_fraction=1.0, count_varied=1.0)
+    examples = sampler.batch((0, 0, 0), 12)
+    shapes = {e.wafer.shape for e in examples}
+    assert len(shapes) > 3 and all(20 <= side <= 100 for shape in shapes for side in shape)
+    for example in examples:
+        _assert_numbers_are_the_maps(example)
 
 
 def test_stopped_and_resumed_run_ends_with_the_same_weights(full_run, corpus_dir, tmp_path, capsys):
@@ -307,6 +323,7 @@ def test_quantised_lora_without_cuda_is_a_clear_error(corpus_dir, tiny_model_dir
         (["--steps", "0"], "--steps must be at least 1"),
         (["--lora"], "--lora needs --base"),
         (["--recognition-fraction", "0.5", "--count-fraction", "0.6"], "--count-fraction must be in [0, 1 - recog"),
+        (["--count-varied", "1.5"], "--count-varied must be in [0, 1]"),
     ],
 )
 def test_bad_settings_are_refused_before_training(corpus_dir, tmp_path, capsys, extra, message):
