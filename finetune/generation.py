@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from finetune.prompting import build_messages, images_of
-from model_server.backends.base import GenerationRequest
+from finetune.prompting import PromptTooLong, build_messages, fit_history, images_of
+from model_server.backends.base import GenerationRequest, Turn
 
 
 class GenerationError(RuntimeError):
@@ -46,21 +46,17 @@ def _encode(processor: Any, texts: list[str], images: list) -> dict:
 def prepare_prompt(model: Any, processor: Any, request: GenerationRequest) -> tuple[str, dict]:
     """Prompt text and its encoding (a batch of one) for one request, oldest turns dropped (in pairs)
     until prompt and answer fit the model's context."""
-    limit = context_limit(model)
-    history = tuple(request.history)
-    while True:
+
+    def encode(history: tuple[Turn, ...]) -> tuple[int, tuple[str, dict]]:
         messages = build_messages(request.wafer, history, request.question)
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         encoded = _encode(processor, [text], images_of(messages))
-        length = int(encoded["input_ids"].shape[1])
-        if length + request.max_new_tokens <= limit:
-            return text, encoded
-        if not history:
-            raise GenerationError(
-                f"the question needs {length} prompt tokens + {request.max_new_tokens} new tokens, "
-                f"more than the model's context of {limit}; ask a shorter question or lower max_new_tokens"
-            )
-        history = history[2:] if len(history) >= 2 else ()
+        return int(encoded["input_ids"].shape[1]), (text, encoded)
+
+    try:
+        return fit_history(request.history, request.max_new_tokens, context_limit(model), encode)
+    except PromptTooLong as exc:
+        raise GenerationError(str(exc)) from None
 
 
 def _device_of(model: Any) -> torch.device:

@@ -9,7 +9,8 @@ the image. Messages use the content-list form that `processor.apply_chat_templat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from PIL import Image
 
@@ -17,6 +18,7 @@ from data_tools.wafer_map import WaferMap
 from model_server.backends.base import Turn
 
 FACTS_PREFIX = "[measured]"
+Prompt = TypeVar("Prompt")
 #: Palette of the image the model sees (Defect-GLM's: white off wafer, grey good, black failing).
 MODEL_PALETTE = "grey"
 
@@ -94,3 +96,31 @@ def images_of(messages: Sequence[dict]) -> list[Image.Image]:
         if part.get("type") == "image"
     ]
 
+
+
+class PromptTooLong(ValueError):
+    """Even without earlier turns, the question and its answer do not fit the model's context."""
+
+
+def fit_history(
+    history: Sequence[Turn],
+    max_new_tokens: int,
+    limit: int,
+    encode: Callable[[tuple[Turn, ...]], tuple[int, Prompt]],
+) -> Prompt:
+    """The prompt `encode(turns)` returns (as (its length in tokens, the prompt)) for the longest tail of
+    `history` that leaves room for `max_new_tokens` within `limit`: the oldest turns are dropped in pairs.
+
+    Raises PromptTooLong when even the question alone does not fit.
+    """
+    turns = tuple(history)
+    while True:
+        length, prompt = encode(turns)
+        if length + max_new_tokens <= limit:
+            return prompt
+        if not turns:
+            raise PromptTooLong(
+                f"the question needs {length} prompt tokens + {max_new_tokens} new tokens, more than the model's "
+                f"context of {limit}; ask a shorter question or lower max_new_tokens"
+            )
+        turns = turns[2:]

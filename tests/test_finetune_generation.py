@@ -10,7 +10,15 @@ from data_tools.synthetic import generate
 from data_tools.wafer_map import WaferMap
 from finetune.generation import GenerationError, generate_answers, stream_answer
 from finetune.loading import ModelLoadError, load_model
-from finetune.prompting import FACTS_PREFIX, build_messages, facts_line, images_of, model_image
+from finetune.prompting import (
+    FACTS_PREFIX,
+    PromptTooLong,
+    build_messages,
+    facts_line,
+    fit_history,
+    images_of,
+    model_image,
+)
 from model_server.backends.base import GenerationRequest, Turn
 
 
@@ -106,3 +114,18 @@ def test_quantization_without_cuda_is_a_clear_error(tiny_model_dir):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelLoadError, match="CUDA"):
         load_model(tiny_model_dir, quantization="4bit")
+
+
+def test_fit_history_drops_the_oldest_turns_in_pairs_until_the_prompt_fits():
+    history = tuple(Turn("user" if i % 2 == 0 else "assistant", f"t{i}") for i in range(6))
+    seen: list[int] = []
+
+    def encode(turns: tuple[Turn, ...]) -> tuple[int, tuple[str, ...]]:
+        seen.append(len(turns))
+        return 10 + 10 * len(turns), tuple(t.text for t in turns)
+
+    assert fit_history(history, max_new_tokens=5, limit=40, encode=encode) == ("t4", "t5")
+    assert seen == [6, 4, 2]
+    assert fit_history(history, max_new_tokens=5, limit=100, encode=encode) == tuple(f"t{i}" for i in range(6))
+    with pytest.raises(PromptTooLong, match="needs 10 prompt tokens \\+ 5 new tokens, more than the model's context of 12"):
+        fit_history(history, max_new_tokens=5, limit=12, encode=encode)

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune.generation import generation_kwargs
-from finetune.prompting import build_messages, images_of
-from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest
+from finetune.prompting import PromptTooLong, build_messages, fit_history, images_of
+from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest, Turn
 
 
 def default_measured_facts(model_dir: Path, adapter_dir: Path | None) -> bool:
@@ -94,21 +94,17 @@ class VisualGLMBackend(Backend):
     # ------------------------------------------------------------------ prompts
     def prompt(self, request: GenerationRequest) -> tuple[str, list]:
         """(rendered prompt text, images) for one request; oldest turns dropped in pairs until it fits."""
-        history = tuple(request.history)
-        limit = int(self.config.max_sequence_length)
-        while True:
+
+        def encode(history: tuple[Turn, ...]) -> tuple[int, tuple[str, list]]:
             messages = build_messages(request.wafer, history, request.question, facts=self.measured_facts)
             text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             images = images_of(messages)
-            length = len(self.processor.encode_prompt(text, bool(images)))
-            if length + request.max_new_tokens <= limit:
-                return text, images
-            if not history:
-                raise BackendError(
-                    f"the question needs {length} prompt tokens + {request.max_new_tokens} new tokens, more than "
-                    f"the model's context of {limit}; ask a shorter question or lower max_new_tokens"
-                )
-            history = history[2:]
+            return len(self.processor.encode_prompt(text, bool(images))), (text, images)
+
+        try:
+            return fit_history(request.history, request.max_new_tokens, int(self.config.max_sequence_length), encode)
+        except PromptTooLong as exc:
+            raise BackendError(str(exc)) from None
 
     def _inputs(self, requests: Sequence[GenerationRequest]) -> dict[str, Any]:
         import torch
