@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import aiohttp
 from PIL import Image, UnidentifiedImageError
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
 from yarl import URL
 
 from bot.config import BotConfig
@@ -87,6 +89,29 @@ def check_metadata(file: SlackFile, config: BotConfig) -> None:
             "(an admin can extend SLACK_FILE_HOSTS).",
             "host",
         )
+
+
+async def pick_image_file(slack: AsyncWebClient, raw_files: list[dict], config: BotConfig) -> SlackFile:
+    """The first image among a message's files (metadata completed with files.info when needed), checked
+    against the limits; raises FileRejected with the message for the user."""
+    candidates = []
+    for raw in raw_files:
+        file = SlackFile.from_event(raw)
+        if not file.complete and file.id:
+            try:
+                info = await slack.files_info(file=file.id)
+                file = SlackFile.from_event(info.get("file") or {})
+            except SlackApiError as exc:
+                raise FileRejected(
+                    f"I could not look up the shared file ({exc.response.get('error')}).", "download"
+                ) from None
+        candidates.append(file)
+    if not candidates:
+        raise FileRejected("The message has no file I can read.", "unreadable")
+    images = [f for f in candidates if f.is_image]
+    chosen = images[0] if images else candidates[0]
+    check_metadata(chosen, config)
+    return chosen
 
 
 async def download_image(

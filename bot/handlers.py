@@ -1,6 +1,7 @@
 """What the bot does with each kind of Slack request: messages, 👍/👎 clicks and `/wafer`.
 
-`WaferBot.on_message` turns a message event into a queued question (after the file checks),
+`WaferBot.on_message` turns a message event into a queued question (a map upload is queued with its
+file list; the worker downloads and checks the image, so a restart mid-download loses nothing),
 reacting at once and posting the placeholder the answer will replace. Nothing slow happens
 before Slack is acknowledged: Bolt acknowledges events before running these handlers, and the
 slash command answers from local state plus one short status call.
@@ -12,14 +13,12 @@ import asyncio
 import logging
 import time
 
-import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import blocks, slack_io
 from bot.config import BotConfig
 from bot.events import Incoming, parse_event, question_of
-from bot.files import FileRejected, SlackFile, check_metadata, download_image
 from bot.store import BotStore
 from bot.worker import QueueWorker
 from model_server.client import ModelServerClient, ModelServerClientError
@@ -43,14 +42,12 @@ class WaferBot:
         slack: AsyncWebClient,
         model: ModelServerClient,
         worker: QueueWorker,
-        http: aiohttp.ClientSession,
     ) -> None:
         self.config = config
         self.store = store
         self.slack = slack
         self.model = model
         self.worker = worker
-        self.http = http
         self.started_at = time.time()
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
@@ -107,40 +104,12 @@ class WaferBot:
         return mine
 
     async def _analyse(self, incoming: Incoming) -> None:
-        await slack_io.react(self.slack, incoming.channel, incoming.ts, slack_io.WORKING)
-        try:
-            file = await self._pick_file(incoming)
-            data = await download_image(self.http, file, self.config)
-        except FileRejected as exc:
-            log.info("refused a file from %s: %s", incoming.user, exc.reason)
-            await slack_io.post_in_thread(
-                self.slack, incoming.channel, incoming.thread_ts, str(exc), blocks.notice_blocks(str(exc), ":warning:")
-            )
-            await slack_io.finish_reactions(self.slack, incoming.channel, incoming.ts, ok=False)
-            return
-        sha = self.store.put_image(data, file.name, file.mimetype or f"image/{file.filetype}")
-        await self._queue(incoming, sha, blocks.PLACEHOLDER_TEXT, react=False)
+        # The upload is queued with its file list before anything is downloaded: the worker fetches the
+        # image, so a crash or a restart mid-download loses nothing (Slack does not resend an acked event).
+        await self._queue(incoming, None, blocks.PLACEHOLDER_TEXT, files=incoming.files)
 
-    async def _pick_file(self, incoming: Incoming) -> SlackFile:
-        """The first image among the message's files (metadata completed with files.info when needed)."""
-        candidates = []
-        for raw in incoming.files:
-            file = SlackFile.from_event(raw)
-            if not file.complete and file.id:
-                try:
-                    info = await self.slack.files_info(file=file.id)
-                    file = SlackFile.from_event(info.get("file") or {})
-                except SlackApiError as exc:
-                    raise FileRejected(
-                        f"I could not look up the shared file ({exc.response.get('error')}).", "download"
-                    ) from None
-            candidates.append(file)
-        images = [f for f in candidates if f.is_image]
-        chosen = images[0] if images else candidates[0]
-        check_metadata(chosen, self.config)
-        return chosen
-
-    async def _queue(self, incoming: Incoming, image_sha: str | None, placeholder: str, react: bool = True) -> None:
+    async def _queue(self, incoming: Incoming, image_sha: str | None, placeholder: str, react: bool = True,
+                     files: list[dict] | tuple[dict, ...] = ()) -> None:
         if react:
             await slack_io.react(self.slack, incoming.channel, incoming.ts, slack_io.WORKING)
         placeholder_ts = await slack_io.post_in_thread(
@@ -153,6 +122,7 @@ class WaferBot:
         job = self.store.enqueue(
             team=incoming.team, channel=incoming.channel, thread_ts=incoming.thread_ts, message_ts=incoming.ts,
             user=incoming.user, question=question, image_sha256=image_sha, keep_trying_s=self.config.retry_for_s,
+            files=files,
         )
         self.store.set_placeholder(job.id, placeholder_ts)
         self.worker.wake()

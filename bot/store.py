@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     message_ts TEXT NOT NULL, user TEXT NOT NULL, question TEXT NOT NULL, image_sha256 TEXT REFERENCES images(sha256),
     placeholder_ts TEXT, status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL, deadline REAL NOT NULL, delayed_notice INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL
+    last_error TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL, files TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, next_attempt_at);
 CREATE TABLE IF NOT EXISTS answers (
@@ -77,6 +77,7 @@ class Job:
     delayed_notice: bool
     last_error: str | None
     created_at: float
+    files: tuple[dict, ...] = ()  # the Slack files of a map upload, until its image is downloaded
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ class BotStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            if "files" not in {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN files TEXT")  # files of not yet downloaded uploads
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a usable SQLite database for the bot: {exc}") from exc
@@ -197,15 +200,18 @@ class BotStore:
         image_sha256: str | None,
         keep_trying_s: float,
         now: float | None = None,
+        files: list[dict] | tuple[dict, ...] = (),
     ) -> Job:
+        """Queue a question; `files` (a map upload's Slack files) are downloaded by the worker, so the
+        upload is on disk before any network call and survives a crash."""
         now = time.time() if now is None else now
         tid = self.touch_thread(team, channel, thread_ts, image_sha256)
         with self._tx():
             cur = self._db.execute(
                 "INSERT INTO jobs (thread_id, team, channel, thread_ts, message_ts, user, question, image_sha256,"
-                " next_attempt_at, deadline, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " next_attempt_at, deadline, created_at, updated_at, files) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (tid, team, channel, thread_ts, message_ts, user, question, image_sha256, now, now + keep_trying_s,
-                 now, now),
+                 now, now, json.dumps(list(files)) if files else None),
             )
         job = self.job(int(cur.lastrowid or 0))
         assert job is not None
@@ -214,6 +220,18 @@ class BotStore:
     def job(self, job_id: int) -> Job | None:
         row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return None if row is None else _job(row)
+
+    def set_job_image(self, job_id: int, sha256: str) -> Job:
+        """The downloaded image of a map upload: now the job's and its thread's image."""
+        with self._tx():
+            self._db.execute("UPDATE jobs SET image_sha256=?, updated_at=? WHERE id=?", (sha256, time.time(), job_id))
+            self._db.execute(
+                "UPDATE threads SET image_sha256=?, updated_at=? WHERE thread_id=(SELECT thread_id FROM jobs WHERE id=?)",
+                (sha256, time.time(), job_id),
+            )
+        job = self.job(job_id)
+        assert job is not None
+        return job
 
     def set_placeholder(self, job_id: int, ts: str) -> None:
         with self._tx():
@@ -346,6 +364,7 @@ def _job(row: sqlite3.Row) -> Job:
         image_sha256=row["image_sha256"], placeholder_ts=row["placeholder_ts"], status=row["status"],
         attempts=int(row["attempts"]), next_attempt_at=float(row["next_attempt_at"]), deadline=float(row["deadline"]),
         delayed_notice=bool(row["delayed_notice"]), last_error=row["last_error"], created_at=float(row["created_at"]),
+        files=tuple(json.loads(row["files"])) if row["files"] else (),
     )
 
 

@@ -21,11 +21,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import blocks, slack_io
 from bot.config import BotConfig
+from bot.files import FileRejected, download_image, pick_image_file
 from bot.store import BotStore, Job
 from model_server import wire
 from model_server.client import ModelServerClient, ModelServerError, ModelServerUnavailable
@@ -64,12 +66,14 @@ class QueueWorker:
         slack: AsyncWebClient,
         model: ModelServerClient,
         upload_map: MapUploader | None = None,
+        http: aiohttp.ClientSession | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.slack = slack
         self.model = model
         self.upload_map = upload_map
+        self.http = http  # downloads the images of queued map uploads
         self._wake = asyncio.Event()
         self._running: dict[asyncio.Task, str] = {}  # task → thread id (a thread is never worked on twice at once)
         self._loop_task: asyncio.Task | None = None
@@ -139,6 +143,13 @@ class QueueWorker:
 
     # ------------------------------------------------------------ one job
     async def _run_job(self, job: Job) -> None:
+        if job.files and job.image_sha256 is None:
+            try:
+                job = await self._fetch_image(job)
+            except FileRejected as exc:
+                log.info("job %d: refused the uploaded file (%s): %s", job.id, exc.reason, exc)
+                await self._fail(job, str(exc), error=f"file {exc.reason}")
+                return
         try:
             reply = await self._ask(job)
         except (ModelServerUnavailable, ModelServerError) as exc:
@@ -156,6 +167,15 @@ class QueueWorker:
         except SlackApiError as exc:
             log.error("job %d: could not post the answer: %s", job.id, exc.response.get("error"))
             self.store.finish(job.id, "failed", f"slack: {exc.response.get('error')}")
+
+    async def _fetch_image(self, job: Job) -> Job:
+        """Download the image of a queued map upload into the store; the job with its image."""
+        if self.http is None:
+            raise RuntimeError("the worker has no HTTP session for downloading uploads")
+        file = await pick_image_file(self.slack, list(job.files), self.config)
+        data = await download_image(self.http, file, self.config)
+        sha = self.store.put_image(data, file.name, file.mimetype or f"image/{file.filetype}")
+        return self.store.set_job_image(job.id, sha)
 
     async def _ask(self, job: Job) -> wire.ThreadReply:
         image = self.store.image(job.image_sha256)

@@ -205,6 +205,29 @@ def test_server_down_queue_survives_restart_and_answers_when_back(tmp_path: Path
     run(go())
 
 
+def test_a_restart_during_the_image_download_loses_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
+    async def go() -> None:
+        async with FakeSlack() as fake, ModelServer(tiny_model_dir, tmp_path / "server.sqlite3") as server:
+            config = bot_config(fake, server.url, tmp_path / "bot.sqlite3")
+            fake.download_gate = asyncio.Event()  # the download hangs until the bot is gone
+            async with BotRuntime(config):
+                await fake.wait_for_socket()
+                event = await upload(fake, wafer_png(center_map()), "what defects?")
+                await fake.send_socket(event)
+                await fake.wait_for(lambda: fake.file_requests, what="the download to start")
+            store = BotStore(config.db_path)
+            assert store.queue_counts().get("running") == 1  # stopped mid-download: still queued
+            store.close()
+            fake.download_gate.set()
+            async with BotRuntime(config):  # the restarted bot downloads again and answers
+                (answer,) = await fake.wait_for(lambda: answered(fake, event["ts"]), what="the answer")
+            assert fields_of(answer)["Failing"] == f"{WaferMap(center_map()).failing:,}"
+            assert len(fake.bot_replies(CHANNEL, event["ts"])) == 1  # the placeholder, answered in place
+            assert len(fake.file_requests) == 2
+
+    run(go())
+
+
 def test_server_that_never_returns_gets_an_apology(tmp_path: Path) -> None:
     async def go() -> None:
         async with FakeSlack() as fake:

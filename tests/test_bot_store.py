@@ -103,3 +103,29 @@ def test_unusable_database_is_a_clear_error(tmp_path: Path) -> None:
         db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     with pytest.raises(StoreError, match="schema version 99"):
         BotStore(other)
+
+
+def test_a_queued_upload_keeps_its_files_until_its_image_is_stored_and_old_files_gain_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    old = sqlite3.connect(path)  # a database written before uploads were queued with their files
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); INSERT INTO meta VALUES ('schema_version', '1');"
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, thread_id TEXT NOT NULL, team TEXT NOT NULL,"
+        " channel TEXT NOT NULL, thread_ts TEXT NOT NULL, message_ts TEXT NOT NULL, user TEXT NOT NULL,"
+        " question TEXT NOT NULL, image_sha256 TEXT, placeholder_ts TEXT, status TEXT NOT NULL DEFAULT 'pending',"
+        " attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, deadline REAL NOT NULL,"
+        " delayed_notice INTEGER NOT NULL DEFAULT 0, last_error TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL);"
+    )
+    old.close()
+    store = BotStore(path)
+    files = [{"id": "F1", "name": "map.png", "mimetype": "image/png"}]
+    job = store.enqueue(team="T", channel="C", thread_ts="1.0", message_ts="1.0", user="U", question="q",
+                        image_sha256=None, keep_trying_s=60, files=files)
+    store.close()
+    store = BotStore(path)  # survives a restart
+    assert store.job(job.id).files == tuple(files) and store.job(job.id).image_sha256 is None
+    sha = store.put_image(b"\x89PNG fake", "map.png", "image/png")
+    assert store.set_job_image(job.id, sha).image_sha256 == sha
+    assert store.thread_image(job.thread_id) == sha
+    assert enqueue(store, "2.0").files == ()
+    store.close()

@@ -76,6 +76,7 @@ class FakeSlack:
         self.uploads: dict[str, dict] = {}
         self.calls: list[ApiCall] = []
         self.file_requests: list[tuple[str, str | None]] = []  # (path, Authorization header)
+        self.download_gate: asyncio.Event | None = None  # set: downloads wait until it opens (a slow download)
         self.upload_requests: list[tuple[str, str | None]] = []  # files_upload_v2 step 2: (path, Authorization)
         self.rate_limits: dict[str, list[float]] = {}
         self.acks: dict[str, dict] = {}
@@ -500,6 +501,8 @@ class FakeSlack:
         auth = request.headers.get("Authorization")
         self.file_requests.append((request.path, auth))
         hosted = self.files.get(request.match_info["file_id"])
+        if self.download_gate is not None:
+            await self.download_gate.wait()
         if auth != f"Bearer {self.bot_token}" or (hosted is not None and hosted.html_instead):
             return web.Response(body=LOGIN_PAGE, content_type="text/html")
         if hosted is None:
