@@ -99,8 +99,7 @@ class BotRuntime:
         self._http = aiohttp.ClientSession()
         self._model = ModelServerClient(cfg.server_url, timeout=cfg.server_timeout_s)
         self.worker = QueueWorker(
-            cfg, self.store, slack, self._model, upload_map=upload_map_as_read if cfg.upload_map else None,
-            http=self._http,
+            cfg, self.store, slack, self._model, self._http, upload_map=upload_map_as_read if cfg.upload_map else None
         )
         self.bot = WaferBot(cfg, self.store, slack, self._model, self.worker)
         try:

@@ -82,7 +82,7 @@ class WaferBot:
             elif action == "analyse":
                 await self._analyse(incoming)
             else:
-                await self._queue(incoming, None, blocks.FOLLOWUP_PLACEHOLDER_TEXT)
+                await self._queue(incoming, blocks.FOLLOWUP_PLACEHOLDER_TEXT)
         except SlackApiError as exc:
             log.error("could not reply to %s: %s", incoming.dedupe_keys[-1], exc.response.get("error"))
 
@@ -106,12 +106,10 @@ class WaferBot:
     async def _analyse(self, incoming: Incoming) -> None:
         # The upload is queued with its file list before anything is downloaded: the worker fetches the
         # image, so a crash or a restart mid-download loses nothing (Slack does not resend an acked event).
-        await self._queue(incoming, None, blocks.PLACEHOLDER_TEXT, files=incoming.files)
+        await self._queue(incoming, blocks.PLACEHOLDER_TEXT, files=incoming.files)
 
-    async def _queue(self, incoming: Incoming, image_sha: str | None, placeholder: str, react: bool = True,
-                     files: list[dict] | tuple[dict, ...] = ()) -> None:
-        if react:
-            await slack_io.react(self.slack, incoming.channel, incoming.ts, slack_io.WORKING)
+    async def _queue(self, incoming: Incoming, placeholder: str, files: list[dict] | tuple[dict, ...] = ()) -> None:
+        await slack_io.react(self.slack, incoming.channel, incoming.ts, slack_io.WORKING)
         placeholder_ts = await slack_io.post_in_thread(
             self.slack, incoming.channel, incoming.thread_ts, placeholder,
             blocks.notice_blocks(placeholder, ":hourglass:"),
@@ -121,7 +119,7 @@ class WaferBot:
             question = "Please continue."
         job = self.store.enqueue(
             team=incoming.team, channel=incoming.channel, thread_ts=incoming.thread_ts, message_ts=incoming.ts,
-            user=incoming.user, question=question, image_sha256=image_sha, keep_trying_s=self.config.retry_for_s,
+            user=incoming.user, question=question, image_sha256=None, keep_trying_s=self.config.retry_for_s,
             files=files,
         )
         self.store.set_placeholder(job.id, placeholder_ts)

@@ -65,8 +65,8 @@ class QueueWorker:
         store: BotStore,
         slack: AsyncWebClient,
         model: ModelServerClient,
+        http: aiohttp.ClientSession,
         upload_map: MapUploader | None = None,
-        http: aiohttp.ClientSession | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -170,8 +170,6 @@ class QueueWorker:
 
     async def _fetch_image(self, job: Job) -> Job:
         """Download the image of a queued map upload into the store; the job with its image."""
-        if self.http is None:
-            raise RuntimeError("the worker has no HTTP session for downloading uploads")
         file = await pick_image_file(self.slack, list(job.files), self.config)
         data = await download_image(self.http, file, self.config)
         sha = self.store.put_image(data, file.name, file.mimetype or f"image/{file.filetype}")
