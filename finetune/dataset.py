@@ -144,12 +144,15 @@ class Corpus:
         return [str(m["content"]) for r in self.records.get(split, []) for m in r["messages"]]
 
 
+def augmented_wafer(grid: np.ndarray, rng: random.Random, augment: bool = True) -> WaferMap:
+    """`grid` as a WaferMap, under a random one of the 8 dihedral transforms when `augment`."""
+    wafer = WaferMap(grid)
+    return wafer.transformed(*rng.choice(DIHEDRAL)) if augment else wafer
+
+
 def recognition_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random, augment: bool = True) -> Example:
     """A recognition question about `grid` (randomly transformed), answered with its true patterns."""
-    wafer = WaferMap(grid)
-    if augment:
-        k, flip = rng.choice(DIHEDRAL)
-        wafer = wafer.transformed(k, flip)
+    wafer = augmented_wafer(grid, rng, augment)
     language = rng.choice(("en", "zh"))
     patterns = from_multi_hot(labels)
     question = rng.choice(RECOGNITION_QUESTIONS[language])
@@ -160,9 +163,7 @@ def recognition_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random
 def count_example(grid: np.ndarray, rng: random.Random, augment: bool = True) -> Example:
     """A number question (failing dies, yield, a zone, ...) about `grid` (randomly transformed),
     answered with the numbers measured from it: the model learns to copy them from the facts line."""
-    wafer = WaferMap(grid)
-    if augment:
-        wafer = wafer.transformed(*rng.choice(DIHEDRAL))
+    wafer = augmented_wafer(grid, rng, augment)
     language = rng.choice(("en", "zh"))
     topic = rng.choices(list(COUNT_TOPIC_WEIGHTS), weights=list(COUNT_TOPIC_WEIGHTS.values()))[0]
     zone = rng.choice(("center", "middle", "edge"))

@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from data_tools.taxonomy import NUM_PATTERNS
-from data_tools.wafer_map import WaferMap
-from finetune.dataset import DIHEDRAL
+from finetune.dataset import augmented_wafer
 from finetune.prompting import model_image
 
 
@@ -50,12 +49,7 @@ def vision_features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
 
 def pixel_batch(processor: Any, grids: np.ndarray, rng: random.Random, augment: bool = True) -> torch.Tensor:
     """Pixel values of `grids` (each under a random dihedral transform when `augment`), as the model sees them."""
-    images = []
-    for grid in grids:
-        wafer = WaferMap(grid)
-        if augment:
-            wafer = wafer.transformed(*rng.choice(DIHEDRAL))
-        images.append(model_image(wafer))
+    images = [model_image(augmented_wafer(grid, rng, augment)) for grid in grids]
     return processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
 
