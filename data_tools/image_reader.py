@@ -148,40 +148,59 @@ _BIN_CENTRES = (
 )
 
 
+#: The 27 offsets of a 3×3×3 window of colour bins.
+_WINDOW = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
 def _main_colours(img: np.ndarray, max_clusters: int = 12, radius: float = 48.0) -> tuple[np.ndarray, np.ndarray]:
-    """The image's main colours (K, 3) float and the 15-bit code histogram."""
+    """The image's main colours (K, 3) float and the 15-bit code histogram.
+
+    Repeatedly takes the 3×3×3 window of colour bins with the most pixels, averages the colours
+    in it, and removes every bin within `radius` of that average. Only bins next to a colour the
+    image holds can win, so the windows are summed there alone (a screenshot has few colours).
+    """
     codes = _codes(img).ravel()
     hist = np.bincount(codes, minlength=32768).astype(np.float64)
     sums = np.stack(
         [np.bincount(codes, weights=img[..., ch].ravel().astype(np.float64), minlength=32768) for ch in range(3)],
         axis=-1,
     )
-    remaining = hist.reshape(32, 32, 32).copy()
-    total = hist.sum()
+    occupied = np.flatnonzero(hist)
+    occupied_xyz = np.stack(np.unravel_index(occupied, (32, 32, 32)), axis=-1)
+    candidates_xyz = (occupied_xyz[:, None, :] + _WINDOW[None]).reshape(-1, 3)
+    candidates_xyz = candidates_xyz[((candidates_xyz >= 0) & (candidates_xyz < 32)).all(axis=1)]
+    candidates = np.unique(np.ravel_multi_index(candidates_xyz.T, (32, 32, 32)))  # ascending: ties go to the lowest
+    candidates_xyz = np.stack(np.unravel_index(candidates, (32, 32, 32)), axis=-1)
+    # bin masses in a zero-padded 34³ cube, so every window of a candidate lies inside it
+    remaining = np.zeros(34**3)
+    occupied_padded = np.ravel_multi_index((occupied_xyz + 1).T, (34, 34, 34))
+    remaining[occupied_padded] = hist[occupied]
+    windows = np.ravel_multi_index((candidates_xyz[:, None, :] + 1 + _WINDOW[None]).transpose(2, 0, 1), (34, 34, 34))
+    occupied_centres = _BIN_CENTRES[occupied]
     centres: list[np.ndarray] = []
-    min_mass = max(1.0, 2e-6 * total)
+    min_mass = max(1.0, 2e-6 * hist.sum())
     for _ in range(max_clusters):
-        smooth = ndimage.uniform_filter(remaining, size=3, mode="constant") * 27.0
-        peak = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
-        if smooth[peak] < min_mass:
+        window_mass = remaining[windows].sum(axis=1)
+        best = int(np.argmax(window_mass))
+        if window_mass[best] < min_mass:
             break
-        lo = [max(0, v - 1) for v in peak]
-        hi = [min(32, v + 2) for v in peak]
-        block = np.zeros((32, 32, 32), dtype=bool)
-        block[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
-        block &= remaining > 0
-        flat = block.ravel()
-        centre = sums[flat].sum(axis=0) / hist[flat].sum()
+        block = (np.abs(occupied_xyz - candidates_xyz[best]) <= 1).all(axis=1) & (remaining[occupied_padded] > 0)
+        centre = sums[occupied[block]].sum(axis=0) / hist[occupied[block]].sum()
         centres.append(centre)
-        near = np.linalg.norm(_BIN_CENTRES - centre, axis=1) <= radius
-        remaining.ravel()[near] = 0.0
+        near = np.linalg.norm(occupied_centres - centre, axis=1) <= radius
+        remaining[occupied_padded[near]] = 0.0
     return np.array(centres, dtype=np.float64), hist
 
 
-def _label_lut(centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each 15-bit code: the nearest main colour and the distance to it."""
-    dist = np.linalg.norm(_BIN_CENTRES[:, None, :] - centres[None, :, :], axis=-1)
-    return dist.argmin(axis=1).astype(np.int16), dist.min(axis=1)
+def _label_lut(centres: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each 15-bit code in `present`: the nearest main colour and the distance to it (other codes:
+    label 0, distance infinite; look up only codes of the image the histogram came from)."""
+    lut = np.zeros(32768, dtype=np.int16)
+    lut_dist = np.full(32768, np.inf)
+    dist = np.linalg.norm(_BIN_CENTRES[present][:, None, :] - centres[None, :, :], axis=-1)
+    lut[present] = dist.argmin(axis=1)
+    lut_dist[present] = dist.min(axis=1)
+    return lut, lut_dist
 
 
 def _hsv(colour: np.ndarray) -> tuple[float, float, float]:
@@ -619,11 +638,12 @@ def read_wafer_image_details(
     img = _reduce_if_huge(img, limits.work_pixels)
     height, width = img.shape[:2]
 
-    centres, _ = _main_colours(img)
+    centres, hist = _main_colours(img)
+    present = np.flatnonzero(hist)
     if len(centres) <= 1 or np.ptp(img.reshape(-1, 3), axis=0).max() < 24:
         raise NotAWaferMapError("the image is a single flat colour (blank); no wafer map is drawn in it")
     codes = _codes(img)
-    lut, lut_dist = _label_lut(centres)
+    lut, lut_dist = _label_lut(centres, present)
     near = lut_dist[codes] <= 40.0
     coverage = float(near.mean())
     if coverage < limits.min_colour_coverage:
@@ -641,7 +661,7 @@ def read_wafer_image_details(
     sharp = bool(top >= 0.999)
     if not sharp:  # blurred: pixels between two colours are edges, not colours of their own
         centres = centres[_drop_blends(centres, lut[codes])]
-        lut, lut_dist = _label_lut(centres)
+        lut, lut_dist = _label_lut(centres, present)
     labels = lut[codes].astype(np.int64)
     k = len(centres)
 

@@ -191,7 +191,8 @@ def _run_evaluation(args: argparse.Namespace) -> int:
         if "numbers" in result:
             numbers = result["numbers"]
             print(f"numbers: failing dies ±1 {100 * numbers['failing_within_1_die']:.1f}%, "
-                  f"yield ±0.5% {100 * numbers['yield_within_0_5_pct']:.1f}% on {numbers['n_maps']} maps")
+                  f"yield ±0.5% {100 * numbers['yield_within_0_5_pct']:.1f}% on {numbers['n_maps']} maps "
+                  f"({100 * (numbers.get('from_slots') or 0):.1f}% as slots filled from the map)")
         if "report" in result:
             print(f"report: {result['report']}")
     return 0

@@ -26,6 +26,7 @@ from data_tools.answers import count_answer, recognition_answer
 from data_tools.phrasing import COUNT_QUESTIONS, RECOGNITION_QUESTIONS, ZONE_NAMES
 from data_tools.taxonomy import CLASSES, PATTERN_KEYS, from_multi_hot
 from data_tools.wafer_map import WaferMap
+from finetune.number_slots import has_slots, slot_numbers
 from finetune.prompting import build_messages, images_of
 from model_server.backends.base import Turn
 
@@ -230,11 +231,19 @@ class ExampleSampler:
 # ---------------------------------------------------------------- encoding
 
 
-def training_messages(example: Example) -> list[dict]:
-    """Chat messages of a whole example (the prompt exactly as at inference, plus the final answer)."""
+def training_messages(example: Example, number_slots: bool = False) -> list[dict]:
+    """Chat messages of a whole example (the prompt exactly as at inference, plus the final answer).
+
+    With `number_slots` (a tokenizer that has the slot tokens), every answer names the measured
+    numbers of the example's map as slot tokens (`finetune.number_slots`), as history answers are
+    given at inference.
+    """
     texts = example.texts
     if len(texts) < 2 or len(texts) % 2:
         raise ValueError(f"an example needs user/assistant pairs; got {len(texts)} texts")
+    if number_slots and example.wafer is not None:
+        facts = example.wafer.facts()
+        texts = tuple(slot_numbers(t, facts) if i % 2 else t for i, t in enumerate(texts))
     history = [Turn("user" if i % 2 == 0 else "assistant", t) for i, t in enumerate(texts[:-2])]
     messages = build_messages(example.wafer, history, texts[-2])
     messages.append({"role": "assistant", "content": [{"type": "text", "text": texts[-1]}]})
@@ -282,10 +291,10 @@ def answer_segments(processor: Any, messages: list[dict]) -> list[tuple[str, boo
 
 def encode_example(processor: Any, example: Example, max_length: int) -> dict:
     """input_ids, labels (answer tokens only; the rest IGNORE_INDEX) and pixel_values for one example."""
-    messages = training_messages(example)
+    tokenizer = _tokenizer(processor)
+    messages = training_messages(example, number_slots=has_slots(tokenizer))
     images = images_of(messages)
     segments = answer_segments(processor, messages)
-    tokenizer = _tokenizer(processor)
     ids: list[int] = []
     labels: list[int] = []
     pixel_values = None

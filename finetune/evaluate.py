@@ -135,8 +135,13 @@ def read_yield(answer: str) -> float | None:
 
 
 def number_scores(model: Any, processor: Any, grids: np.ndarray, batch_size: int = 32, seed: int = 0) -> dict:
-    """Ask failing-die count and yield on each map; share within ±1 die / ±0.5 % of the measured values."""
+    """Ask failing-die count and yield on each map; share within ±1 die / ±0.5 % of the measured values.
+
+    Also the share of those answers whose number was written as a slot (`finetune.number_slots`)
+    and filled from the map, rather than written out by the model.
+    """
     from finetune.generation import generate_answers
+    from finetune.number_slots import fill_from_map
 
     rng = random.Random(f"numbers-{seed}")
     requests, expected = [], []
@@ -147,7 +152,9 @@ def number_scores(model: Any, processor: Any, grids: np.ndarray, batch_size: int
         expected.append(("failing", wafer.failing))
         requests.append(GenerationRequest(rng.choice(COUNT_QUESTIONS["yield"][language]), wafer, max_new_tokens=48))
         expected.append(("yield", wafer.yield_percent))
-    answers = generate_answers(model, processor, requests, batch_size=batch_size)
+    raw = generate_answers(model, processor, requests, batch_size=batch_size, fill_numbers=False)
+    slotted = [f"<num_{topic}>" in answer for (topic, _), answer in zip(expected, raw)]
+    answers = [fill_from_map(answer, request.wafer) for request, answer in zip(requests, raw)]
     ok = {"failing": [], "yield": []}
     examples = []
     for (topic, value), answer in zip(expected, answers):
@@ -161,6 +168,7 @@ def number_scores(model: Any, processor: Any, grids: np.ndarray, batch_size: int
         "n_maps": len(grids),
         "failing_within_1_die": round(float(np.mean(ok["failing"])), 4) if ok["failing"] else None,
         "yield_within_0_5_pct": round(float(np.mean(ok["yield"])), 4) if ok["yield"] else None,
+        "from_slots": round(float(np.mean(slotted)), 4) if slotted else None,
         "mistakes": examples,
     }
 

@@ -2,17 +2,22 @@
 
 Used by the evaluator and by the server's hf backend, so what is evaluated is exactly what a
 user gets. Prompts come from `finetune.prompting.build_messages`; batches are left-padded; the
-oldest history turns are dropped when a conversation would not fit the model's context.
+oldest history turns are dropped when a conversation would not fit the model's context. For a
+checkpoint trained with number slots (`finetune.number_slots`), the measured numbers in history
+answers are shown as slots, as in training, and the slots of a new answer are filled with the
+numbers measured from the request's map.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
+from finetune.number_slots import fill_from_map, fill_stream, has_slots, slot_numbers
 from finetune.prompting import PromptTooLong, build_messages, fit_history, images_of
 from model_server.backends.base import GenerationRequest, Turn
 
@@ -47,16 +52,27 @@ def prepare_prompt(model: Any, processor: Any, request: GenerationRequest) -> tu
     """Prompt text and its encoding (a batch of one) for one request, oldest turns dropped (in pairs)
     until prompt and answer fit the model's context."""
 
+    slotted = _with_slotted_history(processor, request)
+
     def encode(history: tuple[Turn, ...]) -> tuple[int, tuple[str, dict]]:
-        messages = build_messages(request.wafer, history, request.question)
+        messages = build_messages(slotted.wafer, history, slotted.question)
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         encoded = _encode(processor, [text], images_of(messages))
         return int(encoded["input_ids"].shape[1]), (text, encoded)
 
     try:
-        return fit_history(request.history, request.max_new_tokens, context_limit(model), encode)
+        return fit_history(slotted.history, slotted.max_new_tokens, context_limit(model), encode)
     except PromptTooLong as exc:
         raise GenerationError(str(exc)) from None
+
+
+def _with_slotted_history(processor: Any, request: GenerationRequest) -> GenerationRequest:
+    """`request` with its history answers in slot form when the checkpoint was trained with number slots."""
+    if request.wafer is None or not request.history or not has_slots(_tokenizer(processor)):
+        return request
+    facts = request.wafer.facts()
+    history = tuple(Turn(t.role, slot_numbers(t.text, facts)) if t.role == "assistant" else t for t in request.history)
+    return replace(request, history=history)
 
 
 def _device_of(model: Any) -> torch.device:
@@ -112,9 +128,13 @@ def generation_kwargs(processor: Any, max_new_tokens: int) -> dict:
 
 
 def generate_answers(
-    model: Any, processor: Any, requests: list[GenerationRequest], batch_size: int | None = None
+    model: Any, processor: Any, requests: list[GenerationRequest], batch_size: int | None = None,
+    fill_numbers: bool = True,
 ) -> list[str]:
-    """Greedy answers to `requests`, in order; `batch_size` splits a long list into batches."""
+    """Greedy answers to `requests`, in order; `batch_size` splits a long list into batches.
+
+    `fill_numbers=False` leaves number slots as generated (the evaluator counts them).
+    """
     if not requests:
         return []
     size = batch_size or len(requests)
@@ -128,14 +148,18 @@ def generate_answers(
             output = model.generate(**inputs, **generation_kwargs(processor, max_new))
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         for row, request in zip(new_tokens, chunk):
-            answers.append(tokenizer.decode(row[: request.max_new_tokens], skip_special_tokens=True).strip())
+            text = tokenizer.decode(row[: request.max_new_tokens], skip_special_tokens=True).strip()
+            answers.append(fill_from_map(text, request.wafer) if fill_numbers else text)
     return answers
 
 
 def stream_answer(model: Any, processor: Any, request: GenerationRequest) -> Iterator[str]:
     """Yield the greedy answer to one request piece by piece as it is generated (for SSE)."""
     inputs = _inputs(model, processor, [request])
-    yield from stream_generate(model, _tokenizer(processor), inputs, generation_kwargs(processor, request.max_new_tokens))
+    pieces = stream_generate(model, _tokenizer(processor), inputs, generation_kwargs(processor, request.max_new_tokens))
+    if request.wafer is not None and has_slots(_tokenizer(processor)):
+        pieces = fill_stream(pieces, request.wafer.facts())
+    yield from pieces
 
 
 def stream_generate(model: Any, tokenizer: Any, inputs: dict, kwargs: dict) -> Iterator[str]:

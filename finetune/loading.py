@@ -134,6 +134,19 @@ def load_model(
             model = PeftModel.from_pretrained(model, adapter_path, is_trainable=trainable)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelLoadError(f"cannot apply the adapter {adapter_path} to {model_path}: {exc}") from exc
-    model.train(trainable)
+    if trainable:
+        train_mode(model)
+    else:
+        model.eval()
     processor = load_processor(model_path, adapter_dir) if with_processor else None
     return model, processor
+
+
+def train_mode(model: Any) -> None:
+    """`model.train()`, except batch-norm layers (a convolutional vision tower's), which keep their
+    running statistics from the vision stage: stage-2 micro-batches of a few images are too small
+    for batch statistics, and inference uses the running ones."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()

@@ -69,7 +69,8 @@ def markdown(result: dict, image_name: str) -> str:
     if numbers:
         lines.append(
             f"- numbers on {numbers['n_maps']} maps: failing dies within ±1: {100 * numbers['failing_within_1_die']:.1f}%, "
-            f"yield within ±0.5%: {100 * numbers['yield_within_0_5_pct']:.1f}%"
+            f"yield within ±0.5%: {100 * numbers['yield_within_0_5_pct']:.1f}% "
+            f"(written as slots filled from the map: {100 * (numbers.get('from_slots') or 0):.1f}%)"
         )
     lines += ["", "## Per pattern", "", "| pattern | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
     for key, v in result["per_pattern"].items():

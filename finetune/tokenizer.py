@@ -1,7 +1,8 @@
 """The small model's tokenizer: byte-level BPE trained offline on corpus text (English and Chinese).
 
-Digits are split one per token so the model copies numbers from the measured facts digit by
-digit. The special tokens and the chat template that every small checkpoint shares are defined
+Digits are split one per token, and the number slot tokens of `finetune.number_slots` are
+added as ordinary tokens (decoded as written), so the model can name a measured number instead of
+copying its digits. The special tokens and the chat template that every small checkpoint shares are defined
 here, so a checkpoint's tokenizer and processor load with transformers' Auto classes alone.
 """
 
@@ -11,6 +12,8 @@ from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from finetune.number_slots import SLOT_TOKENS
 
 PAD = "<pad>"
 EOS = "<|end|>"
@@ -69,4 +72,5 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000, min_frequency:
         model_max_length=2048,
     )
     wrapped.add_special_tokens({"additional_special_tokens": [USER, ASSISTANT, SYSTEM, IMAGE]})
+    wrapped.add_tokens(list(SLOT_TOKENS))  # not special: decoding keeps them for `fill_slots`
     return wrapped

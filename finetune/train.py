@@ -38,6 +38,7 @@ from finetune.dataset import (
     length_groups,
     recognition_example,
 )
+from finetune.loading import train_mode
 from finetune.small_model import SmallModelConfig
 
 STATE_DIR = "training_state"
@@ -271,7 +272,7 @@ def setup_model(cfg: TrainConfig, corpus: Corpus, accelerator: Any = None) -> tu
             model = PeftModel.from_pretrained(model, state / "model", is_trainable=True)
         else:
             model = get_peft_model(model, _lora_config(cfg))
-        model.train()
+        train_mode(model)
         return model, load_processor(cfg.base)
     if cfg.resume:
         model, _ = load_model(state / "model", trainable=True, with_processor=False)
@@ -417,7 +418,8 @@ def evaluate_during_training(model: Any, processor: Any, corpus: Corpus, cfg: Tr
             encoded = [encode_example(processor, e, cfg.max_length) for e in examples[start : start + cfg.batch_size]]
             losses.append(batch_loss(model, encoded, tokenizer.pad_token_id, device, cfg.micro_batches))
     scores = recognition_scores(model, processor, corpus.grids[chosen], corpus.labels[chosen], batch_size=32, seed=cfg.seed)
-    model.train(was_training)
+    if was_training:
+        train_mode(model)
     return {"val_loss": float(np.mean(losses)), "val_exact_match": scores["exact_match"], "val_n": scores["n"]}
 
 
@@ -535,8 +537,8 @@ def run_training(cfg: TrainConfig) -> Path:
 
     cfg.validate()
     check_quantization(cfg)
-    # Some trainable weights get no gradient (Llava reads the vision tower's last hidden state, so its
-    # post-layernorm is unused); on several GPUs DDP must be told, or the second step fails.
+    # Some trainable weights may get no gradient (a Llava checkpoint reads its ViT's last hidden state,
+    # so the post-layernorm is unused); on several GPUs DDP must be told, or the second step fails.
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     main = accelerator.is_main_process
     check_output(cfg)
@@ -554,7 +556,7 @@ def run_training(cfg: TrainConfig) -> Path:
     if not cfg.resume and main and not (cfg.out / "processor_config.json").is_file():
         processor.save_pretrained(cfg.out)  # a resumed run needs the tokenizer it started with
     vision_history = run_vision_stage(cfg, model, processor, corpus, accelerator) if not cfg.resume else []
-    model.train()
+    train_mode(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Not passed to accelerator.prepare: Accelerate would step it once per process per step.

@@ -39,12 +39,22 @@ class PatternHead(nn.Module):
         return self.out(self.norm(pooled))
 
 
+def vision_tower(model: Any) -> Any:
+    return model.model.vision_tower if hasattr(model, "model") else model.vision_tower
+
+
 def vision_features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The patch features the language model receives (the layer Llava's projector reads)."""
-    tower = model.model.vision_tower if hasattr(model, "model") else model.vision_tower
-    layer = model.config.vision_feature_layer
+    """The image features the projector receives, one row per image token: (batch, tokens, channels).
+
+    A convolutional tower (FastVLM) gives its last feature map, flattened; a ViT (Llava) the
+    hidden states of the configured layer.
+    """
+    tower = vision_tower(model)
     outputs = tower(pixel_values, output_hidden_states=True)
-    return outputs.hidden_states[layer]
+    last = outputs.last_hidden_state
+    if last.dim() == 4:
+        return last.flatten(2).transpose(1, 2)
+    return outputs.hidden_states[model.config.vision_feature_layer]
 
 
 def pixel_batch(processor: Any, grids: np.ndarray, rng: random.Random, augment: bool = True) -> torch.Tensor:
@@ -74,7 +84,7 @@ def pretrain_vision(
         raise ValueError(f"steps must be at least 1, got {steps}")
     if len(grids) != len(labels) or not len(grids):
         raise ValueError(f"need as many labels as maps (got {len(grids)} maps, {len(labels)} labels), at least one")
-    tower = model.model.vision_tower if hasattr(model, "model") else model.vision_tower
+    tower = vision_tower(model)
     torch.manual_seed(seed)
     device = next(tower.parameters()).device
     head = PatternHead(model.config.vision_config.hidden_size).to(device)
@@ -114,6 +124,15 @@ def pretrain_vision(
 @torch.no_grad()
 def pattern_accuracy(model: Any, head: PatternHead, processor: Any, grids: np.ndarray, labels: np.ndarray) -> float:
     """Share of maps whose 8 thresholded head outputs all match their labels (a stage-1 diagnostic)."""
-    pixels = pixel_batch(processor, grids, random.Random(0), augment=False)
-    predicted = head(vision_features(model, pixels)) > 0
-    return float((predicted == torch.as_tensor(np.asarray(labels) > 0)).all(dim=1).float().mean())
+    tower = vision_tower(model)
+    was_training = tower.training
+    tower.eval()  # batch-norm layers use their running statistics, as at inference
+    device = next(tower.parameters()).device
+    correct = 0
+    for start in range(0, len(grids), 256):
+        pixels = pixel_batch(processor, grids[start : start + 256], random.Random(0), augment=False).to(device)
+        predicted = (head(vision_features(model, pixels)) > 0).cpu()
+        truth = torch.as_tensor(np.asarray(labels[start : start + 256]) > 0)
+        correct += int((predicted == truth).all(dim=1).sum())
+    tower.train(was_training)
+    return correct / len(grids)

@@ -87,7 +87,7 @@ def test_loaded_adapter_and_merged_checkpoint_give_the_same_outputs(adapter_dir,
     assert main(["merge", "--base", str(tiny_model_dir), "--adapter", str(adapter_dir), "--out", str(merged_dir)]) == 0
     assert (merged_dir / "model.safetensors").is_file() and not (merged_dir / "adapter_config.json").exists()
     merged, merged_processor = load_model(merged_dir)  # plain Auto classes, no peft
-    assert type(merged).__name__ == "LlavaForConditionalGeneration"
+    assert type(merged).__name__ == "FastVlmForConditionalGeneration"
     torch.testing.assert_close(_logits(merged, batch), adapter_logits, rtol=1e-4, atol=1e-4)
 
     wafer = generate("Donut", np.random.default_rng(2))

@@ -112,7 +112,7 @@ def test_a_bf16_run_with_a_vision_stage_logs_the_towers_val_exact_match_and_save
     assert 0.0 <= ceiling["vision_val_exact_match"] <= 1.0 and ceiling["vision_val_n"] >= 1
     config = json.loads((out / "train_meta.json").read_text())["config"]
     assert config["count_fraction"] == 0.3 and config["bf16"] is True
-    assert {t.dtype for t in _weights(out).values()} == {torch.float32}
+    assert {t.dtype for t in _weights(out).values() if t.is_floating_point()} == {torch.float32}
 
 
 def _assert_numbers_are_the_maps(example: Example) -> None:
@@ -197,7 +197,8 @@ def test_labels_cover_exactly_the_answer_tokens(corpus_dir, tiny_model_dir):
     tokenizer = processor.tokenizer
     for e, example in zip(encoded, examples):
         answer_ids = [t for t in e["labels"] if t != IGNORE_INDEX]
-        answers = [m["content"][0]["text"] for m in training_messages(example) if m["role"] == "assistant"]
+        messages = training_messages(example, number_slots=True)
+        answers = [m["content"][0]["text"] for m in messages if m["role"] == "assistant"]
         assert tokenizer.decode(answer_ids) == "".join(f"{a}<|end|>" for a in answers)
         assert e["labels"][-1] == tokenizer.eos_token_id and e["labels"][0] == IGNORE_INDEX
     # over max_length: cut, but never to a prompt without an answer

@@ -142,3 +142,36 @@ def test_openai_backend_chained_to_our_server(tmp_path, backend):
     assert follow.findings == first.findings and isinstance(follow.answer, str)
     assert streamed.strip() == direct
     assert back_threads == 0  # memory stays in the front server
+
+
+class _SlotWriter(Backend):
+    """An engine whose model writes number slots (a small checkpoint trained with them, unfilled)."""
+
+    @property
+    def info(self):
+        return BackendInfo("slots", "1", "test")
+
+    def generate(self, requests):
+        return ["<num_failing> of <num_dies> dies fail" for _ in requests]
+
+    def generate_stream(self, request):
+        yield from ("<num_fa", "iling> of <num_d", "ies> dies fail")
+
+
+def test_openai_backend_fills_number_slots_from_the_request_map(tmp_path):
+    wafer = WaferMap(wafer_grid(52, "center"))
+    expected = f"{wafer.failing} of {wafer.dies} dies fail"
+
+    async def go():
+        async with running_server(_config(tmp_path, "engine"), _SlotWriter()) as engine:
+            loop = asyncio.get_running_loop()
+            front = await loop.run_in_executor(None, OpenAIBackend, engine.url + "/v1", None, None, 30.0)
+            request = GenerationRequest("How many dies fail?", wafer, (), 12)
+            plain = await loop.run_in_executor(None, front.generate, [request, GenerationRequest("hi", None, (), 12)])
+            streamed = await loop.run_in_executor(None, lambda: "".join(front.generate_stream(request)))
+            front.close()
+            return plain, streamed
+
+    plain, streamed = asyncio.run(go())
+    assert plain == [expected, "<num_failing> of <num_dies> dies fail"]  # no map: nothing to fill from
+    assert streamed == expected

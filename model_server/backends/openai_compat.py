@@ -5,6 +5,9 @@ Each request becomes one ``POST {url}/chat/completions`` whose messages are exac
 model's prompt (`finetune.prompting.build_messages`, the wafer image as a PNG data URL), so an
 engine serving our checkpoint sees what the model was trained on. A batch is sent as
 concurrent requests (the engine batches them itself). Streaming uses the engine's SSE stream.
+Number slots in an answer (`finetune.number_slots`, from an engine serving a small checkpoint
+trained with them) are filled with the numbers measured from the request's map, as the hf
+backend does.
 Uses only the standard library's HTTP client (runs in the server's model worker thread).
 """
 
@@ -127,11 +130,21 @@ class OpenAIBackend(Backend):
             raise BackendError(f"the engine's answer has no choices[0].message.content: {str(data)[:200]}") from exc
 
     def generate(self, requests: list[GenerationRequest]) -> list[str]:
-        if len(requests) == 1:
-            return [self._one(requests[0])]
-        return list(self._pool.map(self._one, requests))
+        answers = [self._one(requests[0])] if len(requests) == 1 else list(self._pool.map(self._one, requests))
+        from finetune.number_slots import fill_from_map
+
+        return [fill_from_map(answer, request.wafer) for request, answer in zip(requests, answers)]
 
     def generate_stream(self, request: GenerationRequest) -> Iterator[str]:
+        pieces = self._stream(request)
+        if request.wafer is None:
+            yield from pieces
+            return
+        from finetune.number_slots import fill_stream
+
+        yield from fill_stream(pieces, request.wafer.facts())
+
+    def _stream(self, request: GenerationRequest) -> Iterator[str]:
         with self._open("POST", "/chat/completions", self._body(request, stream=True)) as resp:
             for raw_line in resp:
                 line = raw_line.decode("utf-8", "replace").strip()

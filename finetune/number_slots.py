@@ -1,0 +1,111 @@
+"""Measured numbers as slot tokens: the small model writes *which* number goes where, the grid supplies it.
+
+A 3.5M-parameter decoder does not learn to copy a multi-digit count out of its prompt digit by
+digit (the default model wrote plausible numbers near the truth instead). So a small checkpoint
+whose tokenizer holds the slot tokens below is trained on answers where every measured number
+(dies, failing, good, yield, the zone counts, cluster count and size) is one slot token, e.g.
+``<num_failing> of the <num_dies> dies fail.``, and `fill_slots` puts the numbers measured from
+the die grid into the generated text. What the model learns is the language (which number a
+question asks for, and where it goes in the sentence); the numbers are exact by construction.
+
+`slot_numbers` turns a written answer into its slotted form using the map's facts
+(`WaferMap.facts()`); a number that matches no fact, or several facts at once, stays as written.
+Checkpoints without slot tokens (VisualGLM, older small models) are untouched: both functions
+only act when asked to.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from data_tools.wafer_map import WaferMap
+
+#: Slot name → how its value is found in a facts dict.
+SLOT_NAMES: tuple[str, ...] = (
+    "dies", "failing", "good", "yield",
+    "center_dies", "center_failing", "middle_dies", "middle_failing", "edge_dies", "edge_failing",
+    "clusters", "largest",
+)
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w]|\.\d)")
+_SLOT = re.compile(r"<num_([a-z_]+)>")
+
+
+def slot_token(name: str) -> str:
+    """The token text of one slot (added to the tokenizer as an ordinary, decoded token)."""
+    if name not in SLOT_NAMES:
+        raise ValueError(f"unknown number slot {name!r}; slots are {SLOT_NAMES}")
+    return f"<num_{name}>"
+
+
+SLOT_TOKENS: tuple[str, ...] = tuple(slot_token(name) for name in SLOT_NAMES)
+
+
+def slot_values(facts: dict) -> dict[str, str]:
+    """Each slot's text for a map (as answers write it: yield with two decimals, counts as integers)."""
+    zones = facts["zones"]
+    values = {
+        "dies": facts["dies"],
+        "failing": facts["failing"],
+        "good": facts["good"],
+        "yield": f"{facts['yield']:.2f}",
+        "clusters": facts["clusters"]["count"],
+    }
+    for zone in ("center", "middle", "edge"):
+        values[f"{zone}_dies"] = zones[zone]["dies"]
+        values[f"{zone}_failing"] = zones[zone]["failing"]
+    largest = facts["clusters"]["largest"]
+    if largest is not None:
+        values["largest"] = largest["size"]
+    return {name: str(value) for name, value in values.items()}
+
+
+def has_slots(tokenizer: object) -> bool:
+    """True when a tokenizer holds every slot token as an added token (a checkpoint trained with slots)."""
+    added = getattr(tokenizer, "get_added_vocab", None)
+    if added is None:
+        return False
+    known = added()
+    return all(token in known for token in SLOT_TOKENS)
+
+
+def slot_numbers(text: str, facts: dict) -> str:
+    """`text` with every number that equals exactly one measured value replaced by that value's slot."""
+    by_text: dict[str, list[str]] = {}
+    for name, value in slot_values(facts).items():
+        by_text.setdefault(value, []).append(name)
+
+    def replace(match: re.Match) -> str:
+        names = by_text.get(match.group(0), [])
+        return slot_token(names[0]) if len(names) == 1 else match.group(0)
+
+    return _NUMBER.sub(replace, text)
+
+
+def fill_slots(text: str, facts: dict) -> str:
+    """`text` with every slot token replaced by the map's measured value (unknown slots are left as written)."""
+    values = slot_values(facts)
+    return _SLOT.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def fill_from_map(answer: str, wafer: WaferMap | None) -> str:
+    """A generated answer with its slots filled from `wafer` (as written when there is no map)."""
+    return fill_slots(answer, wafer.facts()) if wafer is not None and "<num_" in answer else answer
+
+
+def fill_stream(pieces: Iterator[str], facts: dict) -> Iterator[str]:
+    """`fill_slots` over streamed text: a piece ending inside a slot token waits for the rest of it."""
+    pending = ""
+    for piece in pieces:
+        pending += piece
+        cut = pending.rfind("<")
+        if cut != -1 and ">" not in pending[cut:] and "<num_".startswith(pending[cut : cut + 5]):
+            ready, pending = pending[:cut], pending[cut:]
+        else:
+            ready, pending = pending, ""
+        if ready:
+            yield fill_slots(ready, facts)
+    if pending:
+        yield fill_slots(pending, facts)
