@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -52,27 +51,24 @@ def prepare_prompt(model: Any, processor: Any, request: GenerationRequest) -> tu
     """Prompt text and its encoding (a batch of one) for one request, oldest turns dropped (in pairs)
     until prompt and answer fit the model's context."""
 
-    slotted = _with_slotted_history(processor, request)
-
     def encode(history: tuple[Turn, ...]) -> tuple[int, tuple[str, dict]]:
-        messages = build_messages(slotted.wafer, history, slotted.question)
+        messages = build_messages(request.wafer, history, request.question)
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         encoded = _encode(processor, [text], images_of(messages))
         return int(encoded["input_ids"].shape[1]), (text, encoded)
 
     try:
-        return fit_history(slotted.history, slotted.max_new_tokens, context_limit(model), encode)
+        return fit_history(_prompt_history(processor, request), request.max_new_tokens, context_limit(model), encode)
     except PromptTooLong as exc:
         raise GenerationError(str(exc)) from None
 
 
-def _with_slotted_history(processor: Any, request: GenerationRequest) -> GenerationRequest:
-    """`request` with its history answers in slot form when the checkpoint was trained with number slots."""
+def _prompt_history(processor: Any, request: GenerationRequest) -> tuple[Turn, ...]:
+    """The request's history as the prompt shows it: answers in slot form for a checkpoint trained with slots."""
     if request.wafer is None or not request.history or not has_slots(_tokenizer(processor)):
-        return request
+        return request.history
     facts = request.wafer.facts()
-    history = tuple(Turn(t.role, slot_numbers(t.text, facts)) if t.role == "assistant" else t for t in request.history)
-    return replace(request, history=history)
+    return tuple(Turn(t.role, slot_numbers(t.text, facts)) if t.role == "assistant" else t for t in request.history)
 
 
 def _device_of(model: Any) -> torch.device:

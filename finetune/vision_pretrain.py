@@ -40,6 +40,7 @@ class PatternHead(nn.Module):
 
 
 def vision_tower(model: Any) -> Any:
+    """The vision tower of an image-text-to-text model (nested under `.model` in recent transformers)."""
     return model.model.vision_tower if hasattr(model, "model") else model.vision_tower
 
 

@@ -10,7 +10,7 @@ from data_tools.dialogue import MapContext
 from data_tools.synthetic import generate
 from data_tools.wafer_map import WaferMap
 from finetune.dataset import Example, encode_example
-from finetune.generation import generate_answers, stream_answer
+from finetune.generation import generate_answers, prepare_prompt, stream_answer
 from finetune.loading import load_model
 from finetune.number_slots import (
     SLOT_TOKENS,
@@ -105,3 +105,13 @@ def test_generated_slots_are_filled_from_the_request_map(tmp_path, wafer):
     answers = generate_answers(model, processor, requests)
     assert answers == [f"{wafer.failing} failing", f"{other.failing} failing", "<num_failing> failing"]
     assert "".join(stream_answer(model, processor, requests[1])) == f"{other.failing} failing"
+
+
+def test_history_answers_reach_the_prompt_in_slot_form(tiny_model_dir, wafer):
+    model, processor = load_model(tiny_model_dir)
+    history = (Turn("user", "How many fail?"), Turn("assistant", f"{wafer.failing} of the {wafer.dies} dies fail."))
+    text, _ = prepare_prompt(model, processor, GenerationRequest("And the yield?", wafer, history=history))
+    assert "<num_failing> of the <num_dies> dies fail." in text
+    assert f"{wafer.failing} of the" not in text
+    plain, _ = prepare_prompt(model, processor, GenerationRequest("And the yield?", None, history=history))
+    assert f"{wafer.failing} of the {wafer.dies} dies fail." in plain  # no map, nothing to name
