@@ -163,7 +163,7 @@ def recognition_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random
 
 def count_example(grid: np.ndarray, rng: random.Random, augment: bool = True) -> Example:
     """A number question (failing dies, yield, a zone, ...) about `grid` (randomly transformed),
-    answered with the numbers measured from it: the model learns to copy them from the facts line."""
+    answered with the numbers measured from it (as number slots, for a tokenizer that has them)."""
     wafer = augmented_wafer(grid, rng, augment)
     language = rng.choice(("en", "zh"))
     topic = rng.choices(list(COUNT_TOPIC_WEIGHTS), weights=list(COUNT_TOPIC_WEIGHTS.values()))[0]
@@ -175,8 +175,8 @@ def count_example(grid: np.ndarray, rng: random.Random, augment: bool = True) ->
 
 def varied_size_grid(rng: random.Random) -> np.ndarray:
     """A synthetic map of a random class and a random size (square or not): its die and failure counts
-    cannot be guessed from the image as they can on same-sized maps, so questions about it teach
-    copying numbers from the facts line."""
+    cannot be guessed from the image as they can on same-sized maps, so questions about it must take
+    them from the measurements."""
     from data_tools.synthetic import generate_grid
 
     rows = rng.randint(*VARIED_SIDES)

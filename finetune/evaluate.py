@@ -141,7 +141,7 @@ def number_scores(model: Any, processor: Any, grids: np.ndarray, batch_size: int
     and filled from the map, rather than written out by the model.
     """
     from finetune.generation import generate_answers
-    from finetune.number_slots import fill_from_map
+    from finetune.number_slots import fill_from_map, slot_token
 
     rng = random.Random(f"numbers-{seed}")
     requests, expected = [], []
@@ -153,7 +153,7 @@ def number_scores(model: Any, processor: Any, grids: np.ndarray, batch_size: int
         requests.append(GenerationRequest(rng.choice(COUNT_QUESTIONS["yield"][language]), wafer, max_new_tokens=48))
         expected.append(("yield", wafer.yield_percent))
     raw = generate_answers(model, processor, requests, batch_size=batch_size, fill_numbers=False)
-    slotted = [f"<num_{topic}>" in answer for (topic, _), answer in zip(expected, raw)]
+    slotted = [slot_token(topic) in answer for (topic, _), answer in zip(expected, raw)]
     answers = [fill_from_map(answer, request.wafer) for request, answer in zip(requests, raw)]
     ok = {"failing": [], "yield": []}
     examples = []

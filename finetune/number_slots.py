@@ -1,7 +1,7 @@
 """Measured numbers as slot tokens: the small model writes *which* number goes where, the grid supplies it.
 
-A 3.5M-parameter decoder does not learn to copy a multi-digit count out of its prompt digit by
-digit (the default model wrote plausible numbers near the truth instead). So a small checkpoint
+A 4-layer decoder does not learn to copy a multi-digit count out of its prompt digit by digit
+(the first default model wrote plausible numbers near the truth instead). So a small checkpoint
 whose tokenizer holds the slot tokens below is trained on answers where every measured number
 (dies, failing, good, yield, the zone counts, cluster count and size) is one slot token, e.g.
 ``<num_failing> of the <num_dies> dies fail.``, and `fill_slots` puts the numbers measured from
@@ -23,21 +23,22 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from data_tools.wafer_map import WaferMap
 
-#: Slot name → how its value is found in a facts dict.
+#: The measured numbers that have a slot (values: `slot_values`).
 SLOT_NAMES: tuple[str, ...] = (
     "dies", "failing", "good", "yield",
     "center_dies", "center_failing", "middle_dies", "middle_failing", "edge_dies", "edge_failing",
     "clusters", "largest",
 )
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w]|\.\d)")
-_SLOT = re.compile(r"<num_([a-z_]+)>")
+SLOT_PREFIX = "<num_"
+_SLOT = re.compile(re.escape(SLOT_PREFIX) + r"([a-z_]+)>")
 
 
 def slot_token(name: str) -> str:
     """The token text of one slot (added to the tokenizer as an ordinary, decoded token)."""
     if name not in SLOT_NAMES:
         raise ValueError(f"unknown number slot {name!r}; slots are {SLOT_NAMES}")
-    return f"<num_{name}>"
+    return f"{SLOT_PREFIX}{name}>"
 
 
 SLOT_TOKENS: tuple[str, ...] = tuple(slot_token(name) for name in SLOT_NAMES)
@@ -92,7 +93,7 @@ def fill_slots(text: str, facts: dict) -> str:
 
 def fill_from_map(answer: str, wafer: WaferMap | None) -> str:
     """A generated answer with its slots filled from `wafer` (as written when there is no map)."""
-    return fill_slots(answer, wafer.facts()) if wafer is not None and "<num_" in answer else answer
+    return fill_slots(answer, wafer.facts()) if wafer is not None and SLOT_PREFIX in answer else answer
 
 
 def fill_stream(pieces: Iterator[str], facts: dict) -> Iterator[str]:
@@ -101,7 +102,7 @@ def fill_stream(pieces: Iterator[str], facts: dict) -> Iterator[str]:
     for piece in pieces:
         pending += piece
         cut = pending.rfind("<")
-        if cut != -1 and ">" not in pending[cut:] and "<num_".startswith(pending[cut : cut + 5]):
+        if cut != -1 and ">" not in pending[cut:] and SLOT_PREFIX.startswith(pending[cut : cut + len(SLOT_PREFIX)]):
             ready, pending = pending[:cut], pending[cut:]
         else:
             ready, pending = pending, ""
