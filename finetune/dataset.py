@@ -37,7 +37,10 @@ DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for k in range(4) for f
 RECOGNITION_VARIANTS = 3
 COUNT_VARIANTS = 2
 #: Topics of the generated number questions, weighted towards the two the number check asks.
-COUNT_TOPIC_WEIGHTS: dict[str, int] = {"failing": 3, "yield": 3, "summary": 2, "good": 1, "dies": 1, "zone": 2}
+COUNT_TOPIC_WEIGHTS: dict[str, int] = {"failing": 3, "yield": 3, "summary": 2, "good": 3, "dies": 2, "zone": 2}
+#: Share of the generated number questions asked as a follow-up (after a first question and its
+#: answer about the same map), as they mostly come in a Slack thread.
+COUNT_FOLLOW_UP = 0.5
 #: Side range (dies) of the synthetic maps of varied size that number questions may be asked about.
 VARIED_SIDES = (20, 100)
 
@@ -161,16 +164,37 @@ def recognition_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random
     return Example(wafer, (question, answer), patterns)
 
 
-def count_example(grid: np.ndarray, rng: random.Random, augment: bool = True) -> Example:
-    """A number question (failing dies, yield, a zone, ...) about `grid` (randomly transformed),
-    answered with the numbers measured from it (as number slots, for a tokenizer that has them)."""
-    wafer = augmented_wafer(grid, rng, augment)
-    language = rng.choice(("en", "zh"))
+def _count_turn(facts: dict, language: str, rng: random.Random) -> tuple[str, str]:
+    """One number question of a random topic and its answer from `facts`."""
     topic = rng.choices(list(COUNT_TOPIC_WEIGHTS), weights=list(COUNT_TOPIC_WEIGHTS.values()))[0]
     zone = rng.choice(("center", "middle", "edge"))
     question = rng.choice(COUNT_QUESTIONS[topic][language]).format(zone=rng.choice(ZONE_NAMES[language][zone]))
-    answer = count_answer(wafer.facts(), topic, language, zone=zone, variant=rng.randrange(COUNT_VARIANTS))
-    return Example(wafer, (question, answer))
+    return question, count_answer(facts, topic, language, zone=zone, variant=rng.randrange(COUNT_VARIANTS))
+
+
+def count_example(grid: np.ndarray, rng: random.Random, augment: bool = True, labels: np.ndarray | None = None,
+                  follow_up: float = COUNT_FOLLOW_UP) -> Example:
+    """A number question (failing dies, yield, a zone, ...) about `grid` (randomly transformed),
+    answered with the numbers measured from it (as number slots, for a tokenizer that has them).
+
+    With probability `follow_up` it comes second in the conversation, after a recognition question
+    (when the map's `labels` are known) or another number question, each with its true answer: a
+    follow-up such as "And how many dies are good?" must be answered for what it asks, not by
+    echoing the kind of answer the thread already holds.
+    """
+    wafer = augmented_wafer(grid, rng, augment)
+    language = rng.choice(("en", "zh"))
+    facts = wafer.facts()
+    texts = _count_turn(facts, language, rng)
+    if rng.random() < follow_up:
+        if labels is not None and rng.random() < 0.5:
+            patterns = from_multi_hot(labels)
+            opener = (rng.choice(RECOGNITION_QUESTIONS[language]),
+                      recognition_answer(patterns, language, rng.randrange(RECOGNITION_VARIANTS)))
+        else:
+            opener = _count_turn(facts, language, rng)
+        texts = (*opener, *texts)
+    return Example(wafer, texts)
 
 
 def varied_size_grid(rng: random.Random) -> np.ndarray:
@@ -219,7 +243,7 @@ class ExampleSampler:
                 return recognition_example(self.corpus.grids[i], self.corpus.labels[i], rng, self.augment)
             if self.count_varied and rng.random() < self.count_varied:
                 return count_example(varied_size_grid(rng), rng, self.augment)
-            return count_example(self.corpus.grids[i], rng, self.augment)
+            return count_example(self.corpus.grids[i], rng, self.augment, labels=self.corpus.labels[i])
         return self.corpus.example(self.records[rng.randrange(len(self.records))])
 
     def batch(self, seed: Sequence[int], size: int) -> list[Example]:

@@ -118,7 +118,7 @@ def test_a_bf16_run_with_a_vision_stage_logs_the_towers_val_exact_match_and_save
 def _assert_numbers_are_the_maps(example: Example) -> None:
     """Every number in the answer is one measured on the example's own (transformed) map."""
     facts = example.wafer.facts()
-    answer = example.texts[1]
+    answer = example.texts[-1]
     numbers = {int(n) for n in re.findall(r"\d+", re.sub(r"\d+\.\d+%", "", answer))}
     assert numbers and numbers <= {facts["dies"], facts["failing"], facts["good"], facts["clusters"]["count"],
                                    *(v for z in facts["zones"].values() for v in (z["failing"], z["dies"]))}, answer
@@ -135,6 +135,19 @@ def test_number_questions_are_answered_with_the_facts_of_the_transformed_map(cor
     for example in examples:
         _assert_numbers_are_the_maps(example)
     assert {"zh", "en"} == {"zh" if re.search(r"[\u4e00-\u9fff]", e.texts[1]) else "en" for e in examples}
+
+
+def test_number_questions_also_come_as_follow_ups_in_the_threads_language(corpus_dir):
+    corpus = Corpus(corpus_dir, splits=("train", "val"))
+    examples = ExampleSampler(corpus, "train", 0.0, count_fraction=1.0).batch((0, 0, 1), 60)
+    follow_ups = [e for e in examples if len(e.texts) == 4]
+    assert 15 <= len(follow_ups) <= 45 and len(examples) - len(follow_ups) >= 15
+    openers = {"number" if re.search(r"\d", e.texts[1]) else "recognition" for e in follow_ups}
+    assert openers == {"recognition", "number"}
+    for example in follow_ups:
+        _assert_numbers_are_the_maps(example)  # the last answer: the follow-up's numbers
+        languages = {bool(re.search(r"[\u4e00-\u9fff]", text)) for text in example.texts}
+        assert len(languages) == 1, example.texts
 
 
 def test_number_questions_on_varied_size_maps_use_those_maps_facts(corpus_dir):

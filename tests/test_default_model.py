@@ -1,0 +1,55 @@
+"""The committed default model (`finetune/default_model`) in a Slack-like thread, through the server's backend.
+
+Real weights on the CPU, greedy decoding, synthetic maps: a regression check of behaviour users
+rely on and that the recognition benchmark does not measure — a number question asked as a
+follow-up gets the number it asks for, in the language it was asked (an earlier default answered
+"And how many dies are good?" with the failing-die count).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_tools.synthetic import generate_grid
+from data_tools.wafer_map import WaferMap
+from model_server.backends.base import GenerationRequest, Turn
+from model_server.backends.hf import HFBackend
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "finetune" / "default_model"
+CLASSES = ("Center", "Edge_Ring", "Loc+Scratch")
+OPENERS = {"en": "What is wrong with this wafer?", "zh": "这片晶圆有什么问题？"}
+FOLLOW_UPS = {
+    "en": (("How many dies are good?", "good"), ("And how many dies are good?", "good"),
+           ("How many dies fail?", "failing"), ("What is the yield?", "yield")),
+    "zh": (("有多少颗良品？", "good"), ("失效芯片有几颗？", "failing"), ("良率是多少？", "yield")),
+}
+
+
+@pytest.fixture(scope="module")
+def backend() -> HFBackend:
+    return HFBackend(DEFAULT_MODEL)
+
+
+def _expected(facts: dict, topic: str) -> str:
+    return f"{facts['yield']:.2f}%" if topic == "yield" else str(facts[topic])
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_number_follow_ups_get_the_number_asked_for(backend, language):
+    wafers = [WaferMap(generate_grid(name, np.random.default_rng(seed))) for seed, name in enumerate(CLASSES)]
+    openers = backend.generate([GenerationRequest(OPENERS[language], wafer) for wafer in wafers])
+    asked = [(wafer, question, topic, Turn("user", OPENERS[language]), Turn("assistant", opener))
+             for wafer, opener in zip(wafers, openers) for question, topic in FOLLOW_UPS[language]]
+    answers = backend.generate([GenerationRequest(question, wafer, history=(first, reply))
+                                for wafer, question, _, first, reply in asked])
+    for (wafer, question, topic, _, _), answer in zip(asked, answers):
+        facts = wafer.facts()
+        numbers = set(re.findall(r"\d+(?:\.\d+)?%?", answer))
+        assert _expected(facts, topic) in numbers, (question, answer, facts["failing"], facts["good"])
+        if topic == "good":
+            assert str(facts["failing"]) not in numbers, (question, answer)
+        assert (language == "zh") == any("\u4e00" <= ch <= "\u9fff" for ch in answer), answer
