@@ -36,7 +36,8 @@ SPLITS = ("train", "val", "test")
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for k in range(4) for flip in (False, True))
 RECOGNITION_VARIANTS = 3
 COUNT_VARIANTS = 2
-#: Topics of the generated number questions, weighted towards the two the number check asks.
+#: Topics of the generated number questions, weighted towards the ones asked most (failing dies,
+#: yield, good dies).
 COUNT_TOPIC_WEIGHTS: dict[str, int] = {"failing": 3, "yield": 3, "summary": 2, "good": 3, "dies": 2, "zone": 2}
 #: Share of the generated number questions asked as a follow-up (after a first question and its
 #: answer about the same map), as they mostly come in a Slack thread.
@@ -154,14 +155,18 @@ def augmented_wafer(grid: np.ndarray, rng: random.Random, augment: bool = True) 
     return wafer.transformed(*rng.choice(DIHEDRAL)) if augment else wafer
 
 
+def _recognition_turn(patterns: tuple[str, ...], language: str, rng: random.Random) -> tuple[str, str]:
+    """A recognition question and its answer naming `patterns`."""
+    question = rng.choice(RECOGNITION_QUESTIONS[language])
+    return question, recognition_answer(patterns, language, rng.randrange(RECOGNITION_VARIANTS))
+
+
 def recognition_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random, augment: bool = True) -> Example:
     """A recognition question about `grid` (randomly transformed), answered with its true patterns."""
     wafer = augmented_wafer(grid, rng, augment)
     language = rng.choice(("en", "zh"))
     patterns = from_multi_hot(labels)
-    question = rng.choice(RECOGNITION_QUESTIONS[language])
-    answer = recognition_answer(patterns, language, rng.randrange(RECOGNITION_VARIANTS))
-    return Example(wafer, (question, answer), patterns)
+    return Example(wafer, _recognition_turn(patterns, language, rng), patterns)
 
 
 def _count_turn(facts: dict, language: str, rng: random.Random) -> tuple[str, str]:
@@ -188,9 +193,7 @@ def count_example(grid: np.ndarray, rng: random.Random, augment: bool = True, la
     texts = _count_turn(facts, language, rng)
     if rng.random() < follow_up:
         if labels is not None and rng.random() < 0.5:
-            patterns = from_multi_hot(labels)
-            opener = (rng.choice(RECOGNITION_QUESTIONS[language]),
-                      recognition_answer(patterns, language, rng.randrange(RECOGNITION_VARIANTS)))
+            opener = _recognition_turn(from_multi_hot(labels), language, rng)
         else:
             opener = _count_turn(facts, language, rng)
         texts = (*opener, *texts)
