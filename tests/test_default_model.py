@@ -41,12 +41,13 @@ def _expected(facts: dict, topic: str) -> str:
 @pytest.mark.parametrize("language", ["en", "zh"])
 def test_number_follow_ups_get_the_number_asked_for(backend, language):
     wafers = [WaferMap(generate_grid(name, np.random.default_rng(seed))) for seed, name in enumerate(CLASSES)]
-    openers = backend.generate([GenerationRequest(OPENERS[language], wafer) for wafer in wafers])
-    asked = [(wafer, question, topic, Turn("user", OPENERS[language]), Turn("assistant", opener))
-             for wafer, opener in zip(wafers, openers) for question, topic in FOLLOW_UPS[language]]
+    first = Turn("user", OPENERS[language])
+    replies = backend.generate([GenerationRequest(first.text, wafer) for wafer in wafers])
+    asked = [(wafer, question, topic, Turn("assistant", reply))
+             for wafer, reply in zip(wafers, replies) for question, topic in FOLLOW_UPS[language]]
     answers = backend.generate([GenerationRequest(question, wafer, history=(first, reply))
-                                for wafer, question, _, first, reply in asked])
-    for (wafer, question, topic, _, _), answer in zip(asked, answers):
+                                for wafer, question, _, reply in asked])
+    for (wafer, question, topic, _), answer in zip(asked, answers):
         facts = wafer.facts()
         numbers = set(re.findall(r"\d+(?:\.\d+)?%?", answer))
         assert _expected(facts, topic) in numbers, (question, answer, facts["failing"], facts["good"])
