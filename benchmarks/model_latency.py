@@ -29,8 +29,7 @@ def _maps(args: argparse.Namespace) -> np.ndarray:
         return grids
     from data_tools.synthetic import generate_dataset
 
-    grids, _ = generate_dataset(per_class=max(1, args.n // 38 + 1), seed=0)
-    return grids[: args.n]
+    return generate_dataset(per_class=max(1, args.n // 38 + 1), seed=0).grids[: args.n]
 
 
 def main() -> None:

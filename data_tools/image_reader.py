@@ -136,6 +136,11 @@ def load_image(source: bytes | bytearray | str | Path | Image.Image, max_pixels:
 # ----------------------------------------------------------------------------- colours
 
 
+def _colour_range(img: np.ndarray) -> int:
+    """The widest spread (max - min) of any one RGB channel over the image's pixels."""
+    return max(int(channel.max()) - int(channel.min()) for channel in np.moveaxis(img, -1, 0))
+
+
 def _codes(img: np.ndarray) -> np.ndarray:
     """15-bit colour code (5 bits per channel) of each pixel."""
     q = (img >> 3).astype(np.int32)
@@ -640,7 +645,7 @@ def read_wafer_image_details(
 
     centres, hist = _main_colours(img)
     present = np.flatnonzero(hist)
-    if len(centres) <= 1 or np.ptp(img.reshape(-1, 3), axis=0).max() < 24:
+    if len(centres) <= 1 or _colour_range(img) < 24:
         raise NotAWaferMapError("the image is a single flat colour (blank); no wafer map is drawn in it")
     codes = _codes(img)
     lut, lut_dist = _label_lut(centres, present)
@@ -675,11 +680,12 @@ def read_wafer_image_details(
         if grid_label is not None:
             ring_counts[grid_label] = 0
         background = int(ring_counts.argmax())
-        differs = np.linalg.norm(img.astype(np.float64) - centres[background], axis=-1)
+        offset = img.astype(np.float64) - centres[background]
+        differs_squared = np.einsum("hwc,hwc->hw", offset, offset)  # squared distances: no square root per pixel
         mass = np.bincount(labels.ravel(), minlength=k)
         big = [j for j in np.argsort(-mass)[:4] if j != background and mass[j] > 0]
         others = [np.linalg.norm(centres[j] - centres[background]) for j in (big or range(k)) if j != background]
-        content = differs > (0.5 * min(others) if sharp else max(40.0, 0.5 * min(others)))
+        content = differs_squared > (0.5 * min(others) if sharp else max(40.0, 0.5 * min(others))) ** 2
         box = _bbox(content, 1 if sharp else 2)
     if box is None:
         raise NotAWaferMapError("the image is a single flat colour (blank); no wafer map is drawn in it")

@@ -66,7 +66,8 @@ def _register_training(subcommands: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--bf16", action="store_true",
                        help="bf16 mixed precision: forward passes under autocast, weights and checkpoint stay fp32 "
-                       "(~1.6x faster on CPUs with AVX512-BF16/AMX and on recent GPUs)")
+                       "(~1.6x faster on CPUs with AVX512-BF16/AMX and on recent GPUs; ignored, with a warning, on a CPU "
+                       "without them, where bf16 is emulated and slower than fp32)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run saved in --out (same settings; ends with the same weights)")
     train.add_argument("--stop-after", type=int, metavar="STEP",

@@ -9,10 +9,13 @@ checkpoint works, including a VisualGLM one once `finetune.visualglm` has regist
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from finetune.precision import slow_bf16_warning
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZATIONS = ("4bit", "8bit")
@@ -115,6 +118,8 @@ def load_model(
     torch_dtype = DTYPES[dtype]
     quant = quantization_config(quantization, torch_dtype)
     device = resolve_device(device)
+    if torch_dtype is torch.bfloat16 and (reason := slow_bf16_warning(device)):
+        warnings.warn(f"bfloat16 weights on {device}: {reason}; use float32 here", stacklevel=2)
     _register_model_type(model_path)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if quant is not None:

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ from finetune.dataset import (
     recognition_example,
 )
 from finetune.loading import train_mode
+from finetune.precision import slow_bf16_warning
 from finetune.small_model import SmallModelConfig
 
 STATE_DIR = "training_state"
@@ -450,6 +452,15 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     return loss, int((targets != IGNORE_INDEX).sum())
 
 
+def bf16_autocast_allowed(device: Any, warn: bool = True) -> bool:
+    """Whether `--bf16` autocast runs on `device`: not on a CPU that only emulates bf16, where it
+    would make training several times slower (then a warning on stderr, with `warn`, and fp32)."""
+    reason = slow_bf16_warning(device)
+    if reason is not None and warn:
+        print(f"warning: --bf16 ignored, training in float32: {reason}", file=sys.stderr, flush=True)
+    return reason is None
+
+
 def batch_loss(
     model: Any, encoded: list[dict], pad_token_id: int, device: Any, groups: int, backward: Any = None,
     no_sync: Any = None, bf16: bool = False,
@@ -490,8 +501,10 @@ def param_groups(model: Any, cfg: TrainConfig) -> list[dict]:
     return [{"params": rest}, {"params": tower, "lr": cfg.lr * 0.1}]
 
 
-def run_vision_stage(cfg: TrainConfig, model: Any, processor: Any, corpus: Corpus, accelerator: Any) -> list[dict]:
-    """Stage 1 (`vision_steps` > 0, full training only): the vision tower learns the patterns first."""
+def run_vision_stage(cfg: TrainConfig, model: Any, processor: Any, corpus: Corpus, accelerator: Any,
+                     bf16: bool = False) -> list[dict]:
+    """Stage 1 (`vision_steps` > 0, full training only): the vision tower learns the patterns first
+    (forward passes under bf16 autocast with `bf16`)."""
     if cfg.vision_steps < 1 or cfg.lora:
         return []
     from tqdm import tqdm
@@ -514,7 +527,7 @@ def run_vision_stage(cfg: TrainConfig, model: Any, processor: Any, corpus: Corpu
 
     _, head = pretrain_vision(model, processor, corpus.grids[maps], corpus.labels[maps], cfg.vision_steps,
                               batch_size=cfg.vision_batch_size, lr=cfg.vision_lr, seed=cfg.seed, on_step=on_step,
-                              bf16=cfg.bf16)
+                              bf16=bf16)
     bar.close()
     val = corpus.map_indices("val")[: cfg.eval_maps * 4]
     if len(val):  # how well the tower alone separates the patterns: a ceiling for stage 2
@@ -545,6 +558,7 @@ def run_training(cfg: TrainConfig) -> Path:
     accelerator.wait_for_everyone()  # every process has checked --out before any writes into it
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    bf16 = cfg.bf16 and bf16_autocast_allowed(accelerator.device, warn=main)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -555,7 +569,7 @@ def run_training(cfg: TrainConfig) -> Path:
     model, processor = setup_model(cfg, corpus, accelerator)
     if not cfg.resume and main and not (cfg.out / "processor_config.json").is_file():
         processor.save_pretrained(cfg.out)  # a resumed run needs the tokenizer it started with
-    vision_history = run_vision_stage(cfg, model, processor, corpus, accelerator) if not cfg.resume else []
+    vision_history = run_vision_stage(cfg, model, processor, corpus, accelerator, bf16) if not cfg.resume else []
     train_mode(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -581,7 +595,7 @@ def run_training(cfg: TrainConfig) -> Path:
             raise TrainingError(f"step {step}: {exc}") from None
         loss = torch.tensor(batch_loss(
             model, encoded, tokenizer.pad_token_id, accelerator.device, cfg.micro_batches, accelerator.backward,
-            no_sync, bf16=cfg.bf16,
+            no_sync, bf16=bf16,
         ), device=accelerator.device)
         accelerator.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -623,6 +637,7 @@ def run_training(cfg: TrainConfig) -> Path:
             "last_eval": next((h for h in reversed(history) if "val_loss" in h), None),
             "torch_threads": torch.get_num_threads(),
             "device": str(accelerator.device),
+            "bf16_autocast": bf16,
             "processes": accelerator.num_processes,
         }
         (cfg.out / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")

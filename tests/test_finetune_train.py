@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 from defect_glm import main
 from finetune.dataset import IGNORE_INDEX, Corpus, Example, ExampleSampler, collate, encode_example, training_messages
 from finetune.loading import load_model
+from finetune.precision import bf16_is_native
 from finetune.small_model import TINY_CONFIG
 from finetune.train import TrainConfig, TrainingError, batch_loss, check_output
 
@@ -101,7 +103,7 @@ def test_full_training_writes_a_loadable_checkpoint_log_curve_and_evaluations(fu
     assert "training" in stderr and "4/4" in stderr  # the progress bar
 
 
-def test_a_bf16_run_with_a_vision_stage_logs_the_towers_val_exact_match_and_saves_fp32(corpus_dir, tmp_path):
+def test_a_bf16_run_with_a_vision_stage_logs_the_towers_val_exact_match_and_saves_fp32(corpus_dir, tmp_path, capsys):
     out = tmp_path / "run"
     args = [*RUN, "--steps", "2", "--vision-steps", "3", "--vision-batch-size", "4", "--count-fraction", "0.3",
             "--bf16", "--no-progress"]
@@ -110,9 +112,23 @@ def test_a_bf16_run_with_a_vision_stage_logs_the_towers_val_exact_match_and_save
     assert [e["vision_step"] for e in log if "vision_loss" in e] == [1, 2, 3]
     (ceiling,) = [e for e in log if "vision_val_exact_match" in e]
     assert 0.0 <= ceiling["vision_val_exact_match"] <= 1.0 and ceiling["vision_val_n"] >= 1
-    config = json.loads((out / "train_meta.json").read_text())["config"]
-    assert config["count_fraction"] == 0.3 and config["bf16"] is True
+    meta = json.loads((out / "train_meta.json").read_text())
+    assert meta["config"]["count_fraction"] == 0.3 and meta["config"]["bf16"] is True
     assert {t.dtype for t in _weights(out).values() if t.is_floating_point()} == {torch.float32}
+    # On a CPU that only emulates bf16 (several times slower than fp32) the run says so and trains in fp32.
+    native = bf16_is_native("cpu")
+    assert meta["bf16_autocast"] is native
+    assert ("--bf16 ignored, training in float32" in capsys.readouterr().err) is not native
+
+
+def test_bf16_weights_warn_only_where_bf16_is_emulated(tiny_model_dir):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, _ = load_model(tiny_model_dir, dtype="bfloat16", device="cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    emulated = [w for w in caught if "no native bf16" in str(w.message)]
+    assert bool(emulated) is not bf16_is_native("cpu")
+    assert bf16_is_native("meta") and not (bf16_is_native("cuda") and not torch.cuda.is_available())
 
 
 def _assert_numbers_are_the_maps(example: Example) -> None:

@@ -1,0 +1,39 @@
+"""The benchmark scripts run end to end on a tiny checkpoint and print their figures.
+
+Their numbers are only meaningful on the real default model; these runs check that the scripts
+(which no other test imports) still work against the code they measure.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_model_latency_on_synthetic_maps_prints_its_figures_as_json(tiny_model_dir):
+    out = _run("benchmarks/model_latency.py", "--model", str(tiny_model_dir), "--n", "3", "--batch", "2",
+               "--threads", "1", "--json")
+    figures = json.loads(out[out.index("{"):])
+    assert figures["maps"] == 3 and figures["threads"] == 1
+    assert figures["batch1_median_ms"] > 0 and figures["batch1_p95_ms"] >= figures["batch1_median_ms"]
+    assert figures["batch2_maps_per_s"] > 0
+
+
+def test_server_throughput_smoke_run_reports_both_settings(tmp_path):
+    report = tmp_path / "bench.json"
+    out = _run("benchmarks/server_throughput.py", "--tiny", "--concurrency", "1,2", "--requests", "2",
+               "--max-new-tokens", "4", "--json", str(report))
+    assert "batching gives" in out
+    rows = json.loads(report.read_text())["rows"]
+    assert sorted((r["batching"], r["concurrency"]) for r in rows) == [(False, 1), (False, 2), (True, 1), (True, 2)]
+    assert all(r["errors"] == 0 and r["requests"] == 2 and r["throughput_rps"] > 0 for r in rows)
