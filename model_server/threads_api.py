@@ -162,7 +162,9 @@ async def image_to_wafer(state: ServerState, data: bytes) -> WaferMap:
         image = intake.open_image(
             data, max_bytes=cfg.max_image_bytes, max_pixels=cfg.max_image_pixels, formats=cfg.image_formats
         )
-        return intake.read_wafer(image, cfg.max_image_pixels)
+        wafer = intake.read_wafer(image, cfg.max_image_pixels)
+        wafer.facts()  # measured here, once, rather than on the model worker that every request waits for
+        return wafer
 
     return await asyncio.get_running_loop().run_in_executor(None, work)
 
