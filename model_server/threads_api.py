@@ -163,7 +163,7 @@ async def image_to_wafer(state: ServerState, data: bytes) -> WaferMap:
             data, max_bytes=cfg.max_image_bytes, max_pixels=cfg.max_image_pixels, formats=cfg.image_formats
         )
         wafer = intake.read_wafer(image, cfg.max_image_pixels)
-        wafer.facts()  # measured here, once, rather than on the model worker that every request waits for
+        wafer.facts()  # computes the wafer's cached zones and clusters here, not on the model worker every request waits for
         return wafer
 
     return await asyncio.get_running_loop().run_in_executor(None, work)

@@ -37,3 +37,18 @@ def test_server_throughput_smoke_run_reports_both_settings(tmp_path):
     rows = json.loads(report.read_text())["rows"]
     assert sorted((r["batching"], r["concurrency"]) for r in rows) == [(False, 1), (False, 2), (True, 1), (True, 2)]
     assert all(r["errors"] == 0 and r["requests"] == 2 and r["throughput_rps"] > 0 for r in rows)
+
+
+def test_vision_tower_probe_trains_a_padded_tower_and_scores_its_head(tmp_path, tiny_model_dir):
+    from defect_glm import main
+
+    corpus = tmp_path / "corpus"
+    assert main(["data", "build", "--synthetic", "1", "-k", "1", "--val-fraction", "0.2", "--test-fraction", "0.1",
+                 "--out", str(corpus), "--no-progress"]) == 0
+    config = '{"image_size": 64, "vision_stem": 8, "vision_channels": [8, 16], "vision_depths": [1, 1]}'
+    out = _run("benchmarks/vision_tower_probe.py", "--data", str(corpus), "--steps", "2", "--pad", "2",
+               "--batch", "4", "--threads", "1", "--config", config, "--tokenizer", str(tiny_model_dir))
+    figures = json.loads(out[out.index("{"):])
+    assert figures["steps"] == 2 and figures["pad"] == 2 and figures["config"]["vision_channels"] == [8, 16]
+    assert figures["seconds_per_step"] > 0 and figures["tower_parameters"] > 0
+    assert figures["val_maps"] > 0 and 0 <= figures["val_exact_match"] <= 1
