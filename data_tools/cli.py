@@ -349,6 +349,8 @@ def _register_build(actions: argparse._SubParsersAction) -> None:
     build.add_argument("--test-fraction", metavar="F", type=float, default=0.10, help="share of maps in test (0.10)")
     build.add_argument("--zh-fraction", metavar="F", type=float, default=0.5,
                        help="share of conversations in Chinese (0.5)")
+    build.add_argument("--switch-share", metavar="F", type=float,
+                       help="share of conversations that go on in the other language (default 0.12)")
     build.add_argument("--kinds", metavar="LIST", help="comma-separated question types to use "
                        "(recognition,location,count,cause,check,yesno,followup; default all)")
     build.add_argument("--limit", metavar="N", type=int, help="use a seeded random sample of N MixedWM38 maps")
@@ -370,6 +372,7 @@ def _run_build(args: argparse.Namespace) -> int:
         zh_fraction=args.zh_fraction,
         seed=args.seed,
         kinds=kinds,
+        **({} if args.switch_share is None else {"switch_share": args.switch_share}),
     )
     try:
         stats = build_corpus(args.out, args.mixedwm38, args.synthetic, config, limit=args.limit,

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from data_tools import taxonomy
 from data_tools.answers import recognition_answer
-from data_tools.dialogue import KINDS, MapContext, sample_conversation, sample_dialogue
+from data_tools.dialogue import KINDS, SWITCH_SHARE, MapContext, sample_conversation, sample_dialogue
 from data_tools.phrasing import RECOGNITION_QUESTIONS
 from data_tools.render import render
 from data_tools.wafer_map import WaferMap
@@ -69,6 +69,7 @@ class CorpusConfig:
     val_fraction: float = 0.05
     test_fraction: float = 0.10
     zh_fraction: float = 0.5  # share of conversations in Chinese
+    switch_share: float = SWITCH_SHARE  # share that go on in the other language
     seed: int = 0  # picks phrasings, scenarios, languages, --limit samples and synthetic maps
     kinds: tuple[str, ...] | None = None  # restrict question types (None: all of KINDS)
 
@@ -76,7 +77,8 @@ class CorpusConfig:
         k = self.conversations_per_map
         if not isinstance(k, int) or not 1 <= k <= MAX_CONVERSATIONS_PER_MAP:
             raise CorpusError(f"conversations per map must be an integer from 1 to {MAX_CONVERSATIONS_PER_MAP}, got {k!r}")
-        for label, value in (("val", self.val_fraction), ("test", self.test_fraction), ("zh", self.zh_fraction)):
+        for label, value in (("val", self.val_fraction), ("test", self.test_fraction), ("zh", self.zh_fraction),
+                             ("switch", self.switch_share)):
             if not 0.0 <= value <= 1.0:
                 raise CorpusError(f"the {label} fraction must be between 0 and 1, got {value}")
         if self.val_fraction + self.test_fraction >= 1.0:
@@ -176,7 +178,7 @@ def _conversations(entry: MapEntry, config: CorpusConfig) -> Iterator[tuple[str,
     made = 0
     for _ in range(4 * config.conversations_per_map):
         language = "zh" if rng.random() < config.zh_fraction else "en"
-        conversation = sample_dialogue(context, rng, language, config.kinds)
+        conversation = sample_dialogue(context, rng, language, config.kinds, config.switch_share)
         key = json.dumps(conversation.messages, ensure_ascii=False)
         if key in seen:
             continue

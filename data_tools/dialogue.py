@@ -1,9 +1,11 @@
 """Sampling question/answer conversations about one wafer map (single- and multi-turn).
 
-A conversation is in one language and follows one scenario: a single question of one
-type (recognition, location, count, cause, check, yes/no), or a chain whose later
-questions only make sense with the earlier turns ("What could cause it?", "And the
-second one?", "Where is it?", "那良率呢？"). Questions come from `data_tools.phrasing`,
+A conversation follows one scenario: a single question of one type (recognition,
+location, count, cause, check, yes/no), or a chain whose later questions only make sense
+with the earlier turns ("What could cause it?", "And the second one?", "Where is it?",
+"那良率呢？"). It is in one language, except that a share of them (`SWITCH_SHARE`) go on
+with one or two self-contained questions in the other language, as bilingual engineers
+do in one thread: the answer follows the language of the question, not of the thread. Questions come from `data_tools.phrasing`,
 answers from `data_tools.answers`; the random generator only picks phrasings and scenarios,
 so every answer is fully determined by the map, its labels and the question asked.
 """
@@ -23,6 +25,8 @@ from data_tools.wafer_map import ZONE_WORDS_ZH, WaferMap
 #: Question types; "followup" marks turns that rely on earlier turns.
 KINDS = ("recognition", "location", "count", "cause", "check", "yesno", "followup")
 ZONES = ("center", "middle", "edge")
+#: Share of conversations that continue with questions in the other language.
+SWITCH_SHARE = 0.12
 
 
 @dataclass(frozen=True)
@@ -224,10 +228,34 @@ SCENARIOS: tuple[_Scenario, ...] = (
 )
 
 
+_STANDALONE: dict[str, Callable[[MapContext, random.Random, str], Turn]] = {
+    "recognition": _t_recognition,
+    "location": _t_location,
+    "count": lambda ctx, rng, lang: _t_count(ctx, rng, lang)[0],
+    "cause": _t_cause,
+    "check": _t_check,
+    "yesno": lambda ctx, rng, lang: _t_yesno(ctx, rng, lang)[0],
+}
+
+
+def _switched_turns(ctx: MapContext, rng: random.Random, language: str, allowed: set[str]) -> list[Turn]:
+    """One or two self-contained questions that continue a thread: the first in the other language,
+    a second one (half the time) in either."""
+    kinds = [k for k in _STANDALONE if k in allowed]
+    other = "zh" if language == "en" else "en"
+    languages = [other] if rng.random() < 0.5 else [other, rng.choice(A.LANGUAGES)]
+    return [_STANDALONE[rng.choice(kinds)](ctx, rng, lang) for lang in languages]
+
+
 def sample_dialogue(
-    context: MapContext, rng: random.Random, language: str, kinds: Iterable[str] | None = None
+    context: MapContext, rng: random.Random, language: str, kinds: Iterable[str] | None = None,
+    switch_share: float = SWITCH_SHARE,
 ) -> Conversation:
-    """One conversation about the map; `kinds` restricts the question types that may appear."""
+    """One conversation about the map; `kinds` restricts the question types that may appear.
+
+    `language` is the language it opens in; with probability `switch_share` it goes on in the other
+    one (`Conversation.scenario` then ends in ``+switch``).
+    """
     if language not in A.LANGUAGES:
         raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
     allowed = set(KINDS if kinds is None else kinds)
@@ -241,13 +269,17 @@ def sample_dialogue(
         raise ValueError(f"no conversation scenario uses only the kinds {sorted(allowed)}")
     scenario = rng.choices(options, weights=[s.weight for s in options])[0]
     turns = scenario.run(context, rng, language)
+    name = scenario.name
+    if rng.random() < switch_share:
+        turns += _switched_turns(context, rng, language, allowed)
+        name += "+switch"
     messages: list[dict] = []
     seen: list[str] = []
     for question, answer, turn_kinds in turns:
         messages.append({"role": "user", "content": question})
         messages.append({"role": "assistant", "content": answer})
         seen.extend(k for k in turn_kinds if k not in seen)
-    return Conversation(messages, tuple(seen), scenario.name)
+    return Conversation(messages, tuple(seen), name)
 
 
 def sample_conversation(

@@ -56,6 +56,8 @@ LOCATION_QUESTIONS: dict[str, list[str]] = {
         "Where on the wafer are the defect patterns?",
         "Can you point out where the problem areas are?",
         "Where is the damage concentrated?",
+        "Where are the failing dies?",
+        "Where are the failures concentrated?",
     ],
     "zh": [
         "缺陷在晶圆的什么位置？",
@@ -64,6 +66,8 @@ LOCATION_QUESTIONS: dict[str, list[str]] = {
         "请描述失效的位置。",
         "这些缺陷模式分别在哪里？",
         "问题区域在哪儿？",
+        "失效的芯片在哪里？",
+        "坏的晶粒分布在哪些位置？",
     ],
 }
 
@@ -117,7 +121,8 @@ COUNT_QUESTIONS: dict[str, dict[str, list[str]]] = {
             "How good is the yield on this one?",
             "And the yield?",
         ],
-        "zh": ["良率是多少？", "这片的良率多少？", "合格率是多少？", "良品率是多少？", "帮我算一下良率。"],
+        "zh": ["良率是多少？", "这片的良率多少？", "合格率是多少？", "良品率是多少？", "帮我算一下良率。",
+               "这片晶圆的良率是多少？", "良率有多少？"],
     },
     "failing": {
         "en": [

@@ -157,6 +157,8 @@ def _register_evaluation(subcommands: argparse._SubParsersAction) -> None:
     ev.add_argument("--limit", type=int, metavar="N", help="evaluate a seeded random sample of N maps")
     ev.add_argument("--batch-size", type=int, default=32, help="generation batch size (default 32)")
     ev.add_argument("--numbers", type=int, default=50, metavar="N", help="maps for the number check (0: skip)")
+    ev.add_argument("--locations", type=int, default=50, metavar="N",
+                    help="maps with an Edge-Loc, Loc or Scratch for the location check (0: skip)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the sample and question choice")
     ev.add_argument("--threads", type=int, help="torch CPU threads")
     ev.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
@@ -177,7 +179,7 @@ def _run_evaluation(args: argparse.Namespace) -> int:
     try:
         result = evaluate_file(
             args.model or serving_model_dir(), args.mixedwm38, adapter_dir=args.adapter, split=args.split,
-            limit=args.limit, batch_size=args.batch_size, numbers=args.numbers, seed=args.seed,
+            limit=args.limit, batch_size=args.batch_size, numbers=args.numbers, locations=args.locations, seed=args.seed,
             report_dir=args.report, threads=args.threads, dtype=args.dtype,
         )
     except (EvaluationError, ModelLoadError) as exc:
@@ -194,6 +196,10 @@ def _run_evaluation(args: argparse.Namespace) -> int:
             print(f"numbers: failing dies ±1 {100 * numbers['failing_within_1_die']:.1f}%, "
                   f"yield ±0.5% {100 * numbers['yield_within_0_5_pct']:.1f}% on {numbers['n_maps']} maps "
                   f"({100 * (numbers.get('from_slots') or 0):.1f}% as slots filled from the map)")
+        if result.get("locations", {}).get("n_maps"):
+            locations = result["locations"]
+            print(f"locations: sectors right in {100 * locations['sectors_right']:.1f}% of answers on "
+                  f"{locations['n_maps']} maps")
         if "report" in result:
             print(f"report: {result['report']}")
     return 0

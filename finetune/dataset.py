@@ -42,6 +42,8 @@ COUNT_TOPIC_WEIGHTS: dict[str, int] = {"failing": 3, "yield": 3, "summary": 2, "
 #: Share of the generated number questions asked as a follow-up (after a first question and its
 #: answer about the same map), as they mostly come in a Slack thread.
 COUNT_FOLLOW_UP = 0.5
+#: Share of those follow-ups whose thread opened in the other language (bilingual threads).
+COUNT_SWITCH = 0.25
 #: Side range (dies) of the synthetic maps of varied size that number questions may be asked about.
 VARIED_SIDES = (20, 100)
 
@@ -185,17 +187,19 @@ def count_example(grid: np.ndarray, rng: random.Random, augment: bool = True, la
     With probability `follow_up` it comes second in the conversation, after a recognition question
     (when the map's `labels` are known) or another number question, each with its true answer: a
     follow-up such as "And how many dies are good?" must be answered for what it asks, not by
-    echoing the kind of answer the thread already holds.
+    echoing the kind of answer the thread already holds. A share `COUNT_SWITCH` of those threads
+    opened in the other language: the answer follows the language of the question.
     """
     wafer = augmented_wafer(grid, rng, augment)
     language = rng.choice(("en", "zh"))
     facts = wafer.facts()
     texts = _count_turn(facts, language, rng)
     if rng.random() < follow_up:
+        opened_in = language if rng.random() >= COUNT_SWITCH else ("zh" if language == "en" else "en")
         if labels is not None and rng.random() < 0.5:
-            opener = _recognition_turn(from_multi_hot(labels), language, rng)
+            opener = _recognition_turn(from_multi_hot(labels), opened_in, rng)
         else:
-            opener = _count_turn(facts, language, rng)
+            opener = _count_turn(facts, opened_in, rng)
         texts = (*opener, *texts)
     return Example(wafer, texts)
 

@@ -5,8 +5,10 @@ question (from `data_tools.phrasing.RECOGNITION_QUESTIONS`, English and Chinese 
 the generated answer is parsed back to a pattern set by `finetune.answer_parser` and compared with
 the labels. Scores: exact match (all 8 patterns right), per-pattern precision/recall/F1, per
 class, per language, the Defect-GLM protocol (36 classes: Near-full and Random excluded),
-ms per map, and a number check (failing dies and yield asked on a sample, compared with the map
-within ±1 die / ±0.5 %). `--report DIR` adds a confusion-matrix PNG and a Markdown report.
+ms per map, a number check (failing dies and yield asked on a sample, compared with the map
+within ±1 die / ±0.5 %) and a location check (on maps with a pattern that sits in a sector —
+Edge-Loc, Loc, Scratch — the sectors named in the answer to "where are the defects?" against those
+measured from the map for its true patterns, `data_tools.locate`). `--report DIR` adds a confusion-matrix PNG and a Markdown report.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from data_tools.phrasing import COUNT_QUESTIONS, RECOGNITION_QUESTIONS
+from data_tools.answers import location_answer
+from data_tools.locate import locate
+from data_tools.phrasing import COUNT_QUESTIONS, LOCATION_QUESTIONS, RECOGNITION_QUESTIONS
 from data_tools.taxonomy import CLASS_NAMES, DEFECT_GLM_36, PATTERN_KEYS, from_multi_hot, is_valid_combination
 from data_tools.wafer_map import WaferMap
 from finetune.answer_parser import parse_answer
@@ -30,6 +34,9 @@ from model_server.backends.base import GenerationRequest
 
 LANGUAGES = ("en", "zh")
 INVALID = "unparsed/invalid"
+#: Patterns whose location answer names sectors (the location check asks about maps with one).
+SECTOR_PATTERNS = ("Edge_Loc", "Loc", "Scratch")
+_SECTOR_CODES = re.compile(r"[(（]((?:N|NE|E|SE|S|SW|W|NW)(?:[,、]\s*(?:N|NE|E|SE|S|SW|W|NW))*)[)）]")
 #: Tolerances of the number check.
 DIE_TOLERANCE = 1
 YIELD_TOLERANCE = 0.5
@@ -173,6 +180,35 @@ def number_scores(model: Any, processor: Any, grids: np.ndarray, batch_size: int
     }
 
 
+def sectors_named(answer: str) -> set[str]:
+    """Sector codes named in parentheses in an answer: "(S, SW)" or "（S、SW）" → {"S", "SW"}."""
+    return {code.strip() for group in _SECTOR_CODES.findall(answer) for code in re.split(r"[,、]", group)}
+
+
+def location_scores(model: Any, processor: Any, grids: np.ndarray, labels: np.ndarray, limit: int = 50,
+                    batch_size: int = 32, seed: int = 0) -> dict:
+    """Ask "where are the defects?" about up to `limit` maps that have an Edge-Loc, Loc or Scratch; share of
+    answers naming exactly the sectors measured for the map's true patterns (English and Chinese alternately)."""
+    from finetune.generation import generate_answers
+
+    rng = random.Random(f"locations-{seed}")
+    columns = [PATTERN_KEYS.index(key) for key in SECTOR_PATTERNS]
+    chosen = [i for i in range(len(grids)) if np.asarray(labels[i])[columns].any()][:limit]
+    requests, expected = [], []
+    for n, i in enumerate(chosen):
+        wafer = WaferMap(grids[i])
+        language = LANGUAGES[n % len(LANGUAGES)]
+        reference = location_answer(locate(wafer, from_multi_hot(labels[i])), wafer.facts(), language)
+        requests.append(GenerationRequest(rng.choice(LOCATION_QUESTIONS[language]), wafer, max_new_tokens=160))
+        expected.append(sectors_named(reference))
+    answers = generate_answers(model, processor, requests, batch_size=batch_size)
+    right = [sectors_named(answer) == sectors for answer, sectors in zip(answers, expected)]
+    mistakes = [{"expected": sorted(sectors), "answer": answer}
+                for answer, sectors, ok in zip(answers, expected, right) if not ok][:10]
+    return {"n_maps": len(chosen), "sectors_right": round(float(np.mean(right)), 4) if right else None,
+            "mistakes": mistakes}
+
+
 def select_maps(path: str | Path, split: str = "all", limit: int | None = None, seed: int = 0,
                 val_fraction: float = 0.05, test_fraction: float = 0.10) -> tuple[np.ndarray, np.ndarray]:
     """Grids and labels of a MixedWM38 file, restricted to a corpus split (by content hash) and a limit."""
@@ -212,6 +248,7 @@ def evaluate_file(
     limit: int | None = None,
     batch_size: int = 32,
     numbers: int = 50,
+    locations: int = 50,
     seed: int = 0,
     report_dir: str | Path | None = None,
     threads: int | None = None,
@@ -239,6 +276,8 @@ def evaluate_file(
     result.update(recognition_scores(model, processor, grids, labels, batch_size=batch_size, seed=seed))
     if numbers:
         result["numbers"] = number_scores(model, processor, grids[:numbers], batch_size=batch_size, seed=seed)
+    if locations:
+        result["locations"] = location_scores(model, processor, grids, labels, locations, batch_size, seed)
     result["confusion"] = [{"truth": t, "predicted": p, "count": c} for (t, p), c in result["confusion"].items()]
     if report_dir is not None:
         from finetune.report import write_report

@@ -72,6 +72,10 @@ def markdown(result: dict, image_name: str) -> str:
             f"yield within ±0.5%: {100 * numbers['yield_within_0_5_pct']:.1f}% "
             f"(written as slots filled from the map: {100 * (numbers.get('from_slots') or 0):.1f}%)"
         )
+    locations = result.get("locations")
+    if locations and locations["n_maps"]:
+        lines.append(f"- locations on {locations['n_maps']} maps with an Edge-Loc, Loc or Scratch: sectors named as "
+                     f"measured in {100 * locations['sectors_right']:.1f}% of answers")
     lines += ["", "## Per pattern", "", "| pattern | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
     for key, v in result["per_pattern"].items():
         lines.append(f"| {key} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |")

@@ -154,26 +154,51 @@ def _context() -> MapContext:
     return MapContext.of(WaferMap(with_scratch(with_centre(noisy(disc(), 2)))), ["Center", "Scratch"])
 
 
-def test_conversations_are_deterministic_alternate_roles_and_keep_one_language():
+def test_conversations_are_deterministic_alternate_roles_and_answer_in_the_question_language():
     context = _context()
-    for seed in range(40):
+    switched = 0
+    for seed in range(80):
         language = "zh" if seed % 2 else "en"
         a = sample_dialogue(context, random.Random(seed), language)
         b = sample_dialogue(context, random.Random(seed), language)
         assert a == b
         roles = [m["role"] for m in a.messages]
         assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
-        for message in a.messages:
-            assert bool(CJK.search(message["content"])) == (language == "zh"), message
+        in_chinese = [bool(CJK.search(m["content"])) for m in a.messages]
+        assert in_chinese[0::2] == in_chinese[1::2], a.messages  # every answer in its question's language
+        assert in_chinese[0] == (language == "zh")
+        if a.scenario.endswith("+switch"):
+            switched += 1
+            assert not all(flag == in_chinese[0] for flag in in_chinese), a.messages
+        else:
+            assert all(flag == in_chinese[0] for flag in in_chinese), a.messages
         assert set(a.kinds) <= set(KINDS)
+    assert 0 < switched < 40  # about SWITCH_SHARE of them
+
+
+def test_language_switch_share_is_configurable():
+    context = _context()
+    for seed in range(20):
+        never = sample_dialogue(context, random.Random(seed), "en", switch_share=0.0)
+        always = sample_dialogue(context, random.Random(seed), "en", switch_share=1.0)
+        assert not never.scenario.endswith("+switch")
+        assert always.scenario.endswith("+switch")
+        # the turn after the original scenario is a self-contained question in Chinese, answered in Chinese
+        extra = always.messages[len(never.messages)] if len(always.messages) > len(never.messages) else None
+        assert extra is not None and CJK.search(extra["content"])
+    with pytest.raises(CorpusError, match="switch fraction"):
+        CorpusConfig(switch_share=1.5).validate()
 
 
 def test_kinds_restrict_the_questions():
     context = _context()
     for seed in range(20):
-        only = sample_dialogue(context, random.Random(seed), "en", kinds=["recognition"])
+        only = sample_dialogue(context, random.Random(seed), "en", kinds=["recognition"], switch_share=0.0)
         assert only.kinds == ("recognition",) and len(only.messages) == 2
         assert only.messages[0]["content"] in RECOGNITION_QUESTIONS["en"]
+        switched = sample_dialogue(context, random.Random(seed), "en", kinds=["recognition"], switch_share=1.0)
+        assert switched.kinds == ("recognition",)
+        assert switched.messages[2]["content"] in RECOGNITION_QUESTIONS["zh"]
     with pytest.raises(ValueError, match="unknown conversation kinds"):
         sample_dialogue(context, random.Random(0), "en", kinds=["poetry"])
     with pytest.raises(ValueError, match="no conversation scenario"):

@@ -3,7 +3,9 @@
 Real weights on the CPU, greedy decoding, synthetic maps: a regression check of behaviour users
 rely on and that the recognition benchmark does not measure — a number question asked as a
 follow-up gets the number it asks for, in the language it was asked (an earlier default answered
-"And how many dies are good?" with the failing-die count).
+"And how many dies are good?" with the failing-die count), also when the thread so far was in the
+other language (the default before this one answered a Chinese yield question after English turns
+with causes, in English).
 """
 
 from __future__ import annotations
@@ -54,3 +56,34 @@ def test_number_follow_ups_get_the_number_asked_for(backend, language):
         if topic == "good":
             assert str(facts["failing"]) not in numbers, (question, answer)
         assert (language == "zh") == any("\u4e00" <= ch <= "\u9fff" for ch in answer), answer
+
+
+#: A thread that switches language after a few turns, as bilingual engineers do (an earlier default
+#: answered the Chinese yield question below, after three English turns, with causes in English).
+SWITCHED_THREADS = {
+    "en": (("What is wrong with this wafer?", "Where are the failures concentrated?", "How many dies fail?"),
+           (("这片晶圆的良率是多少？", "yield"), ("有多少颗良品？", "good"))),
+    "zh": (("这片晶圆有什么问题？", "失效芯片集中在哪里？", "失效芯片有几颗？"),
+           (("What is the yield?", "yield"), ("How many dies are good?", "good"))),
+}
+
+
+@pytest.mark.parametrize("opened_in", ["en", "zh"])
+def test_a_question_in_the_other_language_deep_in_a_thread_is_answered_in_its_language(backend, opened_in):
+    opening, switched = SWITCHED_THREADS[opened_in]
+    wafers = [WaferMap(generate_grid(name, np.random.default_rng(seed))) for seed, name in enumerate(CLASSES)]
+    histories: list[tuple[Turn, ...]] = [() for _ in wafers]
+    for question in opening:  # the thread so far, with the model's own answers
+        replies = backend.generate([GenerationRequest(question, wafer, history=history)
+                                    for wafer, history in zip(wafers, histories)])
+        histories = [(*history, Turn("user", question), Turn("assistant", reply))
+                     for history, reply in zip(histories, replies)]
+    asked = [(wafer, history, question, topic) for wafer, history in zip(wafers, histories)
+             for question, topic in switched]
+    answers = backend.generate([GenerationRequest(question, wafer, history=history)
+                                for wafer, history, question, _ in asked])
+    for (wafer, _, question, topic), answer in zip(asked, answers):
+        in_chinese = any("\u4e00" <= ch <= "\u9fff" for ch in answer)
+        assert in_chinese == (opened_in == "en"), (question, answer)
+        numbers = set(re.findall(r"\d+(?:\.\d+)?%?", answer))
+        assert _expected(wafer.facts(), topic) in numbers, (question, answer)

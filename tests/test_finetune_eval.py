@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_tools.taxonomy import PATTERN_KEYS
+from data_tools.answers import location_answer
+from data_tools.locate import locate
+from data_tools.taxonomy import PATTERN_KEYS, from_multi_hot
+from data_tools.wafer_map import WaferMap
 from defect_glm import main
-from finetune.evaluate import INVALID, score
+from finetune.evaluate import INVALID, score, sectors_named, select_maps
 from finetune.tiny import build_fixed_answer_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -142,3 +145,31 @@ def test_score_counts_false_positives_and_invalid_combinations():
     assert result["per_pattern"]["Scratch"] == {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 1}
     assert class_label(None) == INVALID and class_label(("Near_Full", "Center")) == INVALID
     assert score([], [])["n"] == 0
+
+
+def test_sectors_named_reads_english_and_chinese_location_answers():
+    assert sectors_named("The Loc pattern is a local cluster in the edge zone, in the bottom and lower left "
+                         "sectors (S, SW). The Scratch is a line in the middle zone, in the top sector (N).") == {
+        "S", "SW", "N"}
+    assert sectors_named("局部缺陷是中间区左下扇区（SW）的一团失效芯片。划痕位于下方和左下扇区（S、SW）。") == {"S", "SW"}
+    assert sectors_named("The Center pattern sits at the wafer centre (see the map).") == set()
+
+
+def test_location_check_compares_the_sectors_named_with_the_measured_ones(tmp_path, capsys):
+    path = tmp_path / "maps.npz"
+    assert main(["data", "synth", "--per-class", "1", "--classes", "Normal,Loc", "--out", str(path),
+                 "--no-progress"]) == 0
+    grids, labels = select_maps(path)
+    (loc,) = [i for i in range(len(grids)) if from_multi_hot(labels[i]) == ("Loc",)]
+    wafer = WaferMap(grids[loc])
+    measured = sectors_named(location_answer(locate(wafer, ("Loc",)), wafer.facts(), "en"))
+    assert len(measured) == 1  # the one-token-per-character answer below cannot repeat a letter
+    (code,) = measured
+    right = build_fixed_answer_checkpoint(tmp_path / "right", f"({code})")
+    wrong = build_fixed_answer_checkpoint(tmp_path / "wrong", "(S)" if code == "N" else "(N)")
+    for model, expected in ((right, 1.0), (wrong, 0.0)):
+        result = _eval_json(capsys, "--model", str(model), "--mixedwm38", str(path), "--numbers", "0")
+        assert result["locations"]["n_maps"] == 1  # only the Loc map has a sector pattern
+        assert result["locations"]["sectors_right"] == expected
+    assert main(["eval", "--model", str(right), "--mixedwm38", str(path), "--numbers", "0"]) == 0
+    assert "locations: sectors right in 100.0% of answers on 1 maps" in capsys.readouterr().out

@@ -155,17 +155,20 @@ def test_number_questions_are_answered_with_the_facts_of_the_transformed_map(cor
     assert {"zh", "en"} == {"zh" if re.search(r"[\u4e00-\u9fff]", e.texts[1]) else "en" for e in examples}
 
 
-def test_number_questions_also_come_as_follow_ups_in_the_threads_language(corpus_dir):
+def test_number_questions_also_come_as_follow_ups_answered_in_the_questions_language(corpus_dir):
     corpus = Corpus(corpus_dir, splits=("train", "val"))
-    examples = ExampleSampler(corpus, "train", 0.0, count_fraction=1.0).batch((0, 0, 1), 60)
+    examples = ExampleSampler(corpus, "train", 0.0, count_fraction=1.0).batch((0, 0, 1), 80)
     follow_ups = [e for e in examples if len(e.texts) == 4]
-    assert 15 <= len(follow_ups) <= 45 and len(examples) - len(follow_ups) >= 15
+    assert 20 <= len(follow_ups) <= 60 and len(examples) - len(follow_ups) >= 20
     openers = {"number" if re.search(r"\d", e.texts[1]) else "recognition" for e in follow_ups}
     assert openers == {"recognition", "number"}
+    switched = 0
     for example in follow_ups:
         _assert_numbers_are_the_maps(example)  # the last answer: the follow-up's numbers
-        languages = {bool(re.search(r"[\u4e00-\u9fff]", text)) for text in example.texts}
-        assert len(languages) == 1, example.texts
+        chinese = [bool(re.search(r"[\u4e00-\u9fff]", text)) for text in example.texts]
+        assert chinese[0] == chinese[1] and chinese[2] == chinese[3], example.texts
+        switched += chinese[0] != chinese[2]  # a thread opened in the other language
+    assert 0 < switched < len(follow_ups) / 2
 
 
 def test_number_questions_on_varied_size_maps_use_those_maps_facts(corpus_dir):
