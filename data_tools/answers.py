@@ -40,6 +40,12 @@ def _check_language(language: str) -> None:
         raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
 
 
+def other_language(language: str) -> str:
+    """The other of the two answer languages ("en" ↔ "zh")."""
+    _check_language(language)
+    return LANGUAGES[1 - LANGUAGES.index(language)]
+
+
 def name(key: str, language: str) -> str:
     """Canonical display name of a pattern key."""
     _check_language(language)

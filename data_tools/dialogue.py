@@ -5,9 +5,10 @@ location, count, cause, check, yes/no), or a chain whose later questions only ma
 with the earlier turns ("What could cause it?", "And the second one?", "Where is it?",
 "那良率呢？"). It is in one language, except that a share of them (`SWITCH_SHARE`) go on
 with one or two self-contained questions in the other language, as bilingual engineers
-do in one thread: the answer follows the language of the question, not of the thread. Questions come from `data_tools.phrasing`,
-answers from `data_tools.answers`; the random generator only picks phrasings and scenarios,
-so every answer is fully determined by the map, its labels and the question asked.
+do in one thread: the answer follows the language of the question, not of the thread.
+Questions come from `data_tools.phrasing`, answers from `data_tools.answers`; the random
+generator only picks phrasings and scenarios, so every answer is fully determined by the
+map, its labels and the question asked.
 """
 
 from __future__ import annotations
@@ -228,23 +229,13 @@ SCENARIOS: tuple[_Scenario, ...] = (
 )
 
 
-_STANDALONE: dict[str, Callable[[MapContext, random.Random, str], Turn]] = {
-    "recognition": _t_recognition,
-    "location": _t_location,
-    "count": lambda ctx, rng, lang: _t_count(ctx, rng, lang)[0],
-    "cause": _t_cause,
-    "check": _t_check,
-    "yesno": lambda ctx, rng, lang: _t_yesno(ctx, rng, lang)[0],
-}
-
-
 def _switched_turns(ctx: MapContext, rng: random.Random, language: str, allowed: set[str]) -> list[Turn]:
-    """One or two self-contained questions that continue a thread: the first in the other language,
-    a second one (half the time) in either."""
-    kinds = [k for k in _STANDALONE if k in allowed]
-    other = "zh" if language == "en" else "en"
+    """One or two self-contained questions (those of the single-question scenarios) that continue a
+    thread: the first in the other language, a second one (half the time) in either."""
+    singles = [s for s in SCENARIOS if "followup" not in s.kinds and s.kinds <= allowed]
+    other = A.other_language(language)
     languages = [other] if rng.random() < 0.5 else [other, rng.choice(A.LANGUAGES)]
-    return [_STANDALONE[rng.choice(kinds)](ctx, rng, lang) for lang in languages]
+    return [turn for lang in languages for turn in rng.choice(singles).run(ctx, rng, lang)]
 
 
 def sample_dialogue(

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_tools.answers import count_answer, recognition_answer
+from data_tools.answers import count_answer, other_language, recognition_answer
 from data_tools.phrasing import COUNT_QUESTIONS, RECOGNITION_QUESTIONS, ZONE_NAMES
 from data_tools.taxonomy import CLASSES, PATTERN_KEYS, from_multi_hot
 from data_tools.wafer_map import WaferMap
@@ -195,7 +195,7 @@ def count_example(grid: np.ndarray, rng: random.Random, augment: bool = True, la
     facts = wafer.facts()
     texts = _count_turn(facts, language, rng)
     if rng.random() < follow_up:
-        opened_in = language if rng.random() >= COUNT_SWITCH else ("zh" if language == "en" else "en")
+        opened_in = language if rng.random() >= COUNT_SWITCH else other_language(language)
         if labels is not None and rng.random() < 0.5:
             opener = _recognition_turn(from_multi_hot(labels), opened_in, rng)
         else:

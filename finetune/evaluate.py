@@ -8,7 +8,8 @@ class, per language, the Defect-GLM protocol (36 classes: Near-full and Random e
 ms per map, a number check (failing dies and yield asked on a sample, compared with the map
 within ±1 die / ±0.5 %) and a location check (on maps with a pattern that sits in a sector —
 Edge-Loc, Loc, Scratch — the sectors named in the answer to "where are the defects?" against those
-measured from the map for its true patterns, `data_tools.locate`). `--report DIR` adds a confusion-matrix PNG and a Markdown report.
+measured from the map for its true patterns, `data_tools.locate`). `--report DIR` adds a
+confusion-matrix PNG and a Markdown report.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from data_tools.answers import location_answer
 from data_tools.locate import locate
 from data_tools.phrasing import COUNT_QUESTIONS, LOCATION_QUESTIONS, RECOGNITION_QUESTIONS
 from data_tools.taxonomy import CLASS_NAMES, DEFECT_GLM_36, PATTERN_KEYS, from_multi_hot, is_valid_combination
-from data_tools.wafer_map import WaferMap
+from data_tools.wafer_map import SECTORS, WaferMap
 from finetune.answer_parser import parse_answer
 from model_server.backends.base import GenerationRequest
 
@@ -36,7 +37,8 @@ LANGUAGES = ("en", "zh")
 INVALID = "unparsed/invalid"
 #: Patterns whose location answer names sectors (the location check asks about maps with one).
 SECTOR_PATTERNS = ("Edge_Loc", "Loc", "Scratch")
-_SECTOR_CODES = re.compile(r"[(（]((?:N|NE|E|SE|S|SW|W|NW)(?:[,、]\s*(?:N|NE|E|SE|S|SW|W|NW))*)[)）]")
+_SECTOR = "(?:" + "|".join(SECTORS) + ")"
+_SECTOR_CODES = re.compile(rf"[(（]({_SECTOR}(?:[,、]\s*{_SECTOR})*)[)）]")
 #: Tolerances of the number check.
 DIE_TOLERANCE = 1
 YIELD_TOLERANCE = 0.5
