@@ -200,6 +200,14 @@ def location_answer(locations: Sequence[PatternLocation], facts: dict, language:
 # ---------------------------------------------------------------- counts
 
 
+def cluster_place(cluster: dict, language: str) -> str:
+    """Where a cluster of `WaferMap.facts()` sits: "the centre zone (W)" / "中心区（W）"."""
+    _check_language(language)
+    if language == "en":
+        return f"the {_ZONE_EN[cluster['zone']]} zone ({cluster['sector']})"
+    return f"{ZONE_WORDS_ZH[cluster['zone']]}（{cluster['sector']}）"
+
+
 def count_answer(facts: dict, topic: str, language: str = "en", zone: str = "edge", variant: int = 0) -> str:
     """An exact number from the measured facts. `topic` is one of COUNT_TOPICS."""
     _check_language(language)
@@ -233,11 +241,11 @@ def count_answer(facts: dict, topic: str, language: str = "en", zone: str = "edg
         if largest is None:
             return "No die fails, so there are no clusters." if en else "没有失效芯片，因此没有失效团。"
         count = clusters["count"]
+        where = cluster_place(largest, language)
         if en:
             return (f"The failing dies form {count} cluster{'s' if count != 1 else ''}; the largest has "
-                    f"{largest['size']} dies, in the {_ZONE_EN[largest['zone']]} zone ({largest['sector']}).")
-        return (f"失效芯片形成 {count} 个失效团；最大的一个有 {largest['size']} 颗，"
-                f"位于{ZONE_WORDS_ZH[largest['zone']]}（{largest['sector']}）。")
+                    f"{largest['size']} dies, in {where}.")
+        return f"失效芯片形成 {count} 个失效团；最大的一个有 {largest['size']} 颗，位于{where}。"
     if topic == "summary":
         return (f"{dies} dies, {failing} failing, {good} good: the yield is {y}." if en
                 else f"共 {dies} 颗芯片，{failing} 颗失效，{good} 颗良品，良率 {y}。")

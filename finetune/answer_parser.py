@@ -55,6 +55,19 @@ def _matchers() -> tuple[tuple[re.Pattern[str], str], ...]:
     return tuple(matchers)
 
 
+@lru_cache(maxsize=1)
+def _name_matchers() -> tuple[tuple[re.Pattern[str], str], ...]:
+    """Display names exactly as `data_tools.answers` writes them: English in their own case, Chinese where a
+    name stands as one ("中心缺陷", "…：中心、局部。"), not place words ("晶圆中心", "中心区")."""
+    matchers = []
+    for p in sorted(PATTERNS, key=lambda p: -len(p.english)):
+        matchers.append((re.compile(rf"(?<![A-Za-z-]){re.escape(p.english)}(?![A-Za-z-])"), p.key))
+    for p in sorted(PATTERNS, key=lambda p: -len(p.chinese)):
+        name = re.escape(p.chinese)
+        matchers.append((re.compile(rf"(?<=[：、]){name}(?!区)|{name}(?=缺陷|、|。|是|失效)"), p.key))
+    return tuple(matchers)
+
+
 def _clause_start(text: str, position: int) -> int:
     start = 0
     for match in _CLAUSE_SPLIT.finditer(text, 0, position):
@@ -67,12 +80,16 @@ def _negated(text: str, start: int) -> bool:
     return bool(_NEGATION_EN.search(clause) or _NEGATION_ZH.search(clause))
 
 
-def mentions(text: str) -> list[tuple[str, bool]]:
-    """Every pattern mention in `text`, in order, as (key, negated)."""
-    norm = _normalise(text)
+def mentions(text: str, names_only: bool = False) -> list[tuple[str, bool]]:
+    """Every pattern mention in `text`, in order, as (key, negated).
+
+    With `names_only`, only the display names as this project's answers write them count, not
+    aliases or words such as "centre" or "ring" that also describe places.
+    """
+    norm = text if names_only else _normalise(text)
     taken = [False] * len(norm)
     found: list[tuple[int, str, bool]] = []
-    for regex, key in _matchers():
+    for regex, key in _name_matchers() if names_only else _matchers():
         for match in regex.finditer(norm):
             if any(taken[match.start() : match.end()]):
                 continue

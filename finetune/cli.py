@@ -48,6 +48,9 @@ def _register_training(subcommands: argparse._SubParsersAction) -> None:
     train.add_argument("--count-fraction", type=float, default=0.0, metavar="F",
                        help="share of examples that are generated number questions (failing dies, yield, zones) on "
                        "augmented training maps, answered from the measured facts (default 0)")
+    train.add_argument("--location-fraction", type=float, default=0.0, metavar="F",
+                       help="share of examples that are generated location questions on augmented training maps, "
+                       "answered with the places measured on them, half after a recognition question (default 0)")
     train.add_argument("--count-varied", type=float, default=0.0, metavar="F",
                        help="share of those number questions asked about synthetic maps of random size (20-100 "
                        "dies a side), whose counts the image cannot tell: they teach copying from the facts (default 0)")
@@ -95,7 +98,7 @@ def _run_training(args: argparse.Namespace) -> int:
         data=Path(args.data), out=Path(args.out), lora=args.lora, base=Path(args.base) if args.base else None,
         quant=args.quant, steps=args.steps, batch_size=args.batch_size, micro_batches=args.micro_batches, lr=args.lr, warmup_steps=args.warmup_steps,
         seed=args.seed, eval_every=args.eval_every, eval_maps=args.eval_maps, save_every=args.save_every, log_every=args.log_every,
-        recognition_fraction=args.recognition_fraction, count_fraction=args.count_fraction, count_varied=args.count_varied, vision_steps=args.vision_steps,
+        recognition_fraction=args.recognition_fraction, count_fraction=args.count_fraction, location_fraction=args.location_fraction, count_varied=args.count_varied, vision_steps=args.vision_steps,
         vision_batch_size=args.vision_batch_size, vision_lr=args.vision_lr, max_length=args.max_length, vocab_size=args.vocab_size,
         model=model, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
         threads=args.threads, bf16=args.bf16, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
@@ -199,7 +202,8 @@ def _run_evaluation(args: argparse.Namespace) -> int:
         if result.get("locations", {}).get("n_maps"):
             locations = result["locations"]
             print(f"locations: sectors right in {100 * locations['sectors_right']:.1f}% of answers on "
-                  f"{locations['n_maps']} maps")
+                  f"{locations['n_maps']} maps, the largest cluster placed right in "
+                  f"{100 * locations['largest_cluster_right']:.1f}%")
         if "report" in result:
             print(f"report: {result['report']}")
     return 0

@@ -22,11 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_tools.answers import count_answer, other_language, recognition_answer
-from data_tools.phrasing import COUNT_QUESTIONS, RECOGNITION_QUESTIONS, ZONE_NAMES
+from data_tools.answers import count_answer, location_answer, other_language, recognition_answer
+from data_tools.locate import locate
+from data_tools.phrasing import COUNT_QUESTIONS, LOCATION_QUESTIONS, RECOGNITION_QUESTIONS, ZONE_NAMES
 from data_tools.taxonomy import CLASSES, PATTERN_KEYS, from_multi_hot
 from data_tools.wafer_map import WaferMap
-from finetune.number_slots import has_slots, slot_numbers
+from finetune.location_slots import has_location_slots
+from finetune.number_slots import has_slots, slot_answer
 from finetune.prompting import build_messages, images_of
 from model_server.backends.base import Turn
 
@@ -37,8 +39,10 @@ DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for k in range(4) for f
 RECOGNITION_VARIANTS = 3
 COUNT_VARIANTS = 2
 #: Topics of the generated number questions, weighted towards the ones asked most (failing dies,
-#: yield, good dies).
-COUNT_TOPIC_WEIGHTS: dict[str, int] = {"failing": 3, "yield": 3, "summary": 2, "good": 3, "dies": 2, "zone": 2}
+#: yield, good dies); "clusters" answers also place the largest cluster (a location slot).
+COUNT_TOPIC_WEIGHTS: dict[str, int] = {
+    "failing": 3, "yield": 3, "summary": 2, "good": 3, "dies": 2, "zone": 2, "clusters": 2,
+}
 #: Share of the generated number questions asked as a follow-up (after a first question and its
 #: answer about the same map), as they mostly come in a Slack thread.
 COUNT_FOLLOW_UP = 0.5
@@ -204,6 +208,26 @@ def count_example(grid: np.ndarray, rng: random.Random, augment: bool = True, la
     return Example(wafer, texts)
 
 
+def location_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random, augment: bool = True,
+                     follow_up: float = COUNT_FOLLOW_UP) -> Example:
+    """"Where are the defects?" about `grid` (randomly transformed), answered with the places measured on it
+    (as location slots, for a tokenizer that has them).
+
+    The transforms put each pattern in every sector, so the model learns to say *which* patterns it
+    places, not the sectors most common in the data. With probability `follow_up` the question
+    comes after a recognition question, whose opening language switches as in `count_example`.
+    """
+    wafer = augmented_wafer(grid, rng, augment)
+    language = rng.choice(("en", "zh"))
+    patterns = from_multi_hot(labels)
+    texts: tuple[str, ...] = (rng.choice(LOCATION_QUESTIONS[language]),
+                              location_answer(locate(wafer, patterns), wafer.facts(), language))
+    if rng.random() < follow_up:
+        opened_in = language if rng.random() >= COUNT_SWITCH else other_language(language)
+        texts = (*_recognition_turn(patterns, opened_in, rng), *texts)
+    return Example(wafer, texts, patterns)
+
+
 def varied_size_grid(rng: random.Random) -> np.ndarray:
     """A synthetic map of a random class and a random size (square or not): its die and failure counts
     cannot be guessed from the image as they can on same-sized maps, so questions about it must take
@@ -216,41 +240,43 @@ def varied_size_grid(rng: random.Random) -> np.ndarray:
 
 
 class ExampleSampler:
-    """Draws training examples: shares of augmented recognition and number questions, the rest corpus
-    conversations (all of them when the split has no maps)."""
+    """Draws training examples: shares of augmented recognition, number and location questions, the rest
+    corpus conversations (all of them when the split has no maps)."""
 
     def __init__(self, corpus: Corpus, split: str = "train", recognition_fraction: float = 0.5, augment: bool = True,
-                 count_fraction: float = 0.0, count_varied: float = 0.0):
+                 count_fraction: float = 0.0, count_varied: float = 0.0, location_fraction: float = 0.0):
         for name, value in (("recognition_fraction", recognition_fraction), ("count_fraction", count_fraction),
-                            ("count_varied", count_varied)):
+                            ("count_varied", count_varied), ("location_fraction", location_fraction)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if recognition_fraction + count_fraction > 1.0:
-            raise ValueError(f"recognition_fraction + count_fraction must be at most 1, got "
-                             f"{recognition_fraction} + {count_fraction}")
+        if recognition_fraction + count_fraction + location_fraction > 1.0:
+            raise ValueError(f"recognition_fraction + count_fraction + location_fraction must be at most 1, got "
+                             f"{recognition_fraction} + {count_fraction} + {location_fraction}")
         self.corpus = corpus
         self.records = corpus.records.get(split, [])
         self.maps = corpus.map_indices(split)
         if not self.records and not len(self.maps):
             raise CorpusError(f"the {split} split of {corpus.root} holds no conversations and no maps")
-        self.recognition_fraction = recognition_fraction if len(self.maps) else 0.0
-        self.count_fraction = count_fraction if len(self.maps) else 0.0
-        if not self.records:  # maps only: recognition and number questions share everything
-            total = self.recognition_fraction + self.count_fraction
-            self.recognition_fraction = self.recognition_fraction / total if total else 1.0
-            self.count_fraction = 1.0 - self.recognition_fraction
+        shares = [recognition_fraction, count_fraction, location_fraction] if len(self.maps) else [0.0, 0.0, 0.0]
+        if not self.records:  # maps only: the generated questions share everything
+            total = sum(shares)
+            shares = [share / total for share in shares] if total else [1.0, 0.0, 0.0]
+        self.recognition_fraction, self.count_fraction, self.location_fraction = shares
         self.count_varied = count_varied
         self.augment = augment
 
     def sample(self, rng: random.Random) -> Example:
         draw = rng.random()
-        if draw < self.recognition_fraction + self.count_fraction:
+        if draw < self.recognition_fraction + self.count_fraction + self.location_fraction:
             i = int(self.maps[rng.randrange(len(self.maps))])
+            grid, labels = self.corpus.grids[i], self.corpus.labels[i]
             if draw < self.recognition_fraction:
-                return recognition_example(self.corpus.grids[i], self.corpus.labels[i], rng, self.augment)
+                return recognition_example(grid, labels, rng, self.augment)
+            if draw >= self.recognition_fraction + self.count_fraction:
+                return location_example(grid, labels, rng, self.augment)
             if self.count_varied and rng.random() < self.count_varied:
                 return count_example(varied_size_grid(rng), rng, self.augment)
-            return count_example(self.corpus.grids[i], rng, self.augment, labels=self.corpus.labels[i])
+            return count_example(grid, rng, self.augment, labels=labels)
         return self.corpus.example(self.records[rng.randrange(len(self.records))])
 
     def batch(self, seed: Sequence[int], size: int) -> list[Example]:
@@ -262,19 +288,20 @@ class ExampleSampler:
 # ---------------------------------------------------------------- encoding
 
 
-def training_messages(example: Example, number_slots: bool = False) -> list[dict]:
+def training_messages(example: Example, number_slots: bool = False, location_slots: bool = False) -> list[dict]:
     """Chat messages of a whole example (the prompt exactly as at inference, plus the final answer).
 
     With `number_slots` (a tokenizer that has the slot tokens), every answer names the measured
     numbers of the example's map as slot tokens (`finetune.number_slots`), as history answers are
-    given at inference.
+    given at inference; with `location_slots` too, the places of its located patterns
+    (`finetune.location_slots`).
     """
     texts = example.texts
     if len(texts) < 2 or len(texts) % 2:
         raise ValueError(f"an example needs user/assistant pairs; got {len(texts)} texts")
     if number_slots and example.wafer is not None:
-        facts = example.wafer.facts()
-        texts = tuple(slot_numbers(t, facts) if i % 2 else t for i, t in enumerate(texts))
+        wafer, patterns = example.wafer, example.patterns
+        texts = tuple(slot_answer(t, wafer, patterns, location_slots) if i % 2 else t for i, t in enumerate(texts))
     history = [Turn("user" if i % 2 == 0 else "assistant", t) for i, t in enumerate(texts[:-2])]
     messages = build_messages(example.wafer, history, texts[-2])
     messages.append({"role": "assistant", "content": [{"type": "text", "text": texts[-1]}]})
@@ -323,7 +350,7 @@ def answer_segments(processor: Any, messages: list[dict]) -> list[tuple[str, boo
 def encode_example(processor: Any, example: Example, max_length: int) -> dict:
     """input_ids, labels (answer tokens only; the rest IGNORE_INDEX) and pixel_values for one example."""
     tokenizer = _tokenizer(processor)
-    messages = training_messages(example, number_slots=has_slots(tokenizer))
+    messages = training_messages(example, number_slots=has_slots(tokenizer), location_slots=has_location_slots(tokenizer))
     images = images_of(messages)
     segments = answer_segments(processor, messages)
     ids: list[int] = []

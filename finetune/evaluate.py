@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from data_tools.answers import location_answer
+from data_tools.answers import cluster_place, location_answer
 from data_tools.locate import locate
 from data_tools.phrasing import COUNT_QUESTIONS, LOCATION_QUESTIONS, RECOGNITION_QUESTIONS
 from data_tools.taxonomy import CLASS_NAMES, DEFECT_GLM_36, PATTERN_KEYS, from_multi_hot, is_valid_combination
@@ -161,7 +161,7 @@ def number_scores(model: Any, processor: Any, grids: np.ndarray, batch_size: int
         expected.append(("failing", wafer.failing))
         requests.append(GenerationRequest(rng.choice(COUNT_QUESTIONS["yield"][language]), wafer, max_new_tokens=48))
         expected.append(("yield", wafer.yield_percent))
-    raw = generate_answers(model, processor, requests, batch_size=batch_size, fill_numbers=False)
+    raw = generate_answers(model, processor, requests, batch_size=batch_size, fill_slots=False)
     slotted = [slot_token(topic) in answer for (topic, _), answer in zip(expected, raw)]
     answers = [fill_from_map(answer, request.wafer) for request, answer in zip(requests, raw)]
     ok = {"failing": [], "yield": []}
@@ -190,25 +190,36 @@ def sectors_named(answer: str) -> set[str]:
 def location_scores(model: Any, processor: Any, grids: np.ndarray, labels: np.ndarray, limit: int = 50,
                     batch_size: int = 32, seed: int = 0) -> dict:
     """Ask "where are the defects?" about up to `limit` maps that have an Edge-Loc, Loc or Scratch; share of
-    answers naming exactly the sectors measured for the map's true patterns (English and Chinese alternately)."""
+    answers naming exactly the sectors measured for the map's true patterns (English and Chinese alternately).
+
+    Each map is also asked about its clusters: `largest_cluster_right` is the share of answers that
+    place the largest one in the zone and sector measured (`WaferMap.facts()`).
+    """
     from finetune.generation import generate_answers
 
     rng = random.Random(f"locations-{seed}")
     columns = [PATTERN_KEYS.index(key) for key in SECTOR_PATTERNS]
     chosen = [i for i in range(len(grids)) if np.asarray(labels[i])[columns].any()][:limit]
-    requests, expected = [], []
+    requests, expected, places = [], [], []
     for n, i in enumerate(chosen):
         wafer = WaferMap(grids[i])
         language = LANGUAGES[n % len(LANGUAGES)]
         reference = location_answer(locate(wafer, from_multi_hot(labels[i])), wafer.facts(), language)
         requests.append(GenerationRequest(rng.choice(LOCATION_QUESTIONS[language]), wafer, max_new_tokens=160))
         expected.append(sectors_named(reference))
+        requests.append(GenerationRequest(rng.choice(COUNT_QUESTIONS["clusters"][language]), wafer, max_new_tokens=64))
+        largest = wafer.facts()["clusters"]["largest"]
+        places.append(None if largest is None else cluster_place(largest, language))
     answers = generate_answers(model, processor, requests, batch_size=batch_size)
-    right = [sectors_named(answer) == sectors for answer, sectors in zip(answers, expected)]
+    located, clustered = answers[0::2], answers[1::2]
+    right = [sectors_named(answer) == sectors for answer, sectors in zip(located, expected)]
+    placed = [place is None or place in answer for answer, place in zip(clustered, places)]
     mistakes = [{"expected": sorted(sectors), "answer": answer}
-                for answer, sectors, ok in zip(answers, expected, right) if not ok][:10]
+                for answer, sectors, ok in zip(located, expected, right) if not ok][:10]
+    mistakes += [{"expected": place, "answer": answer}
+                 for answer, place, ok in zip(clustered, places, placed) if not ok][:10]
     return {"n_maps": len(chosen), "sectors_right": round(float(np.mean(right)), 4) if right else None,
-            "mistakes": mistakes}
+            "largest_cluster_right": round(float(np.mean(placed)), 4) if placed else None, "mistakes": mistakes}
 
 
 def select_maps(path: str | Path, split: str = "all", limit: int | None = None, seed: int = 0,

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from finetune.number_slots import fill_from_map, fill_stream, has_slots, slot_numbers
+from finetune.location_slots import has_location_slots, named_patterns
+from finetune.number_slots import fill_from_map, fill_stream, has_slots, slot_answer
 from finetune.prompting import PromptTooLong, build_messages, fit_history, images_of
 from model_server.backends.base import GenerationRequest, Turn
 
@@ -65,10 +66,18 @@ def prepare_prompt(model: Any, processor: Any, request: GenerationRequest) -> tu
 
 def _prompt_history(processor: Any, request: GenerationRequest) -> tuple[Turn, ...]:
     """The request's history as the prompt shows it: answers in slot form for a checkpoint trained with slots."""
-    if request.wafer is None or not request.history or not has_slots(_tokenizer(processor)):
+    tokenizer = _tokenizer(processor)
+    if request.wafer is None or not request.history or not has_slots(tokenizer):
         return request.history
-    facts = request.wafer.facts()
-    return tuple(Turn(t.role, slot_numbers(t.text, facts)) if t.role == "assistant" else t for t in request.history)
+    locations = has_location_slots(tokenizer)
+    turns, said = [], ""
+    for turn in request.history:
+        if turn.role == "assistant":
+            said += f"{turn.text}\n"  # places were filled among the patterns named so far (`fill_from_map`)
+            patterns = named_patterns(said) if locations else ()
+            turn = Turn(turn.role, slot_answer(turn.text, request.wafer, patterns, locations))
+        turns.append(turn)
+    return tuple(turns)
 
 
 def _device_of(model: Any) -> torch.device:
@@ -125,11 +134,11 @@ def generation_kwargs(processor: Any, max_new_tokens: int) -> dict:
 
 def generate_answers(
     model: Any, processor: Any, requests: list[GenerationRequest], batch_size: int | None = None,
-    fill_numbers: bool = True,
+    fill_slots: bool = True,
 ) -> list[str]:
     """Greedy answers to `requests`, in order; `batch_size` splits a long list into batches.
 
-    `fill_numbers=False` leaves number slots as generated (the evaluator counts them).
+    `fill_slots=False` leaves number and location slots as generated (the evaluator counts them).
     """
     if not requests:
         return []
@@ -145,7 +154,7 @@ def generate_answers(
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         for row, request in zip(new_tokens, chunk):
             text = tokenizer.decode(row[: request.max_new_tokens], skip_special_tokens=True).strip()
-            answers.append(fill_from_map(text, request.wafer) if fill_numbers else text)
+            answers.append(fill_from_map(text, request.wafer, request.earlier_answers) if fill_slots else text)
     return answers
 
 
@@ -154,7 +163,7 @@ def stream_answer(model: Any, processor: Any, request: GenerationRequest) -> Ite
     inputs = _inputs(model, processor, [request])
     pieces = stream_generate(model, _tokenizer(processor), inputs, generation_kwargs(processor, request.max_new_tokens))
     if request.wafer is not None and has_slots(_tokenizer(processor)):
-        pieces = fill_stream(pieces, request.wafer.facts())
+        pieces = fill_stream(pieces, request.wafer, request.earlier_answers)
     yield from pieces
 
 

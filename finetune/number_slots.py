@@ -12,13 +12,19 @@ question asks for, and where it goes in the sentence); the numbers are exact by 
 (`WaferMap.facts()`); a number that matches no fact, or several facts at once, stays as written.
 Checkpoints without slot tokens (VisualGLM, older small models) are untouched: both functions
 only act when asked to.
+
+`slot_answer`, `fill_from_map` and `fill_stream` are what training and generation call: they
+handle the location slots of `finetune.location_slots` as well, so every slot kind is put in and
+filled in one place.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
+
+from finetune.location_slots import LOCATION_PREFIX, fill_locations, slot_locations
 
 if TYPE_CHECKING:
     from data_tools.wafer_map import WaferMap
@@ -85,28 +91,62 @@ def slot_numbers(text: str, facts: dict) -> str:
     return _NUMBER.sub(replace, text)
 
 
+def slot_answer(text: str, wafer: WaferMap, patterns: Iterable[str], locations: bool = False) -> str:
+    """An answer as a checkpoint with slots reads and writes it: numbers and, with `locations`, places as slots.
+
+    Places are measured among `patterns`: the map's labels in training, the patterns the thread
+    has named so far for a history answer at inference (as `fill_from_map` filled them).
+    """
+    if locations:
+        text = slot_locations(text, wafer, patterns)
+    return slot_numbers(text, wafer.facts())
+
+
 def fill_slots(text: str, facts: dict) -> str:
     """`text` with every slot token replaced by the map's measured value (unknown slots are left as written)."""
     values = slot_values(facts)
     return _SLOT.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
-def fill_from_map(answer: str, wafer: WaferMap | None) -> str:
-    """A generated answer with its slots filled from `wafer` (as written when there is no map)."""
-    return fill_slots(answer, wafer.facts()) if wafer is not None and SLOT_PREFIX in answer else answer
+def fill_from_map(answer: str, wafer: WaferMap | None, said: Sequence[str] = ()) -> str:
+    """A generated answer with its location and number slots filled from `wafer` (as written when there is no map).
+
+    `said` holds the thread's earlier answers, whose pattern names count where places are measured
+    (`finetune.location_slots.fill_locations`).
+    """
+    if wafer is None:
+        return answer
+    return fill_slots(fill_locations(answer, wafer, _context(said)), wafer.facts())
 
 
-def fill_stream(pieces: Iterator[str], facts: dict) -> Iterator[str]:
-    """`fill_slots` over streamed text: a piece ending inside a slot token waits for the rest of it."""
-    pending = ""
+def _context(said: Sequence[str]) -> str:
+    return "".join(f"{text}\n" for text in said)
+
+
+def _may_be_slot(tail: str) -> bool:
+    """True when `tail` (text from a "<" on, without ">") could still become a slot token."""
+    return any(prefix.startswith(tail[: len(prefix)]) for prefix in (SLOT_PREFIX, LOCATION_PREFIX))
+
+
+def fill_stream(pieces: Iterator[str], wafer: WaferMap, said: Sequence[str] = ()) -> Iterator[str]:
+    """`fill_from_map` over streamed text: a piece ending inside a slot token waits for the rest of it.
+
+    From a location slot on, the rest of the answer is held and filled at its end: where a Loc
+    cluster is looked for depends on every pattern the answer names, including those after it.
+    """
+    facts = wafer.facts()
+    sent, pending = "", ""
     for piece in pieces:
         pending += piece
+        if LOCATION_PREFIX in pending:
+            continue
         cut = pending.rfind("<")
-        if cut != -1 and ">" not in pending[cut:] and SLOT_PREFIX.startswith(pending[cut : cut + len(SLOT_PREFIX)]):
+        if cut != -1 and ">" not in pending[cut:] and _may_be_slot(pending[cut:]):
             ready, pending = pending[:cut], pending[cut:]
         else:
             ready, pending = pending, ""
         if ready:
+            sent += ready
             yield fill_slots(ready, facts)
     if pending:
-        yield fill_slots(pending, facts)
+        yield fill_slots(fill_locations(pending, wafer, _context(said) + sent), facts)

@@ -75,7 +75,8 @@ def markdown(result: dict, image_name: str) -> str:
     locations = result.get("locations")
     if locations and locations["n_maps"]:
         lines.append(f"- locations on {locations['n_maps']} maps with an Edge-Loc, Loc or Scratch: sectors named as "
-                     f"measured in {100 * locations['sectors_right']:.1f}% of answers")
+                     f"measured in {100 * locations['sectors_right']:.1f}% of answers; the largest cluster's zone "
+                     f"and sector as measured in {100 * locations['largest_cluster_right']:.1f}%")
     lines += ["", "## Per pattern", "", "| pattern | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
     for key, v in result["per_pattern"].items():
         lines.append(f"| {key} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |")

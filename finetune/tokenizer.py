@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from finetune.location_slots import LOCATION_TOKENS
 from finetune.number_slots import SLOT_TOKENS
 
 PAD = "<pad>"
@@ -72,5 +73,5 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000, min_frequency:
         model_max_length=2048,
     )
     wrapped.add_special_tokens({"additional_special_tokens": [USER, ASSISTANT, SYSTEM, IMAGE]})
-    wrapped.add_tokens(list(SLOT_TOKENS))  # not special: decoding keeps them for `fill_slots`
+    wrapped.add_tokens(list(SLOT_TOKENS + LOCATION_TOKENS))  # not special: decoding keeps them for filling
     return wrapped

@@ -40,6 +40,8 @@ from finetune.dataset import (
     recognition_example,
 )
 from finetune.loading import train_mode
+from finetune.location_slots import LOCATION_SLOTS, LOCATION_TOKENS, has_location_slots, opening_words
+from finetune.number_slots import has_slots
 from finetune.precision import slow_bf16_warning
 from finetune.small_model import SmallModelConfig
 
@@ -71,6 +73,7 @@ class TrainConfig:
     log_every: int = 10
     recognition_fraction: float = 0.5
     count_fraction: float = 0.0
+    location_fraction: float = 0.0
     count_varied: float = 0.0  # share of the number questions asked about synthetic maps of random size
     max_length: int = 512
     vocab_size: int = 3000
@@ -112,6 +115,10 @@ class TrainConfig:
         if not 0.0 <= self.count_fraction <= 1.0 - self.recognition_fraction:
             raise TrainingError(f"--count-fraction must be in [0, 1 - recognition fraction], got {self.count_fraction}"
                                 f" with --recognition-fraction {self.recognition_fraction}")
+        if not 0.0 <= self.location_fraction <= 1.0 - self.recognition_fraction - self.count_fraction:
+            raise TrainingError(f"--location-fraction must be in [0, 1 - recognition and count fractions], got "
+                                f"{self.location_fraction} with --recognition-fraction {self.recognition_fraction} "
+                                f"and --count-fraction {self.count_fraction}")
         if not 0.0 <= self.count_varied <= 1.0:
             raise TrainingError(f"--count-varied must be in [0, 1], got {self.count_varied}")
         unknown = set(self.model) - set(SmallModelConfig.__dataclass_fields__)
@@ -281,8 +288,34 @@ def setup_model(cfg: TrainConfig, corpus: Corpus, accelerator: Any = None) -> tu
         return model, load_processor(cfg.out)
     if cfg.base is not None:
         model, processor = load_model(cfg.base, trainable=True)
+        if add_location_slots(model, processor) and (accelerator is None or accelerator.is_main_process):
+            print(f"{cfg.base} predates location slots: added {len(LOCATION_TOKENS)} tokens to its tokenizer and "
+                  "embeddings (finetune/location_slots.py)", file=sys.stderr)
         return model, processor
     return _new_small_model(cfg, corpus, accelerator)
+
+
+def add_location_slots(model: Any, processor: Any) -> bool:
+    """Give a small checkpoint trained with number slots but no location slots the location slot tokens.
+
+    Each new embedding row starts as the mean of the rows of the words its text opens with
+    (`opening_words`: "The Scratch", "划痕"), so the tokens differ from the start: rows at the mean
+    of all others are nearly alike, and with tied input and output embeddings a refresh of 1,000
+    steps did not tell them apart (every place came out as one token). True when tokens were
+    added; other checkpoints (already upgraded, or without slots, as VisualGLM) are left as they are.
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if not has_slots(tokenizer) or has_location_slots(tokenizer):
+        return False
+    tokenizer.add_tokens(list(LOCATION_TOKENS))
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    tables = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    with torch.no_grad():
+        for token, (place, language) in zip(LOCATION_TOKENS, LOCATION_SLOTS):
+            words = tokenizer(opening_words(place, language), add_special_tokens=False)["input_ids"]
+            for weight in tables.values():
+                weight[tokenizer.convert_tokens_to_ids(token)] = weight[words].mean(dim=0)
+    return True
 
 
 # ---------------------------------------------------------------- state
@@ -564,6 +597,7 @@ def run_training(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     corpus = Corpus(cfg.data, splits=("train", "val"))
     sampler = ExampleSampler(corpus, "train", cfg.recognition_fraction, count_fraction=cfg.count_fraction,
+                             location_fraction=cfg.location_fraction,
                              count_varied=cfg.count_varied)
     cfg.out.mkdir(parents=True, exist_ok=True)
     model, processor = setup_model(cfg, corpus, accelerator)

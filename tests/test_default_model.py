@@ -4,8 +4,8 @@ Real weights on the CPU, greedy decoding, synthetic maps: a regression check of 
 rely on and that the recognition benchmark does not measure — a number question asked as a
 follow-up gets the number it asks for, in the language it was asked (an earlier default answered
 "And how many dies are good?" with the failing-die count), also when the thread so far was in the
-other language (the default before this one answered a Chinese yield question after English turns
-with causes, in English).
+other language (an earlier default answered a Chinese yield question after English turns
+with causes, in English), and places named where the map has them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data_tools.answers import cluster_place, location_answer
+from data_tools.locate import locate
 from data_tools.synthetic import generate_grid
 from data_tools.wafer_map import WaferMap
+from finetune.answer_parser import parse_answer
+from finetune.evaluate import sectors_named
 from model_server.backends.base import GenerationRequest, Turn
 from model_server.backends.hf import HFBackend
 
@@ -87,3 +91,27 @@ def test_a_question_in_the_other_language_deep_in_a_thread_is_answered_in_its_la
         assert in_chinese == (opened_in == "en"), (question, answer)
         numbers = set(re.findall(r"\d+(?:\.\d+)?%?", answer))
         assert _expected(wafer.facts(), topic) in numbers, (question, answer)
+
+
+#: Maps whose patterns have a measured place (sectors, a scratch's direction) and the thread asking for it.
+PLACED_CLASSES = ("Edge_Loc", "Loc+Scratch", "Center+Edge_Loc+Scratch")
+WHERE = {"en": ("Where are the defects?", "How many clusters of failing dies are there?"),
+         "zh": ("缺陷在晶圆的什么位置？", "失效芯片形成了几个失效团？")}
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_places_in_answers_are_the_ones_measured_on_the_map(backend, language):
+    """The sectors a location answer names, and the largest cluster's zone and sector, are the map's
+    own for the patterns the thread recognised (an earlier default named the sectors most common in
+    training, whatever the map)."""
+    wafers = [WaferMap(generate_grid(name, np.random.default_rng(seed + 10))) for seed, name in enumerate(PLACED_CLASSES)]
+    first = Turn("user", OPENERS[language])
+    replies = backend.generate([GenerationRequest(first.text, wafer) for wafer in wafers])
+    where, clusters = WHERE[language]
+    answers = backend.generate([GenerationRequest(question, wafer, history=(first, Turn("assistant", reply)))
+                                for wafer, reply in zip(wafers, replies) for question in (where, clusters)])
+    for wafer, reply, located, clustered in zip(wafers, replies, answers[0::2], answers[1::2]):
+        recognised = parse_answer(reply)  # places are measured for the patterns the thread names
+        measured = location_answer(locate(wafer, recognised), wafer.facts(), language)
+        assert sectors_named(located) == sectors_named(measured) != set(), (reply, located, measured)
+        assert cluster_place(wafer.facts()["clusters"]["largest"], language) in clustered, (reply, clustered)

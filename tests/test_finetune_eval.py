@@ -171,5 +171,9 @@ def test_location_check_compares_the_sectors_named_with_the_measured_ones(tmp_pa
         result = _eval_json(capsys, "--model", str(model), "--mixedwm38", str(path), "--numbers", "0")
         assert result["locations"]["n_maps"] == 1  # only the Loc map has a sector pattern
         assert result["locations"]["sectors_right"] == expected
+        assert result["locations"]["largest_cluster_right"] == 0.0  # "(W)" alone does not say the zone
     assert main(["eval", "--model", str(right), "--mixedwm38", str(path), "--numbers", "0"]) == 0
     assert "locations: sectors right in 100.0% of answers on 1 maps" in capsys.readouterr().out
+    placed = build_fixed_answer_checkpoint(tmp_path / "placed", "<loc_largest_cluster_en>")
+    result = _eval_json(capsys, "--model", str(placed), "--mixedwm38", str(path), "--numbers", "0")
+    assert result["locations"]["largest_cluster_right"] == 1.0  # the slot, filled from the map

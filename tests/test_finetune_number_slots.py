@@ -63,8 +63,8 @@ def test_slots_are_filled_in_streamed_pieces_cut_anywhere(wafer):
     whole = fill_slots(text, facts)
     assert whole == f"{wafer.failing} of the {wafer.dies} dies fail ({wafer.yield_percent:.2f}% yield)."
     for cut in range(1, len(text)):
-        assert "".join(fill_stream(iter([text[:cut], text[cut:]]), facts)) == whole
-    assert "".join(fill_stream(iter(["a < b", " <num_x"]), facts)) == "a < b <num_x"
+        assert "".join(fill_stream(iter([text[:cut], text[cut:]]), wafer)) == whole
+    assert "".join(fill_stream(iter(["a < b", " <num_x"]), wafer)) == "a < b <num_x"
 
 
 def test_unknown_slot_names_are_refused_or_left_alone(wafer):

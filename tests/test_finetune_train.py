@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from data_tools.answers import location_answer
+from data_tools.locate import locate
 from defect_glm import main
 from finetune.dataset import IGNORE_INDEX, Corpus, Example, ExampleSampler, collate, encode_example, training_messages
 from finetune.loading import load_model
@@ -138,7 +140,9 @@ def _assert_numbers_are_the_maps(example: Example) -> None:
     facts = example.wafer.facts()
     answer = example.texts[-1]
     numbers = {int(n) for n in re.findall(r"\d+", re.sub(r"\d+\.\d+%", "", answer))}
+    largest = facts["clusters"]["largest"]
     assert numbers and numbers <= {facts["dies"], facts["failing"], facts["good"], facts["clusters"]["count"],
+                                   *([largest["size"]] if largest else []),
                                    *(v for z in facts["zones"].values() for v in (z["failing"], z["dies"]))}, answer
     if "%" in answer:
         assert f"{facts['yield']:.2f}%" in answer
@@ -179,6 +183,21 @@ def test_number_questions_on_varied_size_maps_use_those_maps_facts(corpus_dir):
     assert len(shapes) > 3 and all(20 <= side <= 100 for shape in shapes for side in shape)
     for example in examples:
         _assert_numbers_are_the_maps(example)
+
+
+def test_location_questions_are_answered_with_the_places_of_the_transformed_map(corpus_dir):
+    corpus = Corpus(corpus_dir, splits=("train", "val"))
+    examples = ExampleSampler(corpus, "train", 0.0, location_fraction=1.0).batch((0, 0, 2), 40)
+    assert 8 <= sum(len(e.texts) == 4 for e in examples) <= 32  # half come after a recognition question
+    for example in examples:
+        measured = location_answer(locate(example.wafer, example.patterns), example.wafer.facts(),
+                                   "zh" if re.search(r"[\u4e00-\u9fff]", example.texts[-2]) else "en")
+        assert example.texts[-1] == measured
+    placed = [e for e in examples if {"Edge_Loc", "Loc", "Scratch"} & set(e.patterns)]
+    assert placed
+    for example in placed:  # in training targets, the places are slots
+        answer = training_messages(example, number_slots=True, location_slots=True)[-1]
+        assert "<loc_" in answer["content"][0]["text"]
 
 
 def test_stopped_and_resumed_run_ends_with_the_same_weights(full_run, corpus_dir, tmp_path, capsys):
@@ -231,7 +250,7 @@ def test_labels_cover_exactly_the_answer_tokens(corpus_dir, tiny_model_dir):
     tokenizer = processor.tokenizer
     for e, example in zip(encoded, examples):
         answer_ids = [t for t in e["labels"] if t != IGNORE_INDEX]
-        messages = training_messages(example, number_slots=True)
+        messages = training_messages(example, number_slots=True, location_slots=True)
         answers = [m["content"][0]["text"] for m in messages if m["role"] == "assistant"]
         assert tokenizer.decode(answer_ids) == "".join(f"{a}<|end|>" for a in answers)
         assert e["labels"][-1] == tokenizer.eos_token_id and e["labels"][0] == IGNORE_INDEX
@@ -359,6 +378,8 @@ def test_quantised_lora_without_cuda_is_a_clear_error(corpus_dir, tiny_model_dir
         (["--lora"], "--lora needs --base"),
         (["--recognition-fraction", "0.5", "--count-fraction", "0.6"], "--count-fraction must be in [0, 1 - recog"),
         (["--count-varied", "1.5"], "--count-varied must be in [0, 1]"),
+        (["--recognition-fraction", "0.5", "--count-fraction", "0.3", "--location-fraction", "0.3"],
+         "--location-fraction must be in [0, 1 - recognition and count fractions]"),
     ],
 )
 def test_bad_settings_are_refused_before_training(corpus_dir, tmp_path, capsys, extra, message):

@@ -35,6 +35,11 @@ class GenerationRequest:
     history: tuple[Turn, ...] = field(default_factory=tuple)  # oldest first, already trimmed
     max_new_tokens: int = 256
 
+    @property
+    def earlier_answers(self) -> tuple[str, ...]:
+        """The thread's answers so far (in the history), oldest first."""
+        return tuple(turn.text for turn in self.history if turn.role == "assistant")
+
 
 @dataclass(frozen=True)
 class BackendInfo:

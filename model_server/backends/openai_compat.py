@@ -133,7 +133,7 @@ class OpenAIBackend(Backend):
         answers = [self._one(requests[0])] if len(requests) == 1 else list(self._pool.map(self._one, requests))
         from finetune.number_slots import fill_from_map
 
-        return [fill_from_map(answer, request.wafer) for request, answer in zip(requests, answers)]
+        return [fill_from_map(answer, request.wafer, request.earlier_answers) for request, answer in zip(requests, answers)]
 
     def generate_stream(self, request: GenerationRequest) -> Iterator[str]:
         pieces = self._stream(request)
@@ -142,7 +142,7 @@ class OpenAIBackend(Backend):
             return
         from finetune.number_slots import fill_stream
 
-        yield from fill_stream(pieces, request.wafer.facts())
+        yield from fill_stream(pieces, request.wafer, request.earlier_answers)
 
     def _stream(self, request: GenerationRequest) -> Iterator[str]:
         with self._open("POST", "/chat/completions", self._body(request, stream=True)) as resp:
