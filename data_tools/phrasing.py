@@ -160,10 +160,13 @@ COUNT_QUESTIONS: dict[str, dict[str, list[str]]] = {
     "clusters": {
         "en": [
             "How many clusters of failing dies are there?",
+            "How many clusters are there?",
+            "How many clusters?",
             "How big is the largest cluster?",
             "Do the failures form clusters?",
+            "Are the failing dies clustered?",
         ],
-        "zh": ["失效芯片形成了几个团？", "最大的失效团有多大？", "失效是成团分布的吗？"],
+        "zh": ["失效芯片形成了几个团？", "有几个失效团？", "最大的失效团有多大？", "失效是成团分布的吗？", "失效芯片成团吗？"],
     },
     "summary": {
         "en": ["Give me the numbers for this wafer.", "Summarise the die counts.", "Quick stats please."],
