@@ -94,7 +94,8 @@ def _t_check(ctx: MapContext, rng: random.Random, lang: str) -> Turn:
     return _q(P.CHECK_QUESTIONS, rng, lang), A.check_answer(ctx.patterns, lang, _variant(rng)), ("check",)
 
 
-def _t_yesno(ctx: MapContext, rng: random.Random, lang: str) -> tuple[Turn, str]:
+def yesno_turn(ctx: MapContext, rng: random.Random, lang: str) -> tuple[Turn, str]:
+    """"Is there <pattern>?" (a pattern the map has or, half the time, one it lacks) and its answer; the pattern asked."""
     absent = [k for k in PATTERN_KEYS if k not in ctx.patterns]
     key = rng.choice(ctx.patterns) if ctx.patterns and (not absent or rng.random() < 0.5) else rng.choice(absent)
     question = _q(P.YESNO_QUESTIONS, rng, lang, p=rng.choice(P.PATTERN_NOUNS[key][lang]))
@@ -121,7 +122,7 @@ def _s_count(ctx: MapContext, rng: random.Random, lang: str) -> list[Turn]:
 
 
 def _s_yesno(ctx: MapContext, rng: random.Random, lang: str) -> list[Turn]:
-    return [_t_yesno(ctx, rng, lang)[0]]
+    return [yesno_turn(ctx, rng, lang)[0]]
 
 
 def _s_recognition_followups(ctx: MapContext, rng: random.Random, lang: str) -> list[Turn]:
@@ -169,7 +170,7 @@ def _s_nth_chain(ctx: MapContext, rng: random.Random, lang: str) -> list[Turn]:
 
 def _s_yesno_followup(ctx: MapContext, rng: random.Random, lang: str) -> list[Turn]:
     """Yes/no about one pattern; if yes, what causes it or what to check; if no, what is there instead."""
-    first, key = _t_yesno(ctx, rng, lang)
+    first, key = yesno_turn(ctx, rng, lang)
     turns = [first]
     if key in ctx.patterns:  # the yes answer already says where it is: ask why, or what to check
         if rng.random() < 0.5:

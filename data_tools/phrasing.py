@@ -120,9 +120,10 @@ COUNT_QUESTIONS: dict[str, dict[str, list[str]]] = {
             "Can you give me the die yield?",
             "How good is the yield on this one?",
             "And the yield?",
+            "yield?",
         ],
         "zh": ["良率是多少？", "这片的良率多少？", "合格率是多少？", "良品率是多少？", "帮我算一下良率。",
-               "这片晶圆的良率是多少？", "良率有多少？"],
+               "这片晶圆的良率是多少？", "良率有多少？", "良率？"],
     },
     "failing": {
         "en": [
@@ -134,9 +135,10 @@ COUNT_QUESTIONS: dict[str, dict[str, list[str]]] = {
             "And how many fail?",
             "How many bad dies?",
             "How many dies failed test?",
+            "What is the failure rate?",
         ],
         "zh": ["有多少颗芯片失效？", "失效芯片有几颗？", "坏的芯片有多少？", "数一下失效的芯片。", "有多少个失效芯片？",
-               "那失效的有多少？", "不良芯片有几个？"],
+               "那失效的有多少？", "不良芯片有几个？", "坏了多少颗？"],
     },
     "dies": {
         "en": ["How many dies are on this wafer?", "What's the total die count?", "How many dies in total?",
@@ -154,6 +156,7 @@ COUNT_QUESTIONS: dict[str, dict[str, list[str]]] = {
             "How many dies fail in the {zone} zone?",
             "How many failures are in the {zone} zone?",
             "What does the {zone} zone look like in numbers?",
+            "How many failing dies in the {zone}?",
         ],
         "zh": ["{zone}有多少颗失效？", "{zone}的失效芯片有几颗？", "{zone}的失效情况怎么样？"],
     },
@@ -207,8 +210,9 @@ YESNO_QUESTIONS: dict[str, list[str]] = {
         "Any sign of {p}?",
         "Can you spot {p} here?",
         "Is {p} present?",
+        "Is it {p}?",
     ],
-    "zh": ["有{p}吗？", "这片晶圆上有{p}吗？", "是否存在{p}？", "能看到{p}吗？", "图上有没有{p}？"],
+    "zh": ["有{p}吗？", "这片晶圆上有{p}吗？", "是否存在{p}？", "能看到{p}吗？", "图上有没有{p}？", "是{p}吗？"],
 }
 
 # ---------------------------------------------------------------- follow-ups (rely on earlier turns)

@@ -51,6 +51,9 @@ def _register_training(subcommands: argparse._SubParsersAction) -> None:
     train.add_argument("--location-fraction", type=float, default=0.0, metavar="F",
                        help="share of examples that are generated location questions on augmented training maps, "
                        "answered with the places measured on them, half after a recognition question (default 0)")
+    train.add_argument("--yesno-fraction", type=float, default=0.0, metavar="F",
+                       help="share of examples that are generated 'is there <pattern>?' questions on augmented training "
+                       "maps, half about a pattern the map lacks, answered from its labels (default 0)")
     train.add_argument("--count-varied", type=float, default=0.0, metavar="F",
                        help="share of those number questions asked about synthetic maps of random size (20-100 "
                        "dies a side), whose counts the image cannot tell: they teach copying from the facts (default 0)")
@@ -98,7 +101,7 @@ def _run_training(args: argparse.Namespace) -> int:
         data=Path(args.data), out=Path(args.out), lora=args.lora, base=Path(args.base) if args.base else None,
         quant=args.quant, steps=args.steps, batch_size=args.batch_size, micro_batches=args.micro_batches, lr=args.lr, warmup_steps=args.warmup_steps,
         seed=args.seed, eval_every=args.eval_every, eval_maps=args.eval_maps, save_every=args.save_every, log_every=args.log_every,
-        recognition_fraction=args.recognition_fraction, count_fraction=args.count_fraction, location_fraction=args.location_fraction, count_varied=args.count_varied, vision_steps=args.vision_steps,
+        recognition_fraction=args.recognition_fraction, count_fraction=args.count_fraction, location_fraction=args.location_fraction, yesno_fraction=args.yesno_fraction, count_varied=args.count_varied, vision_steps=args.vision_steps,
         vision_batch_size=args.vision_batch_size, vision_lr=args.vision_lr, max_length=args.max_length, vocab_size=args.vocab_size,
         model=model, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
         threads=args.threads, bf16=args.bf16, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
@@ -160,6 +163,8 @@ def _register_evaluation(subcommands: argparse._SubParsersAction) -> None:
     ev.add_argument("--limit", type=int, metavar="N", help="evaluate a seeded random sample of N maps")
     ev.add_argument("--batch-size", type=int, default=32, help="generation batch size (default 32)")
     ev.add_argument("--numbers", type=int, default=50, metavar="N", help="maps for the number check (0: skip)")
+    ev.add_argument("--yesno", type=int, default=50, metavar="N",
+                    help="maps for the yes/no check: 'is there <pattern>?', half about a pattern the map lacks (0: skip)")
     ev.add_argument("--locations", type=int, default=50, metavar="N",
                     help="maps with an Edge-Loc, Loc or Scratch for the location check (0: skip)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the sample and question choice")
@@ -182,7 +187,8 @@ def _run_evaluation(args: argparse.Namespace) -> int:
     try:
         result = evaluate_file(
             args.model or serving_model_dir(), args.mixedwm38, adapter_dir=args.adapter, split=args.split,
-            limit=args.limit, batch_size=args.batch_size, numbers=args.numbers, locations=args.locations, seed=args.seed,
+            limit=args.limit, batch_size=args.batch_size, numbers=args.numbers, locations=args.locations, yesno=args.yesno,
+            seed=args.seed,
             report_dir=args.report, threads=args.threads, dtype=args.dtype,
         )
     except (EvaluationError, ModelLoadError) as exc:
@@ -199,6 +205,10 @@ def _run_evaluation(args: argparse.Namespace) -> int:
             print(f"numbers: failing dies ±1 {100 * numbers['failing_within_1_die']:.1f}%, "
                   f"yield ±0.5% {100 * numbers['yield_within_0_5_pct']:.1f}% on {numbers['n_maps']} maps "
                   f"({100 * (numbers.get('from_slots') or 0):.1f}% as slots filled from the map)")
+        if result.get("yesno", {}).get("n"):
+            yesno = result["yesno"]
+            print(f"yes/no: right in {100 * yesno['right']:.1f}% of {yesno['n']} questions; yes to a missing pattern "
+                  f"{100 * (yesno['yes_when_absent'] or 0):.1f}%, no to a present one {100 * (yesno['no_when_present'] or 0):.1f}%")
         if result.get("locations", {}).get("n_maps"):
             locations = result["locations"]
             print(f"locations: sectors right in {100 * locations['sectors_right']:.1f}% of answers on "

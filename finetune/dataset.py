@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from data_tools.answers import count_answer, location_answer, other_language, recognition_answer
+from data_tools.dialogue import MapContext, yesno_turn
 from data_tools.locate import locate
 from data_tools.phrasing import COUNT_QUESTIONS, LOCATION_QUESTIONS, RECOGNITION_QUESTIONS, ZONE_NAMES
 from data_tools.taxonomy import CLASSES, PATTERN_KEYS, from_multi_hot
@@ -228,6 +229,15 @@ def location_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random, a
     return Example(wafer, texts, patterns)
 
 
+def yesno_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random, augment: bool = True) -> Example:
+    """"Is there <pattern>?" about `grid` (randomly transformed), half the time about a pattern it lacks,
+    answered from its labels: the answer must follow the map, not the question."""
+    wafer = augmented_wafer(grid, rng, augment)
+    patterns = from_multi_hot(labels)
+    (question, answer, _), _ = yesno_turn(MapContext.of(wafer, patterns), rng, rng.choice(("en", "zh")))
+    return Example(wafer, (question, answer), patterns)
+
+
 def varied_size_grid(rng: random.Random) -> np.ndarray:
     """A synthetic map of a random class and a random size (square or not): its die and failure counts
     cannot be guessed from the image as they can on same-sized maps, so questions about it must take
@@ -244,35 +254,42 @@ class ExampleSampler:
     corpus conversations (all of them when the split has no maps)."""
 
     def __init__(self, corpus: Corpus, split: str = "train", recognition_fraction: float = 0.5, augment: bool = True,
-                 count_fraction: float = 0.0, count_varied: float = 0.0, location_fraction: float = 0.0):
+                 count_fraction: float = 0.0, count_varied: float = 0.0, location_fraction: float = 0.0,
+                 yesno_fraction: float = 0.0):
         for name, value in (("recognition_fraction", recognition_fraction), ("count_fraction", count_fraction),
-                            ("count_varied", count_varied), ("location_fraction", location_fraction)):
+                            ("count_varied", count_varied), ("location_fraction", location_fraction),
+                            ("yesno_fraction", yesno_fraction)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if recognition_fraction + count_fraction + location_fraction > 1.0:
-            raise ValueError(f"recognition_fraction + count_fraction + location_fraction must be at most 1, got "
-                             f"{recognition_fraction} + {count_fraction} + {location_fraction}")
+        if recognition_fraction + count_fraction + location_fraction + yesno_fraction > 1.0:
+            raise ValueError(f"the recognition, count, location and yes/no fractions must add up to at most 1, got "
+                             f"{recognition_fraction} + {count_fraction} + {location_fraction} + {yesno_fraction}")
         self.corpus = corpus
         self.records = corpus.records.get(split, [])
         self.maps = corpus.map_indices(split)
         if not self.records and not len(self.maps):
             raise CorpusError(f"the {split} split of {corpus.root} holds no conversations and no maps")
-        shares = [recognition_fraction, count_fraction, location_fraction] if len(self.maps) else [0.0, 0.0, 0.0]
+        shares = [recognition_fraction, count_fraction, location_fraction, yesno_fraction]
+        if not len(self.maps):
+            shares = [0.0] * len(shares)
         if not self.records:  # maps only: the generated questions share everything
             total = sum(shares)
-            shares = [share / total for share in shares] if total else [1.0, 0.0, 0.0]
-        self.recognition_fraction, self.count_fraction, self.location_fraction = shares
+            shares = [share / total for share in shares] if total else [1.0, 0.0, 0.0, 0.0]
+        self.recognition_fraction, self.count_fraction, self.location_fraction, self.yesno_fraction = shares
         self.count_varied = count_varied
         self.augment = augment
 
     def sample(self, rng: random.Random) -> Example:
         draw = rng.random()
-        if draw < self.recognition_fraction + self.count_fraction + self.location_fraction:
+        counted = self.recognition_fraction + self.count_fraction
+        if draw < counted + self.location_fraction + self.yesno_fraction:
             i = int(self.maps[rng.randrange(len(self.maps))])
             grid, labels = self.corpus.grids[i], self.corpus.labels[i]
             if draw < self.recognition_fraction:
                 return recognition_example(grid, labels, rng, self.augment)
-            if draw >= self.recognition_fraction + self.count_fraction:
+            if draw >= counted + self.location_fraction:
+                return yesno_example(grid, labels, rng, self.augment)
+            if draw >= counted:
                 return location_example(grid, labels, rng, self.augment)
             if self.count_varied and rng.random() < self.count_varied:
                 return count_example(varied_size_grid(rng), rng, self.augment)

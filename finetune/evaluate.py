@@ -27,7 +27,13 @@ import numpy as np
 
 from data_tools.answers import cluster_place, location_answer
 from data_tools.locate import locate
-from data_tools.phrasing import COUNT_QUESTIONS, LOCATION_QUESTIONS, RECOGNITION_QUESTIONS
+from data_tools.phrasing import (
+    COUNT_QUESTIONS,
+    LOCATION_QUESTIONS,
+    PATTERN_NOUNS,
+    RECOGNITION_QUESTIONS,
+    YESNO_QUESTIONS,
+)
 from data_tools.taxonomy import CLASS_NAMES, DEFECT_GLM_36, PATTERN_KEYS, from_multi_hot, is_valid_combination
 from data_tools.wafer_map import SECTORS, WaferMap
 from finetune.answer_parser import parse_answer
@@ -222,6 +228,47 @@ def location_scores(model: Any, processor: Any, grids: np.ndarray, labels: np.nd
             "largest_cluster_right": round(float(np.mean(placed)), 4) if placed else None, "mistakes": mistakes}
 
 
+_YES = re.compile(r"^\s*(?:yes\b|是的)", re.IGNORECASE)
+_NO = re.compile(r"^\s*(?:no\b|没有|不存在)", re.IGNORECASE)
+
+
+def yesno_scores(model: Any, processor: Any, grids: np.ndarray, labels: np.ndarray, limit: int = 50,
+                 batch_size: int = 32, seed: int = 0) -> dict:
+    """Ask "is there <pattern>?" about up to `limit` maps, alternately a pattern the map has and one it
+    lacks (English and Chinese alternately); share of answers opening with the right yes or no.
+
+    `yes_when_absent` is the share of questions about a missing pattern answered yes (a made-up
+    defect), `no_when_present` the share about a present one answered no.
+    """
+    from finetune.generation import generate_answers
+
+    rng = random.Random(f"yesno-{seed}")
+    requests, truths = [], []
+    for i in range(min(limit, len(grids))):
+        present = set(from_multi_hot(labels[i]))
+        pool = sorted(present) if i % 2 == 0 and present else sorted(set(PATTERN_KEYS) - present)
+        key = rng.choice(pool)
+        language = LANGUAGES[(i // 2) % len(LANGUAGES)]
+        noun = rng.choice(PATTERN_NOUNS[key][language])
+        question = rng.choice(YESNO_QUESTIONS[language]).format(p=noun)
+        requests.append(GenerationRequest(question, WaferMap(grids[i]), max_new_tokens=96))
+        truths.append(key in present)
+    answers = generate_answers(model, processor, requests, batch_size=batch_size)
+    said = [True if _YES.match(a) else False if _NO.match(a) else None for a in answers]
+    right = [s == t for s, t in zip(said, truths)]
+    absent = [s is True for s, t in zip(said, truths) if not t]
+    present_no = [s is False for s, t in zip(said, truths) if t]
+    mistakes = [{"question": r.question, "truth": "yes" if t else "no", "answer": a}
+                for r, a, t, ok in zip(requests, answers, truths, right) if not ok][:10]
+    return {
+        "n": len(requests),
+        "right": round(float(np.mean(right)), 4) if right else None,
+        "yes_when_absent": round(float(np.mean(absent)), 4) if absent else None,
+        "no_when_present": round(float(np.mean(present_no)), 4) if present_no else None,
+        "mistakes": mistakes,
+    }
+
+
 def select_maps(path: str | Path, split: str = "all", limit: int | None = None, seed: int = 0,
                 val_fraction: float = 0.05, test_fraction: float = 0.10) -> tuple[np.ndarray, np.ndarray]:
     """Grids and labels of a MixedWM38 file, restricted to a corpus split (by content hash) and a limit."""
@@ -262,6 +309,7 @@ def evaluate_file(
     batch_size: int = 32,
     numbers: int = 50,
     locations: int = 50,
+    yesno: int = 50,
     seed: int = 0,
     report_dir: str | Path | None = None,
     threads: int | None = None,
@@ -291,6 +339,8 @@ def evaluate_file(
         result["numbers"] = number_scores(model, processor, grids[:numbers], batch_size=batch_size, seed=seed)
     if locations:
         result["locations"] = location_scores(model, processor, grids, labels, locations, batch_size, seed)
+    if yesno:
+        result["yesno"] = yesno_scores(model, processor, grids, labels, yesno, batch_size, seed)
     result["confusion"] = [{"truth": t, "predicted": p, "count": c} for (t, p), c in result["confusion"].items()]
     if report_dir is not None:
         from finetune.report import write_report

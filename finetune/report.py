@@ -72,6 +72,11 @@ def markdown(result: dict, image_name: str) -> str:
             f"yield within ±0.5%: {100 * numbers['yield_within_0_5_pct']:.1f}% "
             f"(written as slots filled from the map: {100 * (numbers.get('from_slots') or 0):.1f}%)"
         )
+    yesno = result.get("yesno")
+    if yesno and yesno["n"]:
+        lines.append(f"- yes/no on {yesno['n']} maps (\"is there <pattern>?\", half about a pattern the map lacks): right in "
+                     f"{100 * yesno['right']:.1f}%; yes to a missing pattern {100 * (yesno['yes_when_absent'] or 0):.1f}%, "
+                     f"no to a present one {100 * (yesno['no_when_present'] or 0):.1f}%")
     locations = result.get("locations")
     if locations and locations["n_maps"]:
         lines.append(f"- locations on {locations['n_maps']} maps with an Edge-Loc, Loc or Scratch: sectors named as "

@@ -74,6 +74,7 @@ class TrainConfig:
     recognition_fraction: float = 0.5
     count_fraction: float = 0.0
     location_fraction: float = 0.0
+    yesno_fraction: float = 0.0
     count_varied: float = 0.0  # share of the number questions asked about synthetic maps of random size
     max_length: int = 512
     vocab_size: int = 3000
@@ -119,6 +120,10 @@ class TrainConfig:
             raise TrainingError(f"--location-fraction must be in [0, 1 - recognition and count fractions], got "
                                 f"{self.location_fraction} with --recognition-fraction {self.recognition_fraction} "
                                 f"and --count-fraction {self.count_fraction}")
+        spare = 1.0 - self.recognition_fraction - self.count_fraction - self.location_fraction
+        if not 0.0 <= self.yesno_fraction <= spare + 1e-9:
+            raise TrainingError(f"--yesno-fraction must be in [0, 1 - the recognition, count and location fractions], "
+                                f"got {self.yesno_fraction}")
         if not 0.0 <= self.count_varied <= 1.0:
             raise TrainingError(f"--count-varied must be in [0, 1], got {self.count_varied}")
         unknown = set(self.model) - set(SmallModelConfig.__dataclass_fields__)
@@ -597,7 +602,7 @@ def run_training(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     corpus = Corpus(cfg.data, splits=("train", "val"))
     sampler = ExampleSampler(corpus, "train", cfg.recognition_fraction, count_fraction=cfg.count_fraction,
-                             location_fraction=cfg.location_fraction,
+                             location_fraction=cfg.location_fraction, yesno_fraction=cfg.yesno_fraction,
                              count_varied=cfg.count_varied)
     cfg.out.mkdir(parents=True, exist_ok=True)
     model, processor = setup_model(cfg, corpus, accelerator)

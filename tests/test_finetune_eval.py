@@ -177,3 +177,18 @@ def test_location_check_compares_the_sectors_named_with_the_measured_ones(tmp_pa
     placed = build_fixed_answer_checkpoint(tmp_path / "placed", "<loc_largest_cluster_en>")
     result = _eval_json(capsys, "--model", str(placed), "--mixedwm38", str(path), "--numbers", "0")
     assert result["locations"]["largest_cluster_right"] == 1.0  # the slot, filled from the map
+
+
+def test_yes_no_check_catches_a_model_that_always_says_yes_or_no(tmp_path, capsys):
+    path = tmp_path / "maps.npz"
+    assert main(["data", "synth", "--per-class", "1", "--classes", "Loc,Scratch", "--out", str(path),
+                 "--no-progress"]) == 0
+    for answer, scores in (("Yes", (0.5, 1.0, 0.0)), ("No", (0.5, 0.0, 1.0))):
+        model = build_fixed_answer_checkpoint(tmp_path / answer, answer)
+        result = _eval_json(capsys, "--model", str(model), "--mixedwm38", str(path), "--numbers", "0",
+                            "--locations", "0")
+        yesno = result["yesno"]  # map 0 is asked about a pattern it has, map 1 about one it lacks
+        assert yesno["n"] == 2 and (yesno["right"], yesno["yes_when_absent"], yesno["no_when_present"]) == scores
+    assert main(["eval", "--model", str(model), "--mixedwm38", str(path), "--numbers", "0", "--locations", "0"]) == 0
+    assert "yes/no: right in 50.0% of 2 questions; yes to a missing pattern 0.0%, no to a present one 100.0%" in \
+        capsys.readouterr().out

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from data_tools.answers import location_answer
 from data_tools.locate import locate
 from defect_glm import main
+from finetune.answer_parser import mentions
 from finetune.dataset import IGNORE_INDEX, Corpus, Example, ExampleSampler, collate, encode_example, training_messages
 from finetune.loading import load_model
 from finetune.precision import bf16_is_native
@@ -198,6 +199,19 @@ def test_location_questions_are_answered_with_the_places_of_the_transformed_map(
     for example in placed:  # in training targets, the places are slots
         answer = training_messages(example, number_slots=True, location_slots=True)[-1]
         assert "<loc_" in answer["content"][0]["text"]
+
+
+def test_yes_no_questions_follow_the_map_half_of_them_about_a_missing_pattern(corpus_dir):
+    corpus = Corpus(corpus_dir, splits=("train", "val"))
+    examples = ExampleSampler(corpus, "train", 0.0, yesno_fraction=1.0).batch((0, 0, 3), 60)
+    answered = []
+    for example in examples:
+        _, answer = example.texts
+        (asked, _), *_ = mentions(answer)  # "Yes, there is a Scratch pattern." / "没有，不存在划痕缺陷。"
+        said_yes = answer.startswith(("Yes", "是的"))
+        assert said_yes == (asked in example.patterns) and (said_yes or answer.startswith(("No", "没有"))), answer
+        answered.append(said_yes)
+    assert 15 <= sum(answered) <= 45
 
 
 def test_stopped_and_resumed_run_ends_with_the_same_weights(full_run, corpus_dir, tmp_path, capsys):
@@ -380,6 +394,8 @@ def test_quantised_lora_without_cuda_is_a_clear_error(corpus_dir, tiny_model_dir
         (["--count-varied", "1.5"], "--count-varied must be in [0, 1]"),
         (["--recognition-fraction", "0.5", "--count-fraction", "0.3", "--location-fraction", "0.3"],
          "--location-fraction must be in [0, 1 - recognition and count fractions]"),
+        (["--recognition-fraction", "0.5", "--location-fraction", "0.3", "--yesno-fraction", "0.3"],
+         "--yesno-fraction must be in [0, 1 - the recognition, count and location fractions]"),
     ],
 )
 def test_bad_settings_are_refused_before_training(corpus_dir, tmp_path, capsys, extra, message):
