@@ -176,6 +176,12 @@ def recognition_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random
     return Example(wafer, _recognition_turn(patterns, language, rng), patterns)
 
 
+def _opening_language(language: str, rng: random.Random) -> str:
+    """The language a thread opened in before a follow-up in `language`: the other one a share `COUNT_SWITCH`
+    of the time (bilingual engineers switch; the answer follows the question's language)."""
+    return other_language(language) if rng.random() < COUNT_SWITCH else language
+
+
 def _count_turn(facts: dict, language: str, rng: random.Random) -> tuple[str, str]:
     """One number question of a random topic and its answer from `facts`."""
     topic = rng.choices(list(COUNT_TOPIC_WEIGHTS), weights=list(COUNT_TOPIC_WEIGHTS.values()))[0]
@@ -200,7 +206,7 @@ def count_example(grid: np.ndarray, rng: random.Random, augment: bool = True, la
     facts = wafer.facts()
     texts = _count_turn(facts, language, rng)
     if rng.random() < follow_up:
-        opened_in = language if rng.random() >= COUNT_SWITCH else other_language(language)
+        opened_in = _opening_language(language, rng)
         if labels is not None and rng.random() < 0.5:
             opener = _recognition_turn(from_multi_hot(labels), opened_in, rng)
         else:
@@ -224,7 +230,7 @@ def location_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random, a
     texts: tuple[str, ...] = (rng.choice(LOCATION_QUESTIONS[language]),
                               location_answer(locate(wafer, patterns), wafer.facts(), language))
     if rng.random() < follow_up:
-        opened_in = language if rng.random() >= COUNT_SWITCH else other_language(language)
+        opened_in = _opening_language(language, rng)
         texts = (*_recognition_turn(patterns, opened_in, rng), *texts)
     return Example(wafer, texts, patterns)
 
