@@ -256,8 +256,8 @@ def varied_size_grid(rng: random.Random) -> np.ndarray:
 
 
 class ExampleSampler:
-    """Draws training examples: shares of augmented recognition, number and location questions, the rest
-    corpus conversations (all of them when the split has no maps)."""
+    """Draws training examples: shares of augmented recognition, number, location and yes/no questions, the
+    rest corpus conversations (all of them when the split has no maps)."""
 
     def __init__(self, corpus: Corpus, split: str = "train", recognition_fraction: float = 0.5, augment: bool = True,
                  count_fraction: float = 0.0, count_varied: float = 0.0, location_fraction: float = 0.0,
