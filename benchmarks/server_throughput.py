@@ -97,7 +97,8 @@ async def run_level(url: str, concurrency: int, total: int, images: list[bytes],
 
 
 async def run_setting(backend: Backend, db_dir: Path, batching: bool, levels: list[int], requests: int,
-                      max_new_tokens: int, max_wait_ms: float, images: list[bytes], mode: str) -> list[dict]:
+                      max_new_tokens: int, max_wait_ms: float, images: list[bytes], mode: str,
+                      image_readers: int = ServerConfig.image_readers) -> list[dict]:
     cfg = ServerConfig(
         port=0,
         db=db_dir / f"bench-{'on' if batching else 'off'}.sqlite",
@@ -107,6 +108,7 @@ async def run_setting(backend: Backend, db_dir: Path, batching: bool, levels: li
         max_new_tokens=max_new_tokens,
         max_threads=1_000_000,
         max_history_turns=2,
+        image_readers=image_readers,
     )
     rows = []
     async with running_server(cfg, backend) as server:
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("image", "followup"), default="image",
                         help="image: a new thread with a map per request; followup: text follow-ups (default image)")
     parser.add_argument("--only", choices=("on", "off"), default=None, help="run one setting only")
+    parser.add_argument("--image-readers", type=int, default=ServerConfig.image_readers,
+                        help=f"threads reading uploads into die grids (default {ServerConfig.image_readers}, the server's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     levels = sorted({int(x) for x in args.concurrency.split(",") if x.strip()})
@@ -175,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict] = []
         for batching in settings:
             rows += asyncio.run(run_setting(backend, workdir, batching, levels, args.requests,
-                                            args.max_new_tokens, args.max_wait_ms, images, args.mode))
+                                            args.max_new_tokens, args.max_wait_ms, images, args.mode,
+                                            args.image_readers))
         backend.close()
 
     by = {(r["batching"], r["concurrency"]): r for r in rows}

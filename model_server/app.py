@@ -19,6 +19,7 @@ import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -243,7 +244,8 @@ def create_app(
         queue_depth=lambda: holder["state"].batcher.depth if holder["state"].batcher else 0,
         threads=lambda: holder["state"].memory.count(),
     )
-    state = ServerState(config=config, memory=memory, metrics=metrics_)
+    state = ServerState(config=config, memory=memory, metrics=metrics_,
+                        image_reader=ThreadPoolExecutor(config.image_readers, thread_name_prefix="image-reader"))
     holder["state"] = state
     app[STATE] = state
     app[_LOADER] = loader
@@ -279,6 +281,8 @@ def create_app(
                 with contextlib.suppress(Exception):
                     state.batcher.backend.close()
         memory.close()
+        assert state.image_reader is not None
+        state.image_reader.shutdown(wait=False, cancel_futures=True)
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

@@ -23,6 +23,7 @@ the one in docs/server.md are generated from it (`python -m model_server.config`
 | max_batch_size | DEFECT_GLM_MAX_BATCH_SIZE | --max-batch-size | 16 | most requests in one generate call (1: no batching) |
 | max_wait_ms | DEFECT_GLM_MAX_WAIT_MS | --max-wait-ms | 0 | how long the first request of a batch waits for company (0: take what is queued) |
 | max_queue | DEFECT_GLM_MAX_QUEUE | --max-queue | 256 | requests waiting for the model before new ones get 429 |
+| image_readers | DEFECT_GLM_IMAGE_READERS | --image-readers | 1 | threads reading uploaded images into die grids; on a small CPU more of them slow the model (they share its cores and Python's lock) |
 | request_timeout_s | DEFECT_GLM_REQUEST_TIMEOUT_S | --request-timeout-s | 300 | longest a request waits for its answer before 503 |
 | max_image_bytes | DEFECT_GLM_MAX_IMAGE_BYTES | --max-image-bytes | 10485760 | largest accepted image file (413 above) |
 | max_image_pixels | DEFECT_GLM_MAX_IMAGE_PIXELS | --max-image-pixels | 25000000 | largest accepted width × height (413 above; decompression bombs) |
@@ -89,6 +90,7 @@ class ServerConfig:
     max_batch_size: int = 16
     max_wait_ms: float = 0.0
     max_queue: int = 256
+    image_readers: int = 1
     request_timeout_s: float = 300.0
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 25_000_000
@@ -153,7 +155,7 @@ def validate(cfg: ServerConfig) -> list[str]:
         cfg.openai_url is None or cfg.openai_url.startswith(("http://", "https://")),
         f"openai_url must start with http:// or https://, got {cfg.openai_url!r}",
     )
-    for name in ("max_batch_size", "max_queue", "max_image_bytes", "max_image_pixels", "max_text_chars",
+    for name in ("max_batch_size", "max_queue", "image_readers", "max_image_bytes", "max_image_pixels", "max_text_chars",
                  "max_new_tokens", "max_stored_turns", "max_threads"):
         need(getattr(cfg, name) >= 1, f"{name} must be at least 1, got {getattr(cfg, name)}")
     for name in ("max_wait_ms", "max_history_turns", "thread_ttl_s", "idempotency_ttl_s"):
@@ -239,6 +241,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_wait_ms", "DEFECT_GLM_MAX_WAIT_MS", _float, "0",
            "how long the first request of a batch waits for company (0: take what is queued)"),
     Option("max_queue", "DEFECT_GLM_MAX_QUEUE", _int, "256", "requests waiting for the model before new ones get 429"),
+    Option("image_readers", "DEFECT_GLM_IMAGE_READERS", _int, "1",
+           "threads reading uploaded images into die grids; on a small CPU more of them slow the model (they share "
+           "its cores and Python's lock)"),
     Option("request_timeout_s", "DEFECT_GLM_REQUEST_TIMEOUT_S", _float, "300",
            "longest a request waits for its answer before 503"),
     Option("max_image_bytes", "DEFECT_GLM_MAX_IMAGE_BYTES", _int, "10485760", "largest accepted image file (413 above)"),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -28,6 +29,8 @@ class ServerState:
     load_error: str | None = None
     started_at: float = field(default_factory=time.time)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: reads uploads into die grids (`config.image_readers` threads), beside the model worker
+    image_reader: ThreadPoolExecutor | None = None
     _thread_locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
 
     @property

@@ -155,7 +155,8 @@ async def read_json(request: web.Request) -> object:
 
 
 async def image_to_wafer(state: ServerState, data: bytes) -> WaferMap:
-    """Check the image against the limits and read its die grid (off the event loop)."""
+    """Check the image against the limits and read its die grid, on the server's image-reader threads
+    (off the event loop; few of them, so that reading does not starve the model worker)."""
     cfg = state.config
 
     def work() -> WaferMap:
@@ -166,7 +167,7 @@ async def image_to_wafer(state: ServerState, data: bytes) -> WaferMap:
         wafer.facts()  # computes the wafer's cached zones and clusters here, not on the model worker every request waits for
         return wafer
 
-    return await asyncio.get_running_loop().run_in_executor(None, work)
+    return await asyncio.get_running_loop().run_in_executor(state.image_reader, work)
 
 
 async def run_model(state: ServerState, requests: list[GenerationRequest], request_id: str) -> list[str]:
