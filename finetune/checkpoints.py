@@ -169,12 +169,35 @@ def _record_evaluation(path: Path, evaluation: dict) -> None:
     _write_json(meta_path, meta)
 
 
+#: The answer checks of `defect-glm eval` besides recognition that promotion also compares: (section, figure).
+ANSWER_CHECKS = (
+    ("numbers", "failing_within_1_die"), ("numbers", "yield_within_0_5_pct"),
+    ("locations", "sectors_right"), ("locations", "largest_cluster_right"), ("yesno", "right"),
+)
+#: How far below the served checkpoint a candidate may score on an answer check (they ask ~50 maps each).
+DEFAULT_TOLERANCE = 0.05
+
+
 def _summary(result: dict) -> dict:
+    checks = {
+        f"{section}.{figure}": result[section][figure]
+        for section, figure in ANSWER_CHECKS
+        if isinstance(result.get(section), dict) and result[section].get(figure) is not None
+    }
     return {
         "file": result["file"], "split": result["split"], "limit": result["limit"], "n": result["n"],
-        "exact_match": result["exact_match"], "macro_f1": result["macro_f1"],
+        "exact_match": result["exact_match"], "macro_f1": result["macro_f1"], "checks": checks,
         "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def _regressions(candidate: dict, current: dict, tolerance: float) -> list[str]:
+    """The answer checks on which the candidate scores more than `tolerance` below the current checkpoint."""
+    return [
+        f"{name} {candidate['checks'][name]:.4f} vs {score:.4f}"
+        for name, score in current.get("checks", {}).items()
+        if name in candidate["checks"] and candidate["checks"][name] < score - tolerance
+    ]
 
 
 def promote(
@@ -183,17 +206,22 @@ def promote(
     split: str = "all",
     limit: int | None = None,
     batch_size: int = 32,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict:
-    """Serve `version_or_dir` if it evaluates at least as well as the served checkpoint on `heldout`.
+    """Serve `version_or_dir` if it evaluates at least as well as the served checkpoint on `heldout`:
+    exact match at least as high, and no answer check (`ANSWER_CHECKS`: numbers, places, yes/no)
+    more than `tolerance` lower.
 
     A directory outside the registry is first copied in as a new version, so the served weights
-    can never change under the server. Raises PromotionRefused (with both figures) otherwise.
+    can never change under the server. Raises PromotionRefused (with the figures) otherwise.
     """
+    if not 0.0 <= tolerance <= 1.0:
+        raise CheckpointError(f"--tolerance must be in [0, 1], got {tolerance}")
     from finetune.evaluate import evaluate_file as evaluate
 
     candidate = resolve(version_or_dir)
     current = serving_model_dir()
-    options = {"split": split, "limit": limit, "batch_size": batch_size, "numbers": 0}
+    options = {"split": split, "limit": limit, "batch_size": batch_size}
     candidate_result = _summary(evaluate(candidate, heldout, **options))
     _record_evaluation(candidate, candidate_result)
     if current.exists():
@@ -207,6 +235,14 @@ def promote(
         raise PromotionRefused(
             f"not promoted: {candidate} scores exact match {candidate_result['exact_match']:.4f} on {heldout} "
             f"({candidate_result['n']} maps), below the served {current} at {current_result['exact_match']:.4f}"
+        )
+    regressions = [] if current_result is None else _regressions(candidate_result, current_result, tolerance)
+    if regressions:
+        raise PromotionRefused(
+            f"not promoted: {candidate} matches or beats the served {current} on exact match "
+            f"({candidate_result['exact_match']:.4f} vs {current_result['exact_match']:.4f}) but answers worse by more "
+            f"than the tolerance {tolerance:g}: " + "; ".join(regressions)
+            + ". Look at `defect-glm eval --json` of both; --tolerance sets the margin"
         )
     if not _in_registry(candidate):
         candidate = add_checkpoint(candidate, note=f"promoted from {version_or_dir}")

@@ -57,6 +57,11 @@ def _register_training(subcommands: argparse._SubParsersAction) -> None:
     train.add_argument("--count-varied", type=float, default=0.0, metavar="F",
                        help="share of those number questions asked about synthetic maps of random size (20-100 "
                        "dies a side), whose counts the image cannot tell: they teach copying from the facts (default 0)")
+    train.add_argument("--measured-facts", choices=("yes", "no"),
+                       help="whether the prompts carry the line of measured facts (dies, failing, yield, zones, clusters) "
+                       "before the question; 'no' makes prompts ~60 %% shorter (numbers and places are slots filled "
+                       "from the grid either way). Saved in config.json; default: the base checkpoint's choice, yes for "
+                       "a new model. Full training only")
     train.add_argument("--vision-steps", type=int, default=0, metavar="N",
                        help="stage 1 before the conversation steps: N steps training the vision tower alone as a "
                        "pattern classifier (full training only; default 0: none)")
@@ -105,6 +110,7 @@ def _run_training(args: argparse.Namespace) -> int:
         vision_batch_size=args.vision_batch_size, vision_lr=args.vision_lr, max_length=args.max_length, vocab_size=args.vocab_size,
         model=model, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
         threads=args.threads, bf16=args.bf16, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
+        measured_facts=None if args.measured_facts is None else args.measured_facts == "yes",
     )
     try:
         out = run_training(cfg)
@@ -221,6 +227,8 @@ def _run_evaluation(args: argparse.Namespace) -> int:
 
 # --- promote / checkpoints (finetune.checkpoints) -------------------------------------------
 def _register_checkpoints(subcommands: argparse._SubParsersAction) -> None:
+    from finetune.checkpoints import DEFAULT_TOLERANCE  # standard library only
+
     listing = subcommands.add_parser(
         "checkpoints",
         help="list registered checkpoint versions and the served one; --add DIR registers a checkpoint",
@@ -234,7 +242,8 @@ def _register_checkpoints(subcommands: argparse._SubParsersAction) -> None:
         "promote",
         help="serve a checkpoint if it evaluates at least as well as the served one on a held-out file",
         description="Evaluates the candidate and the currently served checkpoint on the same held-out file; "
-        "switches serving only if the candidate's exact match is at least as high. The server picks it up at "
+        "switches serving only if the candidate's exact match is at least as high and none of its other answer "
+        "checks (numbers, places, yes/no; ~50 maps each) is more than --tolerance lower. The server picks it up at "
         "start or on POST /admin/reload.",
     )
     promote.add_argument("candidate", metavar="VERSION_OR_DIR", help="registered version (e.g. v0002) or a directory")
@@ -243,6 +252,9 @@ def _register_checkpoints(subcommands: argparse._SubParsersAction) -> None:
                          help="corpus split of the file to use (default all)")
     promote.add_argument("--limit", type=int, metavar="N", help="seeded sample of N maps (same for both)")
     promote.add_argument("--batch-size", type=int, default=32, help="generation batch size (default 32)")
+    promote.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="F",
+                         help="how far below the served checkpoint the candidate may score on an answer check other "
+                         f"than recognition (shares in [0, 1]; default {DEFAULT_TOLERANCE})")
     promote.set_defaults(handler=_run_promote)
 
 
@@ -280,7 +292,7 @@ def _run_promote(args: argparse.Namespace) -> int:
 
     try:
         decision = promote(args.candidate, args.mixedwm38, split=args.split, limit=args.limit,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, tolerance=args.tolerance)
     except (CheckpointError, EvaluationError, ModelLoadError) as exc:
         raise CommandError(str(exc)) from None
     candidate, current = decision["candidate_eval"], decision["current_eval"]

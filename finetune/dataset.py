@@ -311,13 +311,15 @@ class ExampleSampler:
 # ---------------------------------------------------------------- encoding
 
 
-def training_messages(example: Example, number_slots: bool = False, location_slots: bool = False) -> list[dict]:
+def training_messages(example: Example, number_slots: bool = False, location_slots: bool = False,
+                      facts: bool = True) -> list[dict]:
     """Chat messages of a whole example (the prompt exactly as at inference, plus the final answer).
 
     With `number_slots` (a tokenizer that has the slot tokens), every answer names the measured
     numbers of the example's map as slot tokens (`finetune.number_slots`), as history answers are
     given at inference; with `location_slots` too, the places of its located patterns
-    (`finetune.location_slots`).
+    (`finetune.location_slots`). `facts=False` leaves the facts line out of the prompt (a model
+    whose config says so, `finetune.prompting.uses_measured_facts`).
     """
     texts = example.texts
     if len(texts) < 2 or len(texts) % 2:
@@ -326,7 +328,7 @@ def training_messages(example: Example, number_slots: bool = False, location_slo
         wafer, patterns = example.wafer, example.patterns
         texts = tuple(slot_answer(t, wafer, patterns, location_slots) if i % 2 else t for i, t in enumerate(texts))
     history = [Turn("user" if i % 2 == 0 else "assistant", t) for i, t in enumerate(texts[:-2])]
-    messages = build_messages(example.wafer, history, texts[-2])
+    messages = build_messages(example.wafer, history, texts[-2], facts=facts)
     messages.append({"role": "assistant", "content": [{"type": "text", "text": texts[-1]}]})
     return messages
 
@@ -370,10 +372,12 @@ def answer_segments(processor: Any, messages: list[dict]) -> list[tuple[str, boo
     return segments
 
 
-def encode_example(processor: Any, example: Example, max_length: int) -> dict:
-    """input_ids, labels (answer tokens only; the rest IGNORE_INDEX) and pixel_values for one example."""
+def encode_example(processor: Any, example: Example, max_length: int, facts: bool = True) -> dict:
+    """input_ids, labels (answer tokens only; the rest IGNORE_INDEX) and pixel_values for one example
+    (`facts`: whether the prompt carries the facts line, as the model being trained expects)."""
     tokenizer = _tokenizer(processor)
-    messages = training_messages(example, number_slots=has_slots(tokenizer), location_slots=has_location_slots(tokenizer))
+    messages = training_messages(example, number_slots=has_slots(tokenizer), location_slots=has_location_slots(tokenizer),
+                                 facts=facts)
     images = images_of(messages)
     segments = answer_segments(processor, messages)
     ids: list[int] = []

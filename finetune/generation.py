@@ -18,7 +18,7 @@ import torch
 
 from finetune.location_slots import has_location_slots, named_patterns
 from finetune.number_slots import fill_from_map, fill_stream, has_slots, slot_answer
-from finetune.prompting import PromptTooLong, build_messages, fit_history, images_of
+from finetune.prompting import PromptTooLong, build_messages, fit_history, images_of, uses_measured_facts
 from model_server.backends.base import GenerationRequest, Turn
 
 
@@ -52,8 +52,10 @@ def prepare_prompt(model: Any, processor: Any, request: GenerationRequest) -> tu
     """Prompt text and its encoding (a batch of one) for one request, oldest turns dropped (in pairs)
     until prompt and answer fit the model's context."""
 
+    facts = uses_measured_facts(model)
+
     def encode(history: tuple[Turn, ...]) -> tuple[int, tuple[str, dict]]:
-        messages = build_messages(request.wafer, history, request.question)
+        messages = build_messages(request.wafer, history, request.question, facts=facts)
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         encoded = _encode(processor, [text], images_of(messages))
         return int(encoded["input_ids"].shape[1]), (text, encoded)

@@ -2,9 +2,11 @@
 
 Training, evaluation and the server's hf backend all call `build_messages`, so the model sees
 exactly the same thing everywhere. The first user turn carries the wafer image (as rendered by
-`model_image`) and one line of facts measured from the die grid (dies, failing, yield, where
-failures sit): numbers in answers are copied from measurements, pattern recognition comes from
-the image. Messages use the content-list form that `processor.apply_chat_template` expects.
+`model_image`) and, for checkpoints trained with it (`uses_measured_facts`: the `measured_facts`
+setting in their config, on unless a run said `--measured-facts no`), one line of facts measured
+from the die grid (dies, failing, yield, where failures sit). Pattern recognition comes from the
+image; numbers and places in answers of slot-trained checkpoints are filled from the grid either
+way. Messages use the content-list form that `processor.apply_chat_template` expects.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from data_tools.wafer_map import WaferMap
 from model_server.backends.base import Turn
 
 FACTS_PREFIX = "[measured]"
+#: The config attribute (saved in config.json) saying whether a checkpoint's prompts carry the facts line.
+MEASURED_FACTS_ATTRIBUTE = "measured_facts"
 Prompt = TypeVar("Prompt")
 #: Palette of the image the model sees (Defect-GLM's: white off wafer, grey good, black failing).
 MODEL_PALETTE = "grey"
@@ -54,6 +58,20 @@ def facts_line(wafer: WaferMap) -> str:
             f"clusters {facts['clusters']['count']}, largest {largest['size']} at {largest['zone']} {largest['sector']}"
         )
     return f"{FACTS_PREFIX} " + "; ".join(parts)
+
+
+def uses_measured_facts(model: object) -> bool:
+    """Whether `model` was trained with the facts line in its prompts (its config's `measured_facts`).
+
+    Checkpoints from before the setting existed, and models trained elsewhere, say nothing: they
+    get the facts line, as they always did.
+    """
+    return bool(getattr(getattr(model, "config", None), MEASURED_FACTS_ATTRIBUTE, True))
+
+
+def set_measured_facts(model: object, facts: bool) -> None:
+    """Record in `model`'s config (saved with it) whether its prompts carry the facts line."""
+    setattr(model.config, MEASURED_FACTS_ATTRIBUTE, bool(facts))  # type: ignore[attr-defined]
 
 
 def _text(text: str) -> dict:

@@ -43,6 +43,7 @@ from finetune.loading import train_mode
 from finetune.location_slots import LOCATION_SLOTS, LOCATION_TOKENS, has_location_slots, opening_words
 from finetune.number_slots import has_slots
 from finetune.precision import slow_bf16_warning
+from finetune.prompting import set_measured_facts, uses_measured_facts
 from finetune.small_model import SmallModelConfig
 
 STATE_DIR = "training_state"
@@ -91,6 +92,7 @@ class TrainConfig:
     vision_batch_size: int = 128
     vision_lr: float = 2e-3
     stop_after: int | None = None  # end this session after this step (state saved); continue with resume
+    measured_facts: bool | None = None  # facts line in the prompts; None: the base's choice (a new model: yes)
 
     def validate(self) -> None:
         from finetune.loading import QUANTIZATIONS
@@ -105,6 +107,8 @@ class TrainConfig:
                      "max_length"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lora and self.measured_facts is not None:
+            raise TrainingError("--measured-facts is for full training: a LoRA adapter keeps its base model's prompt")
         if self.stop_after is not None and self.stop_after < 1:
             raise TrainingError(f"--stop-after must be at least 1, got {self.stop_after}")
         if self.vocab_size < 300:
@@ -455,7 +459,8 @@ def evaluate_during_training(model: Any, processor: Any, corpus: Corpus, cfg: Tr
     losses = []
     with torch.no_grad():
         for start in range(0, len(examples), cfg.batch_size):
-            encoded = [encode_example(processor, e, cfg.max_length) for e in examples[start : start + cfg.batch_size]]
+            encoded = [encode_example(processor, e, cfg.max_length, facts=uses_measured_facts(model))
+                       for e in examples[start : start + cfg.batch_size]]
             losses.append(batch_loss(model, encoded, tokenizer.pad_token_id, device, cfg.micro_batches))
     scores = recognition_scores(model, processor, corpus.grids[chosen], corpus.labels[chosen], batch_size=32, seed=cfg.seed)
     if was_training:
@@ -606,6 +611,9 @@ def run_training(cfg: TrainConfig) -> Path:
                              count_varied=cfg.count_varied)
     cfg.out.mkdir(parents=True, exist_ok=True)
     model, processor = setup_model(cfg, corpus, accelerator)
+    facts = uses_measured_facts(model) if cfg.measured_facts is None else cfg.measured_facts
+    if not cfg.lora:
+        set_measured_facts(model, facts)  # saved in config.json: generation builds the same prompt
     if not cfg.resume and main and not (cfg.out / "processor_config.json").is_file():
         processor.save_pretrained(cfg.out)  # a resumed run needs the tokenizer it started with
     vision_history = run_vision_stage(cfg, model, processor, corpus, accelerator, bf16) if not cfg.resume else []
@@ -629,7 +637,7 @@ def run_training(cfg: TrainConfig) -> Path:
         torch.manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
         examples = sampler.batch((cfg.seed, step, accelerator.process_index), cfg.batch_size)
         try:
-            encoded = [encode_example(processor, e, cfg.max_length) for e in examples]
+            encoded = [encode_example(processor, e, cfg.max_length, facts=facts) for e in examples]
         except ValueError as exc:
             raise TrainingError(f"step {step}: {exc}") from None
         loss = torch.tensor(batch_loss(
@@ -677,6 +685,7 @@ def run_training(cfg: TrainConfig) -> Path:
             "torch_threads": torch.get_num_threads(),
             "device": str(accelerator.device),
             "bf16_autocast": bf16,
+            "measured_facts": uses_measured_facts(final),
             "processes": accelerator.num_processes,
         }
         (cfg.out / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")

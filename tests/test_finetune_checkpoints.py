@@ -95,6 +95,28 @@ def test_promotion_accepts_a_better_checkpoint_refuses_a_worse_one_and_the_serve
         check_output(TrainConfig(data=tmp_path, out=checkpoints.serving_model_dir()))
 
 
+def test_promotion_also_refuses_a_candidate_that_answers_worse_beyond_the_tolerance(home, heldout, good, tmp_path, capsys):
+    # Both read every Normal map right; only this one also opens its yes/no answers with the right "No".
+    says_no = build_fixed_answer_checkpoint(tmp_path / "says-no", "No, normal.")
+    code, _, err = _promote(capsys, says_no, heldout)
+    assert code == 0, err
+    served = checkpoints.serving_model_dir()
+    evaluation = json.loads((served / "checkpoint.json").read_text())["evaluations"][-1]
+    assert evaluation["exact_match"] == 1.0 and evaluation["checks"]["yesno.right"] == 1.0
+
+    code, _, err = _promote(capsys, good, heldout)
+    assert code == 2
+    assert "not promoted" in err and "yesno.right 0.0000 vs 1.0000" in err and "tolerance 0.05" in err
+    assert checkpoints.serving_model_dir() == served
+
+    capsys.readouterr()
+    code = main(["promote", str(good), "--mixedwm38", str(heldout), "--batch-size", "3", "--tolerance", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert checkpoints.serving_model_dir() != served
+    code = main(["promote", str(good), "--mixedwm38", str(heldout), "--tolerance", "1.5"])
+    assert code == 2 and "--tolerance must be in [0, 1]" in capsys.readouterr().err
+
+
 def test_checkpoints_command_registers_and_lists(home, good, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

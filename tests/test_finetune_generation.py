@@ -8,7 +8,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from data_tools.synthetic import generate
 from data_tools.wafer_map import WaferMap
-from finetune.generation import GenerationError, generate_answers, stream_answer
+from finetune.generation import GenerationError, generate_answers, prepare_prompt, stream_answer
 from finetune.loading import ModelLoadError, load_model
 from finetune.prompting import (
     FACTS_PREFIX,
@@ -18,6 +18,8 @@ from finetune.prompting import (
     fit_history,
     images_of,
     model_image,
+    set_measured_facts,
+    uses_measured_facts,
 )
 from model_server.backends.base import GenerationRequest, Turn
 
@@ -89,6 +91,22 @@ def test_streaming_yields_the_same_text(loaded, wafer):
     request = GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=6)
     pieces = list(stream_answer(model, processor, request))
     assert pieces and "".join(pieces).strip() == generate_answers(model, processor, [request])[0]
+
+
+def test_the_facts_line_is_in_the_prompt_unless_the_checkpoint_says_it_was_trained_without(loaded, wafer):
+    model, processor = loaded
+    request = GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=4)
+    assert uses_measured_facts(model)  # a checkpoint that says nothing was trained with the facts line
+    with_facts, encoded = prepare_prompt(model, processor, request)
+    assert FACTS_PREFIX in with_facts
+    set_measured_facts(model, False)
+    try:
+        without, shorter = prepare_prompt(model, processor, request)
+        assert FACTS_PREFIX not in without and "What defects does this wafer show?" in without
+        assert shorter["input_ids"].shape[1] < encoded["input_ids"].shape[1] - 30
+        assert generate_answers(model, processor, [request])[0] is not None
+    finally:
+        set_measured_facts(model, True)
 
 
 def test_long_history_is_trimmed_and_an_overlong_question_refused(loaded, wafer):

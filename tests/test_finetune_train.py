@@ -22,11 +22,13 @@ from safetensors.torch import load_file
 
 from data_tools.answers import location_answer
 from data_tools.locate import locate
+from data_tools.wafer_map import WaferMap
 from defect_glm import main
 from finetune.answer_parser import mentions
 from finetune.dataset import IGNORE_INDEX, Corpus, Example, ExampleSampler, collate, encode_example, training_messages
 from finetune.loading import load_model
 from finetune.precision import bf16_is_native
+from finetune.prompting import uses_measured_facts
 from finetune.small_model import TINY_CONFIG
 from finetune.train import TrainConfig, TrainingError, batch_loss, check_output
 
@@ -103,7 +105,25 @@ def test_full_training_writes_a_loadable_checkpoint_log_curve_and_evaluations(fu
         assert image.format == "PNG" and image.size[0] > 100
     meta = json.loads((out / "train_meta.json").read_text())
     assert meta["steps"] == 4 and meta["config"]["seed"] == 3 and meta["last_eval"]["step"] == 4
+    assert meta["measured_facts"] is True and json.loads((out / "config.json").read_text())["measured_facts"] is True
     assert "training" in stderr and "4/4" in stderr  # the progress bar
+
+
+def test_a_refresh_can_drop_the_facts_line_and_later_refreshes_keep_the_bases_choice(full_run, corpus_dir, tmp_path):
+    base, _ = full_run
+    short, kept = tmp_path / "short", tmp_path / "kept"
+    one_step = ["--steps", "1", "--eval-every", "1", "--eval-maps", "2", "--save-every", "1", "--threads", "1",
+                "--batch-size", "2", "--no-progress"]
+    assert main(["train", "--base", str(base), "--data", str(corpus_dir), "--out", str(short), *one_step,
+                 "--measured-facts", "no"]) == 0
+    assert main(["train", "--base", str(short), "--data", str(corpus_dir), "--out", str(kept), *one_step]) == 0
+    for run in (short, kept):
+        assert json.loads((run / "train_meta.json").read_text())["measured_facts"] is False
+        model, processor = load_model(run)
+        assert not uses_measured_facts(model)
+    example = Example(WaferMap(Corpus(corpus_dir, splits=("train",)).grids[0]), ("What is wrong?", "Center."))
+    assert len(encode_example(processor, example, 512, facts=False)["input_ids"]) < len(
+        encode_example(processor, example, 512)["input_ids"]) - 30
 
 
 def test_a_bf16_run_with_a_vision_stage_logs_the_towers_val_exact_match_and_saves_fp32(corpus_dir, tmp_path, capsys):
@@ -390,6 +410,7 @@ def test_quantised_lora_without_cuda_is_a_clear_error(corpus_dir, tiny_model_dir
         (["--vocab-size", "100"], "--vocab-size must be at least 300"),
         (["--steps", "0"], "--steps must be at least 1"),
         (["--lora"], "--lora needs --base"),
+        (["--lora", "--base", "somewhere", "--measured-facts", "no"], "--measured-facts is for full training"),
         (["--recognition-fraction", "0.5", "--count-fraction", "0.6"], "--count-fraction must be in [0, 1 - recog"),
         (["--count-varied", "1.5"], "--count-varied must be in [0, 1]"),
         (["--recognition-fraction", "0.5", "--count-fraction", "0.3", "--location-fraction", "0.3"],
