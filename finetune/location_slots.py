@@ -63,7 +63,10 @@ def opening_words(place: str, language: str) -> str:
 def has_location_slots(tokenizer: object) -> bool:
     """True when a tokenizer holds every location slot token (a checkpoint trained with them)."""
     added = getattr(tokenizer, "get_added_vocab", None)
-    return added is not None and all(token in added() for token in LOCATION_TOKENS)
+    if added is None:
+        return False
+    known = added()
+    return all(token in known for token in LOCATION_TOKENS)
 
 
 def slot_locations(text: str, wafer: WaferMap, patterns: Iterable[str]) -> str:

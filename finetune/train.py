@@ -456,10 +456,11 @@ def evaluate_during_training(model: Any, processor: Any, corpus: Corpus, cfg: Tr
     examples = [recognition_example(corpus.grids[i], corpus.labels[i], rng, augment=False) for i in chosen]
     tokenizer = getattr(processor, "tokenizer", processor)
     device = next(model.parameters()).device
+    facts = uses_measured_facts(model)
     losses = []
     with torch.no_grad():
         for start in range(0, len(examples), cfg.batch_size):
-            encoded = [encode_example(processor, e, cfg.max_length, facts=uses_measured_facts(model))
+            encoded = [encode_example(processor, e, cfg.max_length, facts=facts)
                        for e in examples[start : start + cfg.batch_size]]
             losses.append(batch_loss(model, encoded, tokenizer.pad_token_id, device, cfg.micro_batches))
     scores = recognition_scores(model, processor, corpus.grids[chosen], corpus.labels[chosen], batch_size=32, seed=cfg.seed)
