@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="maps for the batch-1 measurement (default 100)")
     parser.add_argument("--batch", type=int, default=32, help="batch size of the throughput measurement")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="weights dtype, as the server's --dtype (default float32)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
 
@@ -52,7 +54,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model_dir = args.model or serving_model_dir()
-    model, processor = load_model(model_dir)
+    model, processor = load_model(model_dir, dtype=args.dtype)
     grids = _maps(args)
     requests = [
         GenerationRequest(RECOGNITION_QUESTIONS[("en", "zh")[i % 2]][0], WaferMap(g), max_new_tokens=64)
@@ -77,6 +79,7 @@ def main() -> None:
     figures = {
         "model": str(model_dir),
         "threads": args.threads,
+        "dtype": args.dtype,
         "maps": len(requests),
         "batch1_median_ms": round(statistics.median(single_ms), 1),
         "batch1_p95_ms": round(float(np.percentile(single_ms, 95)), 1),

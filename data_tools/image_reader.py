@@ -157,19 +157,22 @@ _BIN_CENTRES = (
 _WINDOW = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
-def _main_colours(img: np.ndarray, max_clusters: int = 12, radius: float = 48.0) -> tuple[np.ndarray, np.ndarray]:
-    """The image's main colours (K, 3) float and the 15-bit code histogram.
+def _main_colours(
+    img: np.ndarray, max_clusters: int = 12, radius: float = 48.0, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The main colours (K, 3) float of an image's pixels (…, 3) uint8, and their 15-bit code histogram.
 
     Repeatedly takes the 3×3×3 window of colour bins with the most pixels, averages the colours
     in it, and removes every bin within `radius` of that average. Only bins next to a colour the
     image holds can win, so the windows are summed there alone (a screenshot has few colours).
+    `weights` (one per pixel) counts a pixel that many times: distinct colours with their counts
+    give the same result as the pixels themselves.
     """
-    codes = _codes(img).ravel()
-    hist = np.bincount(codes, minlength=32768).astype(np.float64)
-    sums = np.stack(
-        [np.bincount(codes, weights=img[..., ch].ravel().astype(np.float64), minlength=32768) for ch in range(3)],
-        axis=-1,
-    )
+    pixels = img.reshape(-1, 3)
+    codes = _codes(pixels)
+    hist = np.bincount(codes, weights=weights, minlength=32768).astype(np.float64)
+    weighted = pixels.T.astype(np.float64) if weights is None else pixels.T * weights  # (3, N): rows contiguous
+    sums = np.stack([np.bincount(codes, weights=weighted[ch], minlength=32768) for ch in range(3)], axis=-1)
     occupied = np.flatnonzero(hist)
     occupied_xyz = np.stack(np.unravel_index(occupied, (32, 32, 32)), axis=-1)
     candidates_xyz = (occupied_xyz[:, None, :] + _WINDOW[None]).reshape(-1, 3)
@@ -480,15 +483,32 @@ def _cell_colours(crop: np.ndarray, row_axis: _Axis, col_axis: _Axis) -> np.ndar
 def _cluster_cells(cell_colour: np.ndarray, radius: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
     """Group cell colours: (K, 3) centres (most cells first) and the (rows, cols) label of each cell.
 
-    Colours closer than `radius` share a group (blurred images need a wider radius).
+    Colours closer than `radius` share a group (blurred images need a wider radius). The work is
+    done on the distinct cell colours, each weighted by how many cells have it (a sharp image has
+    a handful).
     """
-    flat = cell_colour.reshape(-1, 3)
-    image = np.clip(np.round(flat), 0, 255).astype(np.uint8)[None, :, :]
-    centres, _ = _main_colours(image, max_clusters=16, radius=radius)
-    label = np.linalg.norm(flat[:, None, :] - centres[None, :, :], axis=-1).argmin(axis=1)
+    flat = np.ascontiguousarray(cell_colour.reshape(-1, 3), dtype=np.float64)
+    _, first, inverse, counts = np.unique(
+        flat.view(np.dtype((np.void, flat.itemsize * 3))).ravel(),
+        return_index=True, return_inverse=True, return_counts=True,
+    )
+    colours, weight = flat[first], counts.astype(np.float64)
+    rounded = np.clip(np.round(colours), 0, 255).astype(np.uint8)
+    centres, _ = _main_colours(rounded, max_clusters=16, radius=radius, weights=weight)
+
+    def nearest(centres: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(colours[:, None, :] - centres[None, :, :], axis=-1).argmin(axis=1)
+
+    def group_means(label: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
+        mass = np.bincount(label, weights=weight, minlength=groups)
+        totals = np.stack([np.bincount(label, weights=weight * colours[:, ch], minlength=groups) for ch in range(3)], -1)
+        return totals / np.maximum(mass, 1e-12)[:, None], mass
+
+    label = nearest(centres)
     for _ in range(3):  # a few k-means steps from the histogram peaks
-        centres = np.array([flat[label == j].mean(axis=0) if (label == j).any() else centres[j] for j in range(len(centres))])
-        label = np.linalg.norm(flat[:, None, :] - centres[None, :, :], axis=-1).argmin(axis=1)
+        means, mass = group_means(label, len(centres))
+        centres = np.where((mass > 0)[:, None], means, centres)
+        label = nearest(centres)
     while True:  # merge groups whose centres ended up closer than the radius
         used = np.unique(label)
         gaps = np.linalg.norm(centres[used][:, None] - centres[used][None, :], axis=-1) + np.eye(used.size) * 1e9
@@ -496,11 +516,11 @@ def _cluster_cells(cell_colour: np.ndarray, radius: float = 40.0) -> tuple[np.nd
             break
         a, b = np.unravel_index(int(np.argmin(gaps)), gaps.shape)
         label[label == used[b]] = used[a]
-        centres[used[a]] = flat[label == used[a]].mean(axis=0)
-    order = used[np.argsort(-np.bincount(label)[used])]
+        centres[used[a]] = group_means(label, len(centres))[0][used[a]]
+    order = used[np.argsort(-np.bincount(label, weights=weight, minlength=len(centres))[used])]
     remap = np.full(len(centres), -1)
     remap[order] = np.arange(order.size)
-    return centres[order], remap[label].reshape(cell_colour.shape[:2])
+    return centres[order], remap[label][inverse.ravel()].reshape(cell_colour.shape[:2])
 
 
 def _resolve_blends(

@@ -42,12 +42,12 @@ PATTERNS: tuple[Pattern, ...] = (
         "Edge_Loc", "Edge-Loc", "边缘局部",
         "a localised cluster of failing dies on one stretch of the wafer edge",
         ("edge loc", "edge-local", "edge local", "edgeloc", "el", "edge-localised",
-         "edge localized", "局部边缘", "边缘局部型"),
+         "edge localized", "local cluster on the edge", "局部边缘", "边缘局部型"),
     ),
     Pattern(
         "Edge_Ring", "Edge-Ring", "边缘环",
         "failing dies all around the wafer edge",
-        ("edge ring", "edgering", "er", "边缘环形", "边缘环状", "外环"),
+        ("edge ring", "edgering", "er", "ring of failures along the edge", "边缘环形", "边缘环状", "外环"),
     ),
     Pattern(
         "Loc", "Loc", "局部",
@@ -67,7 +67,7 @@ PATTERNS: tuple[Pattern, ...] = (
     Pattern(
         "Random", "Random", "随机",
         "failing dies scattered over the whole wafer with no structure",
-        ("r", "random defect", "randomly distributed", "随机型", "随机分布"),
+        ("r", "random defect", "randomly distributed", "randomly scattered failures", "随机型", "随机分布"),
     ),
 )
 

@@ -213,8 +213,10 @@ def _run_evaluation(args: argparse.Namespace) -> int:
                   f"({100 * (numbers.get('from_slots') or 0):.1f}% as slots filled from the map)")
         if result.get("yesno", {}).get("n"):
             yesno = result["yesno"]
-            print(f"yes/no: right in {100 * yesno['right']:.1f}% of {yesno['n']} questions; yes to a missing pattern "
-                  f"{100 * (yesno['yes_when_absent'] or 0):.1f}%, no to a present one {100 * (yesno['no_when_present'] or 0):.1f}%")
+            print(f"yes/no: right in {100 * yesno['right']:.1f}% of {yesno['n']} questions as served (checked against the "
+                  f"recognition; the model's own answers {100 * (yesno.get('model_right') or 0):.1f}%); yes to a missing "
+                  f"pattern {100 * (yesno['yes_when_absent'] or 0):.1f}%, no to a present one "
+                  f"{100 * (yesno['no_when_present'] or 0):.1f}%")
         if result.get("locations", {}).get("n_maps"):
             locations = result["locations"]
             print(f"locations: sectors right in {100 * locations['sectors_right']:.1f}% of answers on "

@@ -228,8 +228,6 @@ def location_scores(model: Any, processor: Any, grids: np.ndarray, labels: np.nd
             "largest_cluster_right": round(float(np.mean(placed)), 4) if placed else None, "mistakes": mistakes}
 
 
-_YES = re.compile(r"^\s*(?:yes\b|是的)", re.IGNORECASE)
-_NO = re.compile(r"^\s*(?:no\b|没有|不存在)", re.IGNORECASE)
 
 
 def yesno_scores(model: Any, processor: Any, grids: np.ndarray, labels: np.ndarray, limit: int = 50,
@@ -237,10 +235,15 @@ def yesno_scores(model: Any, processor: Any, grids: np.ndarray, labels: np.ndarr
     """Ask "is there <pattern>?" about up to `limit` maps, alternately a pattern the map has and one it
     lacks (English and Chinese alternately); share of answers opening with the right yes or no.
 
-    `yes_when_absent` is the share of questions about a missing pattern answered yes (a made-up
-    defect), `no_when_present` the share about a present one answered no.
+    As the server does for a thread with a new map, the recognition question is asked about the
+    same map and the yes/no answer is checked against it (`finetune.yesno`): `right` scores the
+    answers so served, `model_right` the model's own. `yes_when_absent` is the share of questions
+    about a missing pattern answered yes (a made-up defect), `no_when_present` the share about a
+    present one answered no (both as served).
     """
     from finetune.generation import generate_answers
+    from finetune.yesno import ground_yesno, said_yes
+    from model_server.findings import recognition_question
 
     rng = random.Random(f"yesno-{seed}")
     requests, truths = [], []
@@ -253,18 +256,24 @@ def yesno_scores(model: Any, processor: Any, grids: np.ndarray, labels: np.ndarr
         question = rng.choice(YESNO_QUESTIONS[language]).format(p=noun)
         requests.append(GenerationRequest(question, WaferMap(grids[i]), max_new_tokens=96))
         truths.append(key in present)
-    answers = generate_answers(model, processor, requests, batch_size=batch_size)
-    said = [True if _YES.match(a) else False if _NO.match(a) else None for a in answers]
+    recognitions = [GenerationRequest(recognition_question(), r.wafer, max_new_tokens=96) for r in requests]
+    generated = generate_answers(model, processor, requests + recognitions, batch_size=batch_size)
+    own, recognised = generated[: len(requests)], [parse_answer(a) for a in generated[len(requests):]]
+    answers = [ground_yesno(r.question, a, r.wafer, keys) for r, a, keys in zip(requests, own, recognised)]
+
+    def share(values: list[bool]) -> float | None:
+        return round(float(np.mean(values)), 4) if values else None
+
+    said, said_own = [said_yes(a) for a in answers], [said_yes(a) for a in own]
     right = [s == t for s, t in zip(said, truths)]
-    absent = [s is True for s, t in zip(said, truths) if not t]
-    present_no = [s is False for s, t in zip(said, truths) if t]
-    mistakes = [{"question": r.question, "truth": "yes" if t else "no", "answer": a}
-                for r, a, t, ok in zip(requests, answers, truths, right) if not ok][:10]
+    mistakes = [{"question": r.question, "truth": "yes" if t else "no", "answer": a, "model_answer": o}
+                for r, a, o, t, ok in zip(requests, answers, own, truths, right) if not ok][:10]
     return {
         "n": len(requests),
-        "right": round(float(np.mean(right)), 4) if right else None,
-        "yes_when_absent": round(float(np.mean(absent)), 4) if absent else None,
-        "no_when_present": round(float(np.mean(present_no)), 4) if present_no else None,
+        "right": share(right),
+        "model_right": share([s == t for s, t in zip(said_own, truths)]),
+        "yes_when_absent": share([s is True for s, t in zip(said, truths) if not t]),
+        "no_when_present": share([s is False for s, t in zip(said, truths) if t]),
         "mistakes": mistakes,
     }
 

@@ -75,7 +75,8 @@ def markdown(result: dict, image_name: str) -> str:
     yesno = result.get("yesno")
     if yesno and yesno["n"]:
         lines.append(f"- yes/no on {yesno['n']} maps (\"is there <pattern>?\", half about a pattern the map lacks): right in "
-                     f"{100 * yesno['right']:.1f}%; yes to a missing pattern {100 * (yesno['yes_when_absent'] or 0):.1f}%, "
+                     f"{100 * yesno['right']:.1f}% as served (checked against the recognition; the model's own answers "
+                     f"{100 * (yesno.get('model_right') or 0):.1f}%); yes to a missing pattern {100 * (yesno['yes_when_absent'] or 0):.1f}%, "
                      f"no to a present one {100 * (yesno['no_when_present'] or 0):.1f}%")
     locations = result.get("locations")
     if locations and locations["n_maps"]:

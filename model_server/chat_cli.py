@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import threading
 import uuid
@@ -18,6 +17,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from finetune.answer_parser import language_of
 from model_server import wire
 from model_server.client import ModelServerClient, ModelServerError, ModelServerUnavailable
 from model_server.findings import UNKNOWN_CLASS
@@ -29,7 +29,6 @@ DEFAULT_QUESTION_ZH = "这片晶圆有哪些缺陷？"
 PROMPT = "you> "
 ANSWER_PREFIX = "Defect-GLM> "
 
-_CJK = re.compile(r"[\u3400-\u9fff]")
 _ZONES = {"en": {"center": "centre", "middle": "middle", "edge": "edge"},
           "zh": {"center": "中心区", "middle": "中间区", "edge": "边缘区"}}
 
@@ -38,11 +37,6 @@ def _command_error(message: str) -> Exception:
     from defect_glm import CommandError
 
     return CommandError(message)
-
-
-def language_of(text: str) -> str:
-    """'zh' when the text contains Chinese characters, else 'en'."""
-    return "zh" if _CJK.search(text) else "en"
 
 
 def format_findings(findings: wire.Findings, lang: str = "en") -> str:

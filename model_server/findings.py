@@ -34,6 +34,13 @@ def parse_patterns(answer: str) -> tuple[str, ...] | None:
     return None if keys is None else taxonomy.canonical_set(keys)
 
 
+def recognised_patterns(findings_json: dict | None) -> tuple[str, ...] | None:
+    """The patterns stored findings say were recognised; None without findings or when unreadable."""
+    if findings_json is None or findings_json.get("class") == UNKNOWN_CLASS:
+        return None
+    return tuple(findings_json.get("patterns", ()))
+
+
 def build_findings(wafer: WaferMap, patterns: Iterable[str] | None) -> wire.Findings:
     """Findings for a map and the patterns recognised on it (None: the answer was not readable)."""
     keys = () if patterns is None else taxonomy.canonical_set(patterns)

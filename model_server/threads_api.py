@@ -22,11 +22,12 @@ import time
 from aiohttp import BodyPartReader, web
 
 from data_tools.wafer_map import WaferMap
+from finetune.yesno import ground_yesno
 from model_server import intake, wire
 from model_server.backends.base import GenerationRequest, Turn
 from model_server.batching import ModelFailure, QueueFull
 from model_server.errors import ApiError, bad_request
-from model_server.findings import build_findings, parse_patterns, recognition_question
+from model_server.findings import build_findings, parse_patterns, recognised_patterns, recognition_question
 from model_server.memory import StoredImage, StoredReply
 from model_server.state import REQUEST_ID, STATE, ServerState
 
@@ -226,7 +227,7 @@ async def post_message(request: web.Request) -> web.Response:
             history = tuple(Turn(t.role, t.text) for t in ctx.history)  # type: ignore[arg-type]
             answers = await run_model(state, [GenerationRequest(question, wafer, history, max_new)],
                                       request[REQUEST_ID])
-        answer = answers[0]
+        answer = ground_yesno(question, answers[0], wafer, recognised_patterns(findings_json))
         model = state.info.name
         state.memory.record_exchange(thread_id, question, answer, image=new_image,
                                      findings=findings_json if new_image is not None else None, model=model,

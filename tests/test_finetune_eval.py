@@ -190,5 +190,20 @@ def test_yes_no_check_catches_a_model_that_always_says_yes_or_no(tmp_path, capsy
         yesno = result["yesno"]  # map 0 is asked about a pattern it has, map 1 about one it lacks
         assert yesno["n"] == 2 and (yesno["right"], yesno["yes_when_absent"], yesno["no_when_present"]) == scores
     assert main(["eval", "--model", str(model), "--mixedwm38", str(path), "--numbers", "0", "--locations", "0"]) == 0
-    assert "yes/no: right in 50.0% of 2 questions; yes to a missing pattern 0.0%, no to a present one 100.0%" in \
-        capsys.readouterr().out
+    assert ("yes/no: right in 50.0% of 2 questions as served (checked against the recognition; the model's own answers "
+            "50.0%); yes to a missing pattern 0.0%, no to a present one 100.0%") in capsys.readouterr().out
+
+
+def test_yes_no_answers_are_checked_against_the_recognition_of_the_same_map(tmp_path, capsys):
+    path = tmp_path / "maps.npz"
+    assert main(["data", "synth", "--per-class", "1", "--classes", "Loc,Scratch", "--out", str(path),
+                 "--no-progress"]) == 0
+    model = build_fixed_answer_checkpoint(tmp_path / "donut", "Yes, Donut")  # recognises a Donut on every map
+    result = _eval_json(capsys, "--model", str(model), "--mixedwm38", str(path), "--numbers", "0", "--locations", "0")
+    yesno = result["yesno"]
+    # the model says yes to both questions (right about map 0's Loc, wrong about map 1's missing pattern); served,
+    # both answers follow its recognition: no Loc (now wrong) and no to the missing pattern (now right)
+    assert (yesno["model_right"], yesno["right"], yesno["yes_when_absent"], yesno["no_when_present"]) == (0.5, 0.5, 0.0, 1.0)
+    (mistake,) = yesno["mistakes"]
+    assert mistake["model_answer"] == "Yes, Donut"
+    assert mistake["answer"] == "No, there is no Loc pattern. The wafer shows Donut."

@@ -62,3 +62,12 @@ def test_answers_that_name_nothing_are_unparseable(text):
 def test_single_letter_aliases_are_not_read_inside_prose():
     # "a", "s", "c" would otherwise match everywhere
     assert parse_answer("This is a wafer with a Scratch.") == ("Scratch",)
+
+
+def test_every_noun_the_questions_use_for_a_pattern_reads_as_that_pattern():
+    from data_tools.phrasing import PATTERN_NOUNS
+
+    for key, by_language in PATTERN_NOUNS.items():
+        for nouns in by_language.values():
+            for noun in nouns:
+                assert {k for k, _negated in mentions(noun)} == {key}, noun

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_tools.answers import yesno_answer
+from data_tools.dialogue import MapContext
 from data_tools.wafer_map import WaferMap
 from finetune.generation import generate_answers
 from model_server import wire
-from model_server.backends.base import GenerationRequest, Turn
+from model_server.backends.base import Backend, BackendInfo, GenerationRequest, Turn
 from model_server.backends.hf import HFBackend
 from model_server.client import ModelServerClient, ModelServerError, ModelServerUnavailable
 from model_server.config import ServerConfig
@@ -302,3 +304,42 @@ def test_readyz_is_503_while_loading_and_healthz_is_ok(tmp_path, tiny_model_dir)
             assert (await client.send_message("t", "hello")).answer is not None
 
     asyncio.run(go())
+
+
+class _WrongYesNo(Backend):
+    """A model that recognises a Center but answers every yes/no question the wrong way round."""
+
+    @property
+    def info(self):
+        return BackendInfo("wrong-yes-no", "1", "test")
+
+    def generate(self, requests):
+        answers = []
+        for r in requests:
+            if r.question == "What defects does this wafer show?":
+                answers.append("The wafer shows a Center pattern.")
+            elif "center" in r.question.lower() or "中心" in r.question:
+                answers.append("No, there is no Center pattern." if "center" in r.question.lower() else "没有，不存在中心缺陷。")
+            else:
+                answers.append("Yes, there is a Scratch pattern.")
+        return answers
+
+
+def test_yes_no_answers_follow_the_threads_recognised_patterns(tmp_path):
+    png = wafer_png("center")
+    wafer = WaferMap(wafer_grid(52, "center"))
+
+    async def go():
+        async with running_server(config(tmp_path), _WrongYesNo()) as server, ModelServerClient(server.url) as client:
+            first = await client.send_message("C1:1700000000.0042", "Is there a scratch?", image=png)
+            follow = await client.send_message("C1:1700000000.0042", "有中心缺陷吗？")
+            view = await client.get_thread("C1:1700000000.0042")
+            return first, follow, view
+
+    first, follow, view = asyncio.run(go())
+    assert first.findings is not None and first.findings.patterns == ["Center"]
+    context = MapContext.of(wafer, ("Center",))
+    assert first.answer == yesno_answer("Scratch", ("Center",), "en")  # from the recognition asked in the same batch
+    assert follow.answer == yesno_answer("Center", ("Center",), "zh", context.locations[0], context.facts)
+    assert follow.answer.startswith("是的")  # from the findings stored with the thread
+    assert [t.text for t in view.turns if t.role == "assistant"] == [first.answer, follow.answer]  # memory keeps them

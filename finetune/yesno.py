@@ -1,0 +1,64 @@
+"""Yes/no answers that agree with the recognition: "Is there a Scratch?" follows the patterns recognised.
+
+The small model's own answers to "is there <pattern>?" are its weakest (the default model says yes
+to a missing pattern about a quarter of the time), while its answer to "what defects does this
+wafer show?" is its strongest. The server asks that recognition question whenever a thread gets a
+map (its `findings`), and the evaluator does the same, so a yes/no answer can be checked against
+it: when an answer opens with yes or no about one pattern and the recognised patterns say the
+opposite, the answer is rewritten from them with `data_tools.answers.yesno_answer` (placed on the
+map with `data_tools.locate`), in the question's language. Answers that agree, and answers that
+are not yes/no about one pattern, are left as the model wrote them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from data_tools.answers import yesno_answer
+from data_tools.dialogue import MapContext
+from data_tools.wafer_map import WaferMap
+from finetune.answer_parser import language_of, mentions
+
+_YES = re.compile(r"^\s*(?:yes\b|是的)", re.IGNORECASE)
+_NO = re.compile(r"^\s*(?:no\b|没有|不存在)", re.IGNORECASE)
+_FIRST_SENTENCE = re.compile(r"^[^.。!！?？\n]*")
+
+
+def said_yes(answer: str) -> bool | None:
+    """True when the answer opens with yes, False with no, None otherwise."""
+    if _YES.match(answer):
+        return True
+    if _NO.match(answer):
+        return False
+    return None
+
+
+def asked_pattern(question: str, answer: str) -> str | None:
+    """The one pattern a yes/no exchange is about: the question's, else the answer's first sentence's."""
+    for text, names_only in ((question, False), (_FIRST_SENTENCE.match(answer).group(0), True)):
+        keys = {key for key, _negated in mentions(text, names_only=names_only)}
+        if len(keys) == 1:
+            return keys.pop()
+        if keys:
+            return None  # several patterns named: not a question about one
+    return None
+
+
+def ground_yesno(question: str, answer: str, wafer: WaferMap | None, recognised: Sequence[str] | None) -> str:
+    """`answer`, or the yes/no answer the recognised patterns give when it says the opposite of them.
+
+    `recognised` holds the canonical pattern keys recognised on `wafer` (() for a normal wafer,
+    None when unknown: then nothing is checked).
+    """
+    if wafer is None or recognised is None:
+        return answer
+    yes = said_yes(answer)
+    if yes is None:
+        return answer
+    key = asked_pattern(question, answer)
+    if key is None or (key in recognised) == yes:
+        return answer
+    context = MapContext.of(wafer, recognised)
+    location = next((loc for loc in context.locations if loc.key == key), None)
+    return yesno_answer(key, context.patterns, language_of(question), location, context.facts)

@@ -1,0 +1,69 @@
+"""Yes/no answers checked against the recognised patterns (finetune.yesno)."""
+
+from __future__ import annotations
+
+import pytest
+
+from data_tools.answers import yesno_answer
+from data_tools.dialogue import MapContext
+from data_tools.wafer_map import WaferMap
+from finetune.yesno import asked_pattern, ground_yesno, said_yes
+from model_server.testing import wafer_grid
+
+WAFER = WaferMap(wafer_grid(52, "center"))
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ("Yes, there is a Scratch pattern.", True),
+    ("yes", True),
+    ("是的，存在划痕缺陷。", True),
+    ("No, there is no Donut pattern.", False),
+    ("没有，不存在环状缺陷。", False),
+    ("不存在中心缺陷。", False),
+    ("The wafer shows a Center pattern.", None),
+    ("Nothing unusual", None),  # "no" only as a whole word
+    ("Yesterday's lot", None),
+])
+def test_said_yes_reads_the_opening_word(answer, expected):
+    assert said_yes(answer) is expected
+
+
+def test_asked_pattern_comes_from_the_question_else_the_answer():
+    assert asked_pattern("Is there a scratch?", "Yes.") == "Scratch"
+    assert asked_pattern("有划痕吗？", "是的。") == "Scratch"
+    assert asked_pattern("Any problem here?", "No, there is no Edge-Ring pattern. The wafer shows Center.") == "Edge_Ring"
+    assert asked_pattern("Is it a Center or a Donut?", "Yes, there is a Center pattern.") is None  # two asked
+    assert asked_pattern("Is it bad?", "Yes, there are failing dies.") is None
+
+
+def test_a_yes_to_a_pattern_the_recognition_lacks_becomes_no_with_what_was_recognised():
+    answer = ground_yesno("Is there a scratch?", "Yes, there is a Scratch pattern.", WAFER, ("Center",))
+    assert answer == yesno_answer("Scratch", ("Center",), "en")
+    assert answer.startswith("No, there is no Scratch pattern.") and "Center" in answer
+
+
+def test_a_no_to_a_recognised_pattern_becomes_yes_placed_on_the_map_in_the_question_language():
+    answer = ground_yesno("有中心缺陷吗？", "没有，不存在中心缺陷。", WAFER, ("Center", "Scratch"))
+    context = MapContext.of(WAFER, ("Center", "Scratch"))
+    (location,) = [loc for loc in context.locations if loc.key == "Center"] or [None]
+    assert answer == yesno_answer("Center", context.patterns, "zh", location, context.facts)
+    assert answer.startswith("是的，存在") and "划痕" in answer  # the other pattern recognised is named too
+
+
+def test_a_no_on_a_normal_wafer_is_kept_and_a_yes_is_corrected():
+    assert ground_yesno("Is there a donut?", "No, there is no Donut pattern.", WAFER, ()) == \
+        "No, there is no Donut pattern."
+    assert ground_yesno("Is there a donut?", "Yes, there is a Donut pattern.", WAFER, ()) == \
+        yesno_answer("Donut", (), "en")
+
+
+@pytest.mark.parametrize(("question", "answer", "wafer", "recognised"), [
+    ("Is there a scratch?", "Yes, there is a Scratch pattern. It also shows Center.", WAFER, ("Center", "Scratch")),
+    ("Is there a scratch?", "No, there is no Scratch pattern.", WAFER, ("Center",)),  # agrees
+    ("Is there a scratch?", "Yes, there is a Scratch pattern.", WAFER, None),  # recognition unreadable
+    ("Is there a scratch?", "Yes, there is a Scratch pattern.", None, ("Center",)),  # no map in the thread
+    ("How many dies fail?", "<num_failing> of the <num_dies> dies fail.", WAFER, ("Center",)),  # not yes/no
+    ("Is the yield good?", "Yes, the yield is high.", WAFER, ("Center",)),  # no pattern asked
+])
+def test_answers_that_agree_or_cannot_be_checked_are_kept(question, answer, wafer, recognised):
+    assert ground_yesno(question, answer, wafer, recognised) == answer
