@@ -367,7 +367,8 @@ def yesno_answer(
         if others:
             also = (f" It also shows {join_names(others, 'en')}." if language == "en"
                     else f"此外还有：{join_names(others, 'zh')}。")
-        return (f"Yes, there is a {n} pattern.{where}{also}" if language == "en"
+        article = "an" if n[:1] in "AEIOU" else "a"  # an Edge-Loc, an Edge-Ring
+        return (f"Yes, there is {article} {n} pattern.{where}{also}" if language == "en"
                 else f"是的，存在{n}缺陷。{where}{also}")
     if not keys:
         return (f"No, there is no {n} pattern: this wafer is normal." if language == "en"

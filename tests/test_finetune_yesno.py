@@ -67,3 +67,8 @@ def test_a_no_on_a_normal_wafer_is_kept_and_a_yes_is_corrected():
 ])
 def test_answers_that_agree_or_cannot_be_checked_are_kept(question, answer, wafer, recognised):
     assert ground_yesno(question, answer, wafer, recognised) == answer
+
+
+def test_the_rewritten_yes_says_an_edge_ring():
+    answer = ground_yesno("Do you see an edge ring?", "No, there is no Edge-Ring pattern.", WAFER, ("Edge_Ring",))
+    assert answer.startswith("Yes, there is an Edge-Ring pattern.")
