@@ -2,12 +2,14 @@
 
 The small model's own answers to "is there <pattern>?" are its weakest (the default model says yes
 to a missing pattern about a quarter of the time), while its answer to "what defects does this
-wafer show?" is its strongest. The server asks that recognition question whenever a thread gets a
-map (its `findings`), and the evaluator does the same, so a yes/no answer can be checked against
+wafer show?" is its strongest. The server's thread API asks that recognition question whenever a
+thread gets a map (its `findings`), and the evaluator does the same, so a yes/no answer can be checked against
 it: when an answer opens with yes or no about one pattern and the recognised patterns say the
 opposite, the answer is rewritten from them with `data_tools.answers.yesno_answer` (placed on the
 map with `data_tools.locate`), in the question's language. Answers that agree, and answers that
-are not yes/no about one pattern, are left as the model wrote them.
+are not yes/no about one pattern, are left as the model wrote them. The stateless chat
+completions API, which keeps no findings, asks the recognition question only when an answer
+needs the check (`yesno_pattern`); a streamed answer is sent as generated.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ def asked_pattern(question: str, answer: str) -> str | None:
     return None
 
 
+def yesno_pattern(question: str, answer: str) -> str | None:
+    """The pattern when `answer` opens with yes or no about one pattern (so it can be checked), else None."""
+    return asked_pattern(question, answer) if said_yes(answer) is not None else None
+
+
 def ground_yesno(question: str, answer: str, wafer: WaferMap | None, recognised: Sequence[str] | None) -> str:
     """`answer`, or the yes/no answer the recognised patterns give when it says the opposite of them.
 
@@ -53,11 +60,8 @@ def ground_yesno(question: str, answer: str, wafer: WaferMap | None, recognised:
     """
     if wafer is None or recognised is None:
         return answer
-    yes = said_yes(answer)
-    if yes is None:
-        return answer
-    key = asked_pattern(question, answer)
-    if key is None or (key in recognised) == yes:
+    key = yesno_pattern(question, answer)
+    if key is None or (key in recognised) == said_yes(answer):
         return answer
     context = MapContext.of(wafer, recognised)
     location = next((loc for loc in context.locations if loc.key == key), None)

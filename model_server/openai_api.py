@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from data_tools.wafer_map import WaferMap
+from finetune.yesno import ground_yesno, yesno_pattern
 from model_server import wire
 from model_server.backends.base import GenerationRequest, Turn
 from model_server.batching import ModelFailure, QueueFull
 from model_server.errors import ApiError, bad_request
-from model_server.findings import recognition_question
+from model_server.findings import parse_patterns, recognition_question
 from model_server.state import REQUEST_ID, STATE, ServerState
 from model_server.threads_api import image_to_wafer, read_json, run_model
 
@@ -159,6 +160,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     model = state.info.name
     if not chat.stream:
         answer = (await run_model(state, [gen], request[REQUEST_ID]))[0]
+        if wafer is not None and yesno_pattern(chat.question, answer) is not None:
+            # a yes/no answer about one pattern follows what the model recognises on the map (finetune/yesno.py)
+            ask = GenerationRequest(recognition_question(), wafer, (), chat.max_new_tokens)
+            recognised = parse_patterns((await run_model(state, [ask], request[REQUEST_ID]))[0])
+            answer = ground_yesno(chat.question, answer, wafer, recognised)
         return web.json_response({
             "id": completion_id,
             "object": "chat.completion",

@@ -9,6 +9,7 @@ import threading
 import openai
 import pytest
 
+from data_tools.answers import yesno_answer
 from data_tools.wafer_map import WaferMap
 from finetune.generation import generate_answers, stream_answer
 from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest
@@ -16,6 +17,7 @@ from model_server.backends.hf import HFBackend
 from model_server.backends.openai_compat import OpenAIBackend
 from model_server.client import ModelServerClient
 from model_server.config import ServerConfig
+from model_server.findings import recognition_question
 from model_server.testing import running_server, wafer_grid, wafer_png
 
 
@@ -175,3 +177,44 @@ def test_openai_backend_fills_number_slots_from_the_request_map(tmp_path):
     plain, streamed = asyncio.run(go())
     assert plain == [expected, "<num_failing> of <num_dies> dies fail"]  # no map: nothing to fill from
     assert streamed == expected
+
+
+class _WrongYesNo(Backend):
+    """Recognises a Center on any map; says yes to every other question, pieces streamed as written."""
+
+    def __init__(self):
+        self.questions: list[str] = []
+
+    @property
+    def info(self):
+        return BackendInfo("wrong-yes-no", "1", "test")
+
+    def generate(self, requests):
+        self.questions += [r.question for r in requests]
+        return ["The wafer shows a Center pattern." if r.question == recognition_question()
+                else "Yes, there is a Scratch pattern." for r in requests]
+
+    def generate_stream(self, request):
+        yield from ("Yes, there is ", "a Scratch pattern.")
+
+
+def test_chat_completion_yes_no_answer_follows_the_recognition_unless_streamed(tmp_path):
+    backend = _WrongYesNo()
+
+    async def go():
+        async with running_server(_config(tmp_path), backend) as server:
+            client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+            plain = await client.chat.completions.create(model="wrong-yes-no", messages=[_image_message("Is there a scratch?")])
+            no_map = await client.chat.completions.create(
+                model="wrong-yes-no", messages=[{"role": "user", "content": "Is there a scratch?"}])
+            stream = await client.chat.completions.create(
+                model="wrong-yes-no", messages=[_image_message("Is there a scratch?")], stream=True)
+            pieces = [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
+            await client.close()
+            return plain, no_map, pieces
+
+    plain, no_map, pieces = asyncio.run(go())
+    assert plain.choices[0].message.content == yesno_answer("Scratch", ("Center",), "en")
+    assert backend.questions == ["Is there a scratch?", recognition_question(), "Is there a scratch?"]
+    assert no_map.choices[0].message.content == "Yes, there is a Scratch pattern."  # no map: nothing to check against
+    assert "".join(p for p in pieces if p) == "Yes, there is a Scratch pattern."  # streamed as generated
