@@ -24,7 +24,13 @@ from finetune.answer_parser import language_of, mentions
 
 _YES = re.compile(r"^\s*(?:yes\b|是的)", re.IGNORECASE)
 _NO = re.compile(r"^\s*(?:no\b|没有|不存在)", re.IGNORECASE)
-_FIRST_SENTENCE = re.compile(r"^[^.。!！?？\n]*")
+#: The opening of a yes/no answer about one pattern: as the corpus words it (`data_tools.answers.yesno_answer`:
+#: "Yes, there is a Scratch pattern.", "没有，不存在划痕缺陷。"), or yes/no and the name alone ("No, Donut.").
+_YESNO_OPENING = re.compile(
+    r"^\s*(?:(?:yes|no)\b,?\s*(?:there\s+is\s+(?:an?|no)\s+)?[a-z][a-z-]*(?:\s[a-z][a-z-]*)?(?:\s+pattern)?\s*(?:[.!]|$)"
+    r"|(?:是的，)?存在.+?缺陷|(?:没有，)?不存在.+?缺陷)",
+    re.IGNORECASE,
+)
 
 
 def said_yes(answer: str) -> bool | None:
@@ -37,8 +43,17 @@ def said_yes(answer: str) -> bool | None:
 
 
 def asked_pattern(question: str, answer: str) -> str | None:
-    """The one pattern a yes/no exchange is about: the question's, else the answer's first sentence's."""
-    for text, names_only in ((question, False), (_FIRST_SENTENCE.match(answer).group(0), True)):
+    """The one pattern a yes/no exchange is about, or None when `answer` is not a yes/no answer about one.
+
+    The answer must open as the corpus's yes/no answers do ("Yes, there is a Scratch pattern.",
+    "没有，不存在划痕缺陷。"), so "Is this wafer normal?" – "No, it shows a Center pattern." is not
+    taken for a question about the Center. The pattern is the question's when it names one, else
+    the answer's.
+    """
+    opening = _YESNO_OPENING.match(answer)
+    if opening is None:
+        return None
+    for text, names_only in ((question, False), (opening.group(0), True)):
         keys = {key for key, _negated in mentions(text, names_only=names_only)}
         if len(keys) == 1:
             return keys.pop()

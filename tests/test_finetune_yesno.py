@@ -29,11 +29,23 @@ def test_said_yes_reads_the_opening_word(answer, expected):
 
 
 def test_asked_pattern_comes_from_the_question_else_the_answer():
-    assert asked_pattern("Is there a scratch?", "Yes.") == "Scratch"
-    assert asked_pattern("有划痕吗？", "是的。") == "Scratch"
+    assert asked_pattern("Is there a scratch?", "Yes, there is a Scratch pattern.") == "Scratch"
+    assert asked_pattern("Is a local cluster on the edge present?", "Yes, there is a Loc pattern.") == "Edge_Loc"
+    assert asked_pattern("有划痕吗？", "是的，存在划痕缺陷。") == "Scratch"
     assert asked_pattern("Any problem here?", "No, there is no Edge-Ring pattern. The wafer shows Center.") == "Edge_Ring"
+    assert asked_pattern("有问题吗？", "不存在边缘环缺陷。") == "Edge_Ring"
     assert asked_pattern("Is it a Center or a Donut?", "Yes, there is a Center pattern.") is None  # two asked
-    assert asked_pattern("Is it bad?", "Yes, there are failing dies.") is None
+    assert asked_pattern("Any problem here?", "No, Donut.") == "Donut"  # terse: yes/no and a name
+
+
+@pytest.mark.parametrize(("question", "answer"), [
+    ("Is there a scratch?", "Yes."),  # not worded as the corpus's yes/no answers: not checked
+    ("Is it bad?", "Yes, there are failing dies."),
+    ("Is this wafer normal?", "No, it shows a Center pattern."),  # the no is about "normal", not the Center
+    ("Is the failure at the centre?", "Yes, the failing dies sit at the centre."),
+])
+def test_answers_not_worded_as_a_yes_no_about_one_pattern_have_no_asked_pattern(question, answer):
+    assert asked_pattern(question, answer) is None
 
 
 def test_a_yes_to_a_pattern_the_recognition_lacks_becomes_no_with_what_was_recognised():
