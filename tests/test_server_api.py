@@ -20,6 +20,7 @@ from model_server.backends.base import Backend, BackendInfo, GenerationRequest, 
 from model_server.backends.hf import HFBackend
 from model_server.client import ModelServerClient, ModelServerError, ModelServerUnavailable
 from model_server.config import ServerConfig
+from model_server.findings import build_findings, recognised_patterns
 from model_server.testing import running_server, wafer_grid, wafer_png
 
 
@@ -343,3 +344,11 @@ def test_yes_no_answers_follow_the_threads_recognised_patterns(tmp_path):
     assert follow.answer == yesno_answer("Center", ("Center",), "zh", context.locations[0], context.facts)
     assert follow.answer.startswith("是的")  # from the findings stored with the thread
     assert [t.text for t in view.turns if t.role == "assistant"] == [first.answer, follow.answer]  # memory keeps them
+
+
+def test_recognised_patterns_read_back_from_stored_findings():
+    wafer = WaferMap(wafer_grid(52, "center"))
+    assert recognised_patterns(build_findings(wafer, ("Scratch", "Center")).to_json()) == ("Center", "Scratch")
+    assert recognised_patterns(build_findings(wafer, ()).to_json()) == ()  # normal: every yes/no is checked
+    assert recognised_patterns(build_findings(wafer, None).to_json()) is None  # unreadable: nothing is checked
+    assert recognised_patterns(None) is None  # a thread without a map
