@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections import Counter
@@ -27,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.store import BotStore, VotedAnswer
-
-_CJK = re.compile(r"[\u4e00-\u9fff]")
+from data_tools.phrasing import language_of
 
 
 class FeedbackExportError(ValueError):
@@ -41,10 +39,6 @@ class ExportResult:
     helpful: int
     unhelpful: int
     skipped: dict[str, int]
-
-
-def language_of(text: str) -> str:
-    return "zh" if _CJK.search(text) else "en"
 
 
 def record_for(answer: VotedAnswer, earlier: list[VotedAnswer], split: str) -> dict | None:

@@ -8,7 +8,15 @@ Questions get the variety (answers are kept to a few structured templates in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def language_of(text: str) -> str:
+    """'zh' when the text contains Chinese characters, else 'en' (the language a question is answered in)."""
+    return "zh" if _CJK.search(text) else "en"
 
 Bank = Mapping[str, Sequence[str]]
 

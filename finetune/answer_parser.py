@@ -32,11 +32,6 @@ _NORMAL_ZH = re.compile(r"正常|无缺陷|没有缺陷|未检测到缺陷")
 _MIN_PROSE_ALIAS = 3
 
 
-def language_of(text: str) -> str:
-    """'zh' when the text contains Chinese characters, else 'en'."""
-    return "zh" if _CJK.search(text) else "en"
-
-
 def _normalise(text: str) -> str:
     return re.sub(r"[\s_\-]+", " ", text.lower())
 

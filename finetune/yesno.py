@@ -19,8 +19,9 @@ from collections.abc import Sequence
 
 from data_tools.answers import yesno_answer
 from data_tools.dialogue import MapContext
+from data_tools.phrasing import language_of
 from data_tools.wafer_map import WaferMap
-from finetune.answer_parser import language_of, mentions
+from finetune.answer_parser import mentions
 
 _YES = re.compile(r"^\s*(?:yes\b|是的)", re.IGNORECASE)
 _NO = re.compile(r"^\s*(?:no\b|没有|不存在)", re.IGNORECASE)

@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from finetune.answer_parser import language_of
+from data_tools.phrasing import language_of
 from model_server import wire
 from model_server.client import ModelServerClient, ModelServerError, ModelServerUnavailable
 from model_server.findings import UNKNOWN_CLASS
