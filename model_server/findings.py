@@ -34,11 +34,11 @@ def parse_patterns(answer: str) -> tuple[str, ...] | None:
     return None if keys is None else taxonomy.canonical_set(keys)
 
 
-def recognised_patterns(findings_json: dict | None) -> tuple[str, ...] | None:
-    """The patterns stored findings say were recognised; None without findings or when unreadable."""
-    if findings_json is None or findings_json.get("class") == UNKNOWN_CLASS:
+def recognised_patterns(findings: wire.Findings | None) -> tuple[str, ...] | None:
+    """The patterns the findings say were recognised; None without findings or when unreadable."""
+    if findings is None or findings.class_name == UNKNOWN_CLASS:
         return None
-    return tuple(findings_json.get("patterns", ()))
+    return tuple(findings.patterns)
 
 
 def build_findings(wafer: WaferMap, patterns: Iterable[str] | None) -> wire.Findings:

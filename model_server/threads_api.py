@@ -227,7 +227,8 @@ async def post_message(request: web.Request) -> web.Response:
             history = tuple(Turn(t.role, t.text) for t in ctx.history)  # type: ignore[arg-type]
             answers = await run_model(state, [GenerationRequest(question, wafer, history, max_new)],
                                       request[REQUEST_ID])
-        answer = ground_yesno(question, answers[0], wafer, recognised_patterns(findings_json))
+        findings = None if findings_json is None else wire.Findings.from_json(findings_json)
+        answer = ground_yesno(question, answers[0], wafer, recognised_patterns(findings))
         model = state.info.name
         state.memory.record_exchange(thread_id, question, answer, image=new_image,
                                      findings=findings_json if new_image is not None else None, model=model,
@@ -235,7 +236,7 @@ async def post_message(request: web.Request) -> web.Response:
     reply = wire.ThreadReply(
         thread_id=thread_id,
         answer=answer,
-        findings=None if findings_json is None else wire.Findings.from_json(findings_json),
+        findings=findings,
         model=model,
         latency_ms=(time.perf_counter() - started) * 1000.0,
     )

@@ -346,9 +346,9 @@ def test_yes_no_answers_follow_the_threads_recognised_patterns(tmp_path):
     assert [t.text for t in view.turns if t.role == "assistant"] == [first.answer, follow.answer]  # memory keeps them
 
 
-def test_recognised_patterns_read_back_from_stored_findings():
+def test_recognised_patterns_read_from_findings():
     wafer = WaferMap(wafer_grid(52, "center"))
-    assert recognised_patterns(build_findings(wafer, ("Scratch", "Center")).to_json()) == ("Center", "Scratch")
-    assert recognised_patterns(build_findings(wafer, ()).to_json()) == ()  # normal: every yes/no is checked
-    assert recognised_patterns(build_findings(wafer, None).to_json()) is None  # unreadable: nothing is checked
+    assert recognised_patterns(build_findings(wafer, ("Scratch", "Center"))) == ("Center", "Scratch")
+    assert recognised_patterns(build_findings(wafer, ())) == ()  # normal: every yes/no is checked
+    assert recognised_patterns(build_findings(wafer, None)) is None  # unreadable: nothing is checked
     assert recognised_patterns(None) is None  # a thread without a map
