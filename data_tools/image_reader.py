@@ -14,10 +14,11 @@ a `WaferMap` (0 off wafer, 1 good, 2 failing). It needs no knowledge of how the 
    - blurred images (JPEG, smoothed screenshots; dies of 3 px and up) and images with die grid
      lines: the lattice whose boundaries carry the colour changes, found from the spectrum of
      the edge energy and checked by how little edge energy falls inside dies;
-4. dies: each cell's colour is the majority colour of its central pixels; the off-wafer colour
-   is the background's (or the grid corners'), and good versus failing comes from the known
-   palettes (grey, viridis, fab, highlight) or, for other colours, from hue (red/yellow fail,
-   green/blue good) and counts;
+4. dies: each cell's colour is the mean colour of its central pixels, grouped into a few colours
+   (in blurred images, each cell then takes the colour that best explains it once mixed with its
+   neighbours' as the image's blur mixes them); the off-wafer colour is the background's (or the
+   grid corners'), and good versus failing comes from the known palettes (grey, viridis, fab,
+   highlight) or, for other colours, from hue (red/yellow fail, green/blue good) and counts;
 5. sanity: the on-wafer region must be one round-ish blob of enough dies, else the image is refused.
 
 Every refusal is a `NotAWaferMapError` whose message says why, in words for users.
@@ -69,6 +70,9 @@ class ReaderLimits:
 
 
 DEFAULT_LIMITS = ReaderLimits()
+#: How close two cell colours must be to count as one colour: sharp images; blurred ones, widest first.
+_SHARP_RADII = (40.0,)
+_BLURRED_RADII = (60.0, 45.0)
 
 
 @dataclass
@@ -246,8 +250,11 @@ class _Axis:
     pixel_cell: np.ndarray  # (length,) int: cell sampled by each pixel, −1 where not sampled
 
 
-def _phase_sweep(xs: np.ndarray, p: float) -> float:
-    """The phase c in [0, 1) that allows the most changes at positions `xs` for pitch p (interval sweep)."""
+def _phase_sweep(xs: np.ndarray, p: float) -> float | None:
+    """The phase c in [0, 1) that allows the most changes at positions `xs` for pitch p (interval sweep).
+
+    None when no phase allows any of them (p is far off).
+    """
     eps = 1e-9
     starts, ends = [], []
     k_top = np.floor((xs + 1) / p)
@@ -257,6 +264,8 @@ def _phase_sweep(xs: np.ndarray, p: float) -> float:
         starts.append(np.where(d >= 0, d, 0.0))
         ends.append(np.where(d >= 0, 1.0, d + 1.0))
     s, e = np.concatenate(starts), np.concatenate(ends)
+    if s.size == 0:
+        return None
     coords = np.concatenate([s, e])
     deltas = np.concatenate([np.ones_like(s), -np.ones_like(e)])
     order = np.lexsort((deltas, coords))
@@ -349,7 +358,10 @@ def _fit_cells(xs: np.ndarray, length: int, n: int) -> tuple[float, float] | Non
     for p0 in np.linspace((length - 1) / n, (length + 1) / n, 9):
         if p0 < 1:
             continue
-        p, c = p0, _phase_sweep(xs, p0)
+        phase = _phase_sweep(xs, p0)
+        if phase is None:
+            continue
+        p, c = p0, phase
         for _ in range(3):
             ks = np.floor((xs + c) / p)
             if np.any(np.diff(ks) <= 0) or ks[0] < 1 or ks[-1] > n - 1:
@@ -561,6 +573,41 @@ def _resolve_blends(
     return centres, label
 
 
+#: RGB → (Y, Cb, Cr) without offsets: JPEG keeps luma sharp and smears chroma, so they are fitted apart.
+_YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def _unblur_labels(cell_colour: np.ndarray, centres: np.ndarray, label: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Blurred images: relabel each cell by the main colour that, smeared with its neighbours', explains it best.
+
+    JPEG mixes a die's colour with its neighbours' (at 3-4 px per die its chroma most, as chroma is
+    stored at half resolution), so a lone good die among failing ones can come out nearer the failing
+    colour. In luma and the two chroma channels apart, each cell is modelled as `a * own + (1 - a) *
+    mean of its 4 neighbours` (each channel's share `a` fitted on the whole image) and takes the
+    main colour whose model is nearest its observed colour, each channel weighted by how well the
+    model fits it; repeated a few times, as the neighbours' labels settle.
+    """
+    main = np.flatnonzero(np.bincount(label.ravel(), minlength=len(centres)))
+    seen_colour, main_colour = cell_colour @ _YCBCR.T, centres @ _YCBCR.T
+    for _ in range(rounds):
+        own = main_colour[label]
+        padded = np.pad(own, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        around = (padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]) / 4
+        spread, seen = (own - around).reshape(-1, 3), (seen_colour - around).reshape(-1, 3)
+        scale = (spread * spread).sum(axis=0)
+        if not scale.any():
+            break
+        share = np.clip((spread * seen).sum(axis=0) / np.maximum(scale, 1e-9), 0.3, 1.0)
+        noise = np.maximum(((seen - share * spread) ** 2).mean(axis=0), 1.0)  # per channel, at least 1 level²
+        model = share * main_colour[main][None, None] + (1 - share) * around[:, :, None]
+        misfit = (((seen_colour[:, :, None] - model) ** 2) / noise).sum(axis=-1)
+        relabelled = main[misfit.argmin(axis=-1)]
+        if np.array_equal(relabelled, label):
+            break
+        label = relabelled
+    return label
+
+
 def _reduce_if_huge(img: np.ndarray, work_pixels: int) -> np.ndarray:
     pixels = img.shape[0] * img.shape[1]
     if pixels <= work_pixels:
@@ -737,9 +784,47 @@ def read_wafer_image_details(
     assert row_axis is not None and col_axis is not None
 
     cell_colour = _cell_colours(crop, row_axis, col_axis)
-    cell_centres, cell_label = _cluster_cells(cell_colour, 40.0 if sharp else 60.0)
-    if not sharp:
+    # Blurred images group cell colours widely (JPEG smears a die towards its neighbours); when that
+    # merges two pale colours (a highlight map's good dies and the white background), the read fails
+    # its sanity checks and is tried again with a narrower grouping.
+    context = _CellContext(centres, background, grid_label, sharp, row_axis, col_axis, (top_px, left_px),
+                           (height, width), expected_shape, limits)
+    radii = _SHARP_RADII if sharp else _BLURRED_RADII
+    for attempt, radius in enumerate(radii):
+        try:
+            grid, colours, palette = _dies_from_cells(cell_colour, radius, context)
+            break
+        except NotAWaferMapError:
+            if attempt == len(radii) - 1:
+                raise
+    return ReadDetails(WaferMap(grid), method, (col_axis.pitch, row_axis.pitch), colours, palette)
+
+
+@dataclass(frozen=True)
+class _CellContext:
+    """What the cell stage needs from the image stage: its main colours and the die lattice found."""
+
+    centres: np.ndarray  # the image's main colours
+    background: int  # index in `centres` of the border colour
+    grid_label: int | None  # index in `centres` of the grid-line colour, if lines are drawn
+    sharp: bool
+    row_axis: _Axis
+    col_axis: _Axis
+    origin: tuple[int, int]  # pixel (top, left) of the content box
+    image_shape: tuple[int, int]
+    expected_shape: tuple[int, int] | None
+    limits: ReaderLimits
+
+
+def _dies_from_cells(
+    cell_colour: np.ndarray, radius: float, context: _CellContext
+) -> tuple[np.ndarray, dict[str, tuple[int, int, int]], str | None]:
+    """The die grid from the cells' mean colours (grouped within `radius`), its colours and palette; checked."""
+    centres, background, grid_label, limits = context.centres, context.background, context.grid_label, context.limits
+    cell_centres, cell_label = _cluster_cells(cell_colour, radius)
+    if not context.sharp:
         cell_centres, cell_label = _resolve_blends(cell_colour, cell_centres, cell_label)
+        cell_label = _unblur_labels(cell_colour, cell_centres, cell_label)
     if grid_label is not None:  # a cell that reads as the grid-line colour is background
         d_grid = np.linalg.norm(cell_centres - centres[grid_label], axis=1)
         d_bg = np.linalg.norm(cell_centres - centres[background], axis=1) if background != grid_label else None
@@ -772,7 +857,8 @@ def read_wafer_image_details(
         code_of[v] = role
     grid = code_of[cell_label]
 
-    grid = _place(grid, row_axis, col_axis, (top_px, left_px), (height, width), expected_shape, margin_distinct)
+    grid = _place(grid, context.row_axis, context.col_axis, context.origin, context.image_shape,
+                  context.expected_shape, margin_distinct)
     for axis_cells, name in ((grid.shape[0], "rows"), (grid.shape[1], "columns")):
         if axis_cells > limits.max_cells:
             raise NotAWaferMapError(f"the die grid found has {axis_cells} {name}, over the limit of {limits.max_cells}")
@@ -787,7 +873,7 @@ def read_wafer_image_details(
     colours = {"off": tuple(int(v) for v in cell_centres[off_label])}
     for v, role in zip(die_labels, roles):
         colours.setdefault("good" if role == GOOD else "failing", tuple(int(x) for x in cell_centres[v]))
-    return ReadDetails(WaferMap(grid), method, (col_axis.pitch, row_axis.pitch), colours, palette)
+    return grid, colours, palette
 
 
 def _place(

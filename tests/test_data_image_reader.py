@@ -19,6 +19,7 @@ from data_tools.image_reader import (
     read_wafer_image_details,
 )
 from data_tools.render import PALETTES, Palette, render
+from data_tools.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -257,3 +258,51 @@ def test_real_maps_in_every_palette(real_mixedwm38: Path) -> None:
             assert np.array_equal(png.grid, grid)
             jpg = read_wafer_image(encode(render(grid, palette, scale=4), "JPEG", quality=85), expected_shape=(52, 52))
             assert (jpg.grid == grid).mean() >= 0.995
+
+
+def _lone_good_dies(seed: int = 3) -> np.ndarray:
+    """`wafer()` with a failing patch holding good dies that have only failing neighbours (as on Random maps)."""
+    grid = wafer(seed=seed)
+    grid[30:44, 12:26] = 2
+    grid[31:43:3, 13:25:3] = 1
+    return grid
+
+
+@pytest.mark.parametrize("palette", ["fab", "highlight"])
+def test_small_jpeg_dies_keep_lone_good_dies_and_pale_good_dies_apart_from_the_background(palette: str) -> None:
+    # 3 px per die in JPEG smears a lone good die towards its failing neighbours, and the highlight
+    # palette's pale good dies towards its near-white background (both once misread or refused)
+    grid = _lone_good_dies()
+    got = read_wafer_image(encode(render(grid, palette=palette, scale=3), "JPEG", quality=85), expected_shape=grid.shape)
+    lone = np.zeros_like(grid, dtype=bool)
+    lone[31:43:3, 13:25:3] = True
+    assert np.array_equal(got.grid[lone], grid[lone])
+    assert (got.grid == grid).mean() >= 0.999
+
+
+#: A 26×26 map whose 800×600 grey rendering once crashed the lattice search (ValueError from numpy).
+_CRASH_MAP = (
+    "00000000000111100000000000/00000000111111111100000000/00000011111111111111000000/00000111111111121111100000/"
+    "00001111111111111111110000/00011112221111111111111000/00111111122111111111111100/00111111112211111111111100/"
+    "01111111111121111111112110/01121111111112111111111110/01211111122222111111111110/11111111222222211111111111/"
+    "11111112222222111111111111/11111112222222111111111111/11111111222222111111111111/01111111222221111111111110/"
+    "01112111112222111111111110/01111111111112111111111120/00111111111112211111111100/00121111111211122111111100/"
+    "00011111121111112211111000/00001111211111111111110000/00000111111111111111100000/00000011111111111111000000/"
+    "00000000111111111100000000/00000000000111100000000000"
+)
+
+
+def test_a_map_whose_lattice_search_once_crashed_is_read_exactly() -> None:
+    grid = np.array([[int(c) for c in row] for row in _CRASH_MAP.split("/")], dtype=np.uint8)
+    got = read_wafer_image(encode(render(grid, palette="grey", size=(800, 600), margin=15)), expected_shape=grid.shape)
+    assert np.array_equal(got.grid, grid)
+
+
+@pytest.mark.parametrize("palette", sorted(PALETTES))
+def test_generated_maps_as_3px_jpeg_are_read_in_every_palette(palette: str) -> None:
+    # the highlight palette's pale good dies once merged with its white background here (all refused)
+    for i, defect_class in enumerate(["Random", "Edge_Ring", "Loc", "Center+Edge_Loc+Scratch"]):
+        grid = generate(defect_class, np.random.default_rng(i)).grid
+        data = encode(render(grid, palette=palette, scale=3), "JPEG", quality=85)
+        got = read_wafer_image(data, expected_shape=grid.shape)
+        assert (got.grid == grid).mean() >= 0.999, defect_class
