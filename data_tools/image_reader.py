@@ -175,9 +175,12 @@ def _main_colours(
     pixels = img.reshape(-1, 3)
     codes = _codes(pixels)
     hist = np.bincount(codes, weights=weights, minlength=32768).astype(np.float64)
-    weighted = pixels.T.astype(np.float64) if weights is None else pixels.T * weights  # (3, N): rows contiguous
-    sums = np.stack([np.bincount(codes, weights=weighted[ch], minlength=32768) for ch in range(3)], axis=-1)
     occupied = np.flatnonzero(hist)
+    slot = np.zeros(32768, dtype=np.intp)  # code → its row among the occupied bins
+    slot[occupied] = np.arange(occupied.size)
+    rows = slot[codes]
+    weighted = pixels.T.astype(np.float64) if weights is None else pixels.T * weights  # (3, N): rows contiguous
+    sums = np.stack([np.bincount(rows, weights=weighted[ch], minlength=occupied.size) for ch in range(3)], axis=-1)
     occupied_xyz = np.stack(np.unravel_index(occupied, (32, 32, 32)), axis=-1)
     candidates_xyz = (occupied_xyz[:, None, :] + _WINDOW[None]).reshape(-1, 3)
     candidates_xyz = candidates_xyz[((candidates_xyz >= 0) & (candidates_xyz < 32)).all(axis=1)]
@@ -197,7 +200,7 @@ def _main_colours(
         if window_mass[best] < min_mass:
             break
         block = (np.abs(occupied_xyz - candidates_xyz[best]) <= 1).all(axis=1) & (remaining[occupied_padded] > 0)
-        centre = sums[occupied[block]].sum(axis=0) / hist[occupied[block]].sum()
+        centre = sums[block].sum(axis=0) / hist[occupied[block]].sum()
         centres.append(centre)
         near = np.linalg.norm(occupied_centres - centre, axis=1) <= radius
         remaining[occupied_padded[near]] = 0.0
@@ -747,7 +750,7 @@ def read_wafer_image_details(
         if grid_label is not None:
             ring_counts[grid_label] = 0
         background = int(ring_counts.argmax())
-        offset = img.astype(np.float64) - centres[background]
+        offset = img.astype(np.float32) - centres[background].astype(np.float32)
         differs_squared = np.einsum("hwc,hwc->hw", offset, offset)  # squared distances: no square root per pixel
         mass = np.bincount(labels.ravel(), minlength=k)
         big = [j for j in np.argsort(-mass)[:4] if j != background and mass[j] > 0]
