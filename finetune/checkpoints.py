@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ENV_HOME = "DEFECT_GLM_HOME"
 ENV_DEFAULT_MODEL = "DEFECT_GLM_DEFAULT_MODEL"
@@ -129,6 +130,36 @@ def resolve(version_or_dir: str | Path) -> Path:
             raise CheckpointError(f"no checkpoint version {text} (known: {known})")
         return path
     return _check_checkpoint(Path(text).expanduser())
+
+
+def require_new_dir(out: Path, what: str) -> None:
+    """Refuse to write `what` into `out` when it already holds files (nothing is ever overwritten)."""
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"{out} already holds files; give a new directory for the {what}")
+
+
+def save_new_checkpoint(out_dir: str | Path, model: Any, processor: Any, what: str = "checkpoint",
+                        extra_json: dict[str, dict] | None = None) -> Path:
+    """Save model + processor (+ `extra_json` files) into `out_dir`, new or empty, through a staging directory.
+
+    The directory appears complete or not at all: a failed save leaves nothing behind.
+    """
+    out = Path(out_dir).expanduser()
+    require_new_dir(out, what)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        for name, data in (extra_json or {}).items():
+            _write_json(staging / name, data)
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
 
 
 def add_checkpoint(source: str | Path, note: str = "") -> Path:

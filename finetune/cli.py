@@ -1,4 +1,4 @@
-"""`defect-glm train | merge | eval | promote | checkpoints | convert`: training, evaluation, checkpoints.
+"""`defect-glm train | merge | average | eval | promote | checkpoints | convert`: training, evaluation, checkpoints.
 
 Each subcommand's handler imports its module lazily so `defect-glm --help` stays fast.
 """
@@ -12,6 +12,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     # Each block below belongs to one module; keep them independent.
     _register_training(subcommands)
     _register_merge(subcommands)
+    _register_average(subcommands)
     _register_evaluation(subcommands)
     _register_checkpoints(subcommands)
     _register_convert(subcommands)
@@ -141,14 +142,47 @@ def _register_merge(subcommands: argparse._SubParsersAction) -> None:
 
 def _run_merge(args: argparse.Namespace) -> int:
     from defect_glm import CommandError
+    from finetune.checkpoints import CheckpointError
     from finetune.loading import ModelLoadError
     from finetune.lora import merge_adapter
 
     try:
         out = merge_adapter(args.base, args.adapter, args.out)
-    except ModelLoadError as exc:
+    except (CheckpointError, ModelLoadError) as exc:
         raise CommandError(str(exc)) from None
     print(f"merged checkpoint written to {out}")
+    return 0
+
+
+# --- average (finetune.averaging) ----------------------------------------------------------
+def _register_average(subcommands: argparse._SubParsersAction) -> None:
+    average = subcommands.add_parser(
+        "average",
+        help="average the weights of refreshes of one checkpoint (a model soup) into a new checkpoint",
+        description="Loads every --models checkpoint (runs of one architecture and vocabulary, fine-tuned from a "
+        "common checkpoint), checks that their weights match in name and shape, and saves the (weighted) mean "
+        "of their weights with the first one's config and processor into --out (new or empty), with "
+        "averaged_from.json naming the ingredients. Evaluate the result (defect-glm eval --split val) before "
+        "promoting it.",
+    )
+    average.add_argument("--models", metavar="DIR", nargs="+", required=True, help="two or more checkpoint directories")
+    average.add_argument("--weights", metavar="W", nargs="+", type=float,
+                         help="one weight per checkpoint (default: equal); normalised to sum to 1")
+    average.add_argument("--out", metavar="DIR", required=True, help="new directory for the averaged checkpoint")
+    average.set_defaults(handler=_run_average)
+
+
+def _run_average(args: argparse.Namespace) -> int:
+    from defect_glm import CommandError
+    from finetune.averaging import AveragingError, average_checkpoints
+    from finetune.checkpoints import CheckpointError
+    from finetune.loading import ModelLoadError
+
+    try:
+        out = average_checkpoints(args.models, args.out, args.weights)
+    except (AveragingError, CheckpointError, ModelLoadError) as exc:
+        raise CommandError(str(exc)) from None
+    print(f"averaged checkpoint ({len(args.models)} ingredients) written to {out}")
     return 0
 
 

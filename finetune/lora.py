@@ -8,30 +8,15 @@ classes alone and gives the same outputs as base + adapter.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from finetune.loading import ModelLoadError, load_model
+from finetune.checkpoints import require_new_dir, save_new_checkpoint
+from finetune.loading import load_model
 
 
 def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
     """Write base + adapter, merged, as a standalone checkpoint in `out_dir` (must not exist yet)."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ModelLoadError(f"{out} already holds files; give a new directory for the merged checkpoint")
+    require_new_dir(out, "merged checkpoint")
     model, processor = load_model(base_dir, adapter_dir=adapter_dir)
-    merged = model.merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        merged.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return save_new_checkpoint(out, model.merge_and_unload(), processor, what="merged checkpoint")

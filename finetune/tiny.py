@@ -13,15 +13,13 @@ quality, so evaluation scores and promotion decisions can be checked with exact 
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from data_tools.taxonomy import PATTERNS
+from finetune.checkpoints import require_new_dir, save_new_checkpoint
 from finetune.small_model import TINY_CONFIG, build_model, build_processor
 from finetune.tokenizer import ASSISTANT, train_tokenizer
 
@@ -41,24 +39,6 @@ def tiny_corpus() -> list[str]:
     return [*_SENTENCES, *names]
 
 
-def _save_new(out: Path, model: Any, processor: Any) -> Path:
-    """Save model + processor into `out` (new or empty) through a staging directory."""
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; give a new directory for the tiny checkpoint")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
-
-
 def _tiny_parts(seed: int) -> tuple[Any, Any, Any]:
     tokenizer = train_tokenizer(tiny_corpus() * 4, vocab_size=400, min_frequency=1)
     return tokenizer, build_processor(tokenizer, TINY_CONFIG), build_model(tokenizer, TINY_CONFIG, seed=seed)
@@ -67,10 +47,9 @@ def _tiny_parts(seed: int) -> tuple[Any, Any, Any]:
 def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random checkpoint (model + processor) to `out_dir` and return its path."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; give a new directory for the tiny checkpoint")
+    require_new_dir(out, "tiny checkpoint")
     _, processor, model = _tiny_parts(seed)
-    return _save_new(out, model, processor)
+    return save_new_checkpoint(out, model, processor, what="tiny checkpoint")
 
 
 def build_fixed_answer_checkpoint(out_dir: str | Path, answer: str, seed: int = 0) -> Path:
@@ -82,8 +61,7 @@ def build_fixed_answer_checkpoint(out_dir: str | Path, answer: str, seed: int = 
     The answer's tokens must all differ (a bigram chain cannot repeat a token).
     """
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; give a new directory for the checkpoint")
+    require_new_dir(out, "checkpoint")
     tokenizer, processor, model = _tiny_parts(seed)
     ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     chain = [tokenizer.convert_tokens_to_ids(ASSISTANT), *ids, tokenizer.eos_token_id]
@@ -106,4 +84,4 @@ def build_fixed_answer_checkpoint(out_dir: str | Path, answer: str, seed: int = 
     model.config.tie_word_embeddings = False
     model.config.text_config.tie_word_embeddings = False
     model.lm_head.weight = torch.nn.Parameter(head)
-    return _save_new(out, model, processor)
+    return save_new_checkpoint(out, model, processor, what="tiny checkpoint")
