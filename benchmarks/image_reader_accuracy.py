@@ -180,6 +180,8 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, default=4, help="synthetic maps per extra grid size")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.limit < 1 or args.synthetic < 1:
+        parser.error("--limit and --synthetic must be at least 1 (maps are needed to measure anything)")
     rng = np.random.default_rng(args.seed)
 
     if args.data.exists():
