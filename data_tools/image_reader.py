@@ -162,7 +162,8 @@ _WINDOW = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), axis=-1)
 
 
 def _main_colours(
-    img: np.ndarray, max_clusters: int = 12, radius: float = 48.0, weights: np.ndarray | None = None
+    img: np.ndarray, max_clusters: int = 12, radius: float = 48.0, weights: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The main colours (K, 3) float of an image's pixels (…, 3) uint8, and their 15-bit code histogram.
 
@@ -170,10 +171,11 @@ def _main_colours(
     in it, and removes every bin within `radius` of that average. Only bins next to a colour the
     image holds can win, so the windows are summed there alone (a screenshot has few colours).
     `weights` (one per pixel) counts a pixel that many times: distinct colours with their counts
-    give the same result as the pixels themselves.
+    give the same result as the pixels themselves. `codes`: the pixels' 15-bit codes, when the
+    caller has them already.
     """
     pixels = img.reshape(-1, 3)
-    codes = _codes(pixels)
+    codes = _codes(pixels) if codes is None else codes.reshape(-1)
     hist = np.bincount(codes, weights=weights, minlength=32768).astype(np.float64)
     occupied = np.flatnonzero(hist)
     slot = np.zeros(32768, dtype=np.intp)  # code → its row among the occupied bins
@@ -713,11 +715,11 @@ def read_wafer_image_details(
     img = _reduce_if_huge(img, limits.work_pixels)
     height, width = img.shape[:2]
 
-    centres, hist = _main_colours(img)
+    codes = _codes(img)
+    centres, hist = _main_colours(img, codes=codes)
     present = np.flatnonzero(hist)
     if len(centres) <= 1 or _colour_range(img) < 24:
         raise NotAWaferMapError("the image is a single flat colour (blank); no wafer map is drawn in it")
-    codes = _codes(img)
     lut, lut_dist = _label_lut(centres, present)
     near = lut_dist[codes] <= 40.0
     coverage = float(near.mean())
