@@ -112,10 +112,33 @@ def left_pad_batch(encodings: Sequence[dict], pad_token_id: int) -> dict:
     return batch
 
 
+def _encode_together(model: Any, processor: Any, requests: Sequence[GenerationRequest]) -> dict | None:
+    """The batch's prompts, whole history included, encoded in one processor call (left-padded), or None
+    when one of them must drop turns to fit the context (or the tokenizer pads on the right)."""
+    if _tokenizer(processor).padding_side != "left":
+        return None
+    facts = uses_measured_facts(model)
+    texts, images = [], []
+    for request in requests:
+        messages = build_messages(request.wafer, _prompt_history(processor, request), request.question, facts=facts)
+        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        images.extend(images_of(messages))
+    encoded = _encode(processor, texts, images)
+    lengths = encoded["attention_mask"].sum(dim=1).tolist()
+    limit = context_limit(model)
+    if any(length + request.max_new_tokens > limit for length, request in zip(lengths, requests)):
+        return None
+    return dict(encoded)
+
+
 def _inputs(model: Any, processor: Any, requests: Sequence[GenerationRequest]) -> dict:
-    """Model inputs for a batch: each request encoded once (while fitting it to the context), then left-padded."""
-    encodings = [prepare_prompt(model, processor, request)[1] for request in requests]
-    inputs = encodings[0] if len(encodings) == 1 else left_pad_batch(encodings, _tokenizer(processor).pad_token_id)
+    """Model inputs for a batch: the prompts encoded together when they all fit the context; otherwise
+    each request encoded once while fitting it (oldest turns dropped), then left-padded. Both give the
+    same tensors; one processor call for the batch is cheaper than one per request."""
+    inputs = _encode_together(model, processor, requests) if len(requests) > 1 else None
+    if inputs is None:
+        encodings = [prepare_prompt(model, processor, request)[1] for request in requests]
+        inputs = encodings[0] if len(encodings) == 1 else left_pad_batch(encodings, _tokenizer(processor).pad_token_id)
     device = _device_of(model)
     dtype = next(model.parameters()).dtype
     return {

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from data_tools.synthetic import generate
 from data_tools.wafer_map import WaferMap
-from finetune.generation import GenerationError, generate_answers, prepare_prompt, stream_answer
+from finetune.generation import (
+    GenerationError,
+    _encode_together,
+    generate_answers,
+    left_pad_batch,
+    prepare_prompt,
+    stream_answer,
+)
 from finetune.loading import ModelLoadError, load_model
 from finetune.prompting import (
     FACTS_PREFIX,
@@ -84,6 +92,35 @@ def test_batched_answers_equal_one_by_one(loaded, wafer):
     single = [generate_answers(model, processor, [r])[0] for r in requests]
     assert batched == single
     assert all(isinstance(a, str) for a in batched) and batched[0] and batched[2]  # random weights: "hi" may get ""
+
+
+def _per_request_inputs(model, processor, requests) -> dict:
+    return left_pad_batch([prepare_prompt(model, processor, r)[1] for r in requests], processor.tokenizer.pad_token_id)
+
+
+def test_a_batch_encoded_in_one_call_equals_its_requests_encoded_one_by_one(loaded, wafer):
+    model, processor = loaded
+    other = generate("Edge_Ring", np.random.default_rng(1))
+    requests = [
+        GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=6),
+        GenerationRequest("hi", None, max_new_tokens=4),
+        GenerationRequest("And the yield?", other, history=(Turn("user", "What?"), Turn("assistant", "Edge-Ring.")),
+                          max_new_tokens=5),
+    ]
+    together = _encode_together(model, processor, requests)
+    expected = _per_request_inputs(model, processor, requests)
+    assert together is not None and together.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(together[key], tensor), key
+
+
+def test_a_batch_with_a_prompt_too_long_for_the_context_is_fitted_request_by_request(loaded, wafer):
+    model, processor = loaded
+    history = tuple(Turn("user" if i % 2 == 0 else "assistant", "word " * 200) for i in range(30))
+    requests = [GenerationRequest("Where?", wafer, history=history, max_new_tokens=3),
+                GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=3)]
+    assert _encode_together(model, processor, requests) is None  # the long thread must drop turns
+    assert generate_answers(model, processor, requests) == [generate_answers(model, processor, [r])[0] for r in requests]
 
 
 def test_streaming_yields_the_same_text(loaded, wafer):
