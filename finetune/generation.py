@@ -55,15 +55,20 @@ def prepare_prompt(model: Any, processor: Any, request: GenerationRequest) -> tu
     facts = uses_measured_facts(model)
 
     def encode(history: tuple[Turn, ...]) -> tuple[int, tuple[str, dict]]:
-        messages = build_messages(request.wafer, history, request.question, facts=facts)
-        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        encoded = _encode(processor, [text], images_of(messages))
+        text, images = _prompt_text(processor, request, history, facts)
+        encoded = _encode(processor, [text], images)
         return int(encoded["input_ids"].shape[1]), (text, encoded)
 
     try:
         return fit_history(_prompt_history(processor, request), request.max_new_tokens, context_limit(model), encode)
     except PromptTooLong as exc:
         raise GenerationError(str(exc)) from None
+
+
+def _prompt_text(processor: Any, request: GenerationRequest, history: tuple[Turn, ...], facts: bool) -> tuple[str, list]:
+    """The chat-template text of `request` with `history`, and the images its placeholders stand for."""
+    messages = build_messages(request.wafer, history, request.question, facts=facts)
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), images_of(messages)
 
 
 def _prompt_history(processor: Any, request: GenerationRequest) -> tuple[Turn, ...]:
@@ -120,9 +125,9 @@ def _encode_together(model: Any, processor: Any, requests: Sequence[GenerationRe
     facts = uses_measured_facts(model)
     texts, images = [], []
     for request in requests:
-        messages = build_messages(request.wafer, _prompt_history(processor, request), request.question, facts=facts)
-        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        images.extend(images_of(messages))
+        text, request_images = _prompt_text(processor, request, _prompt_history(processor, request), facts)
+        texts.append(text)
+        images.extend(request_images)
     encoded = _encode(processor, texts, images)
     lengths = encoded["attention_mask"].sum(dim=1).tolist()
     limit = context_limit(model)
