@@ -79,36 +79,31 @@ def test_tiny_checkpoint_loads_with_auto_classes_alone(tiny_model_dir):
     assert sum(f.stat().st_size for f in tiny_model_dir.iterdir()) < 5_000_000
 
 
-def test_batched_answers_equal_one_by_one(loaded, wafer):
-    model, processor = loaded
+@pytest.fixture(scope="module")
+def mixed_batch(wafer) -> list[GenerationRequest]:
+    """A map question, a question without a map, and a follow-up with history on another map."""
     other = generate("Edge_Ring", np.random.default_rng(1))
-    requests = [
+    return [
         GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=6),
         GenerationRequest("hi", None, max_new_tokens=4),
         GenerationRequest("And the yield?", other, history=(Turn("user", "What?"), Turn("assistant", "Edge-Ring.")),
                           max_new_tokens=5),
     ]
-    batched = generate_answers(model, processor, requests)
-    single = [generate_answers(model, processor, [r])[0] for r in requests]
+
+
+def test_batched_answers_equal_one_by_one(loaded, mixed_batch):
+    model, processor = loaded
+    batched = generate_answers(model, processor, mixed_batch)
+    single = [generate_answers(model, processor, [r])[0] for r in mixed_batch]
     assert batched == single
     assert all(isinstance(a, str) for a in batched) and batched[0] and batched[2]  # random weights: "hi" may get ""
 
 
-def _per_request_inputs(model, processor, requests) -> dict:
-    return left_pad_batch([prepare_prompt(model, processor, r)[1] for r in requests], processor.tokenizer.pad_token_id)
-
-
-def test_a_batch_encoded_in_one_call_equals_its_requests_encoded_one_by_one(loaded, wafer):
+def test_a_batch_encoded_in_one_call_equals_its_requests_encoded_one_by_one(loaded, mixed_batch):
     model, processor = loaded
-    other = generate("Edge_Ring", np.random.default_rng(1))
-    requests = [
-        GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=6),
-        GenerationRequest("hi", None, max_new_tokens=4),
-        GenerationRequest("And the yield?", other, history=(Turn("user", "What?"), Turn("assistant", "Edge-Ring.")),
-                          max_new_tokens=5),
-    ]
-    together = _encode_together(model, processor, requests)
-    expected = _per_request_inputs(model, processor, requests)
+    together = _encode_together(model, processor, mixed_batch)
+    expected = left_pad_batch([prepare_prompt(model, processor, r)[1] for r in mixed_batch],
+                              processor.tokenizer.pad_token_id)
     assert together is not None and together.keys() == expected.keys()
     for key, tensor in expected.items():
         assert torch.equal(together[key], tensor), key
