@@ -794,14 +794,15 @@ def read_wafer_image_details(
     # its sanity checks and is tried again with a narrower grouping.
     context = _CellContext(centres, background, grid_label, sharp, row_axis, col_axis, (top_px, left_px),
                            (height, width), expected_shape, limits)
-    radii = _SHARP_RADII if sharp else _BLURRED_RADII
-    for attempt, radius in enumerate(radii):
+    *wider, narrowest = _SHARP_RADII if sharp else _BLURRED_RADII
+    dies = None
+    for radius in wider:
         try:
-            grid, colours, palette = _dies_from_cells(cell_colour, radius, context)
+            dies = _dies_from_cells(cell_colour, radius, context)
             break
         except NotAWaferMapError:
-            if attempt == len(radii) - 1:
-                raise
+            pass  # try a narrower grouping
+    grid, colours, palette = dies or _dies_from_cells(cell_colour, narrowest, context)
     return ReadDetails(WaferMap(grid), method, (col_axis.pitch, row_axis.pitch), colours, palette)
 
 
