@@ -54,7 +54,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model_dir = args.model or serving_model_dir()
-    model, processor = load_model(model_dir, dtype=args.dtype)
+    model, processor = load_model(model_dir, dtype=args.dtype, channels_last=True)
     grids = _maps(args)
     requests = [
         GenerationRequest(RECOGNITION_QUESTIONS[("en", "zh")[i % 2]][0], WaferMap(g), max_new_tokens=64)

@@ -333,7 +333,7 @@ def evaluate_file(
     if threads:
         torch.set_num_threads(threads)
     grids, labels = select_maps(mixedwm38, split, limit, seed)
-    model, processor = load_model(model_dir, adapter_dir=adapter_dir, dtype=dtype)
+    model, processor = load_model(model_dir, adapter_dir=adapter_dir, dtype=dtype, channels_last=True)
     result: dict[str, Any] = {
         "model": str(model_dir),
         "dtype": dtype,

@@ -102,6 +102,7 @@ def load_model(
     device: str | None = None,
     trainable: bool = False,
     with_processor: bool = True,
+    channels_last: bool = False,
 ) -> tuple[Any, Any]:
     """Load `(model, processor)` from a checkpoint directory, with an optional peft adapter on top.
 
@@ -109,6 +110,11 @@ def load_model(
     device: "cpu", "cuda", "cuda:N" or None (CUDA when present). The model is in eval mode
     unless `trainable`. With `with_processor=False` the processor is not loaded (None): for
     weights saved without one, such as an older run's training state.
+
+    `channels_last=True` (inference on a CPU only) stores convolution weights channels-last, the
+    layout oneDNN's kernels want: the small model's convolutional vision tower runs about twice as
+    fast in bf16 and ~20 % faster in fp32, with identical fp32 answers. Such weights cannot be saved
+    with safetensors, so a model that will be saved again (merged, averaged) keeps the default layout.
     """
     from transformers import AutoModelForImageTextToText
 
@@ -143,6 +149,8 @@ def load_model(
         train_mode(model)
     else:
         model.eval()
+        if channels_last and device == "cpu" and quant is None:
+            model.to(memory_format=torch.channels_last)
     processor = load_processor(model_path, adapter_dir) if with_processor else None
     return model, processor
 

@@ -99,6 +99,15 @@ def test_batched_answers_equal_one_by_one(loaded, mixed_batch):
     assert all(isinstance(a, str) for a in batched) and batched[0] and batched[2]  # random weights: "hi" may get ""
 
 
+def test_channels_last_weights_answer_the_same(tiny_model_dir, loaded, mixed_batch):
+    model, processor = loaded
+    fast, _ = load_model(tiny_model_dir, channels_last=True)
+    convs = [m.weight for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not all(w.is_contiguous() for w in convs)  # (1×1 kernels are both)
+    assert generate_answers(fast, processor, mixed_batch) == generate_answers(model, processor, mixed_batch)
+
+
 def test_a_batch_encoded_in_one_call_equals_its_requests_encoded_one_by_one(loaded, mixed_batch):
     model, processor = loaded
     together = _encode_together(model, processor, mixed_batch)

@@ -53,7 +53,8 @@ class HFBackend(Backend):
         self.model_dir = Path(model_dir)
         self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
         self.model, self.processor = load_model(
-            self.model_dir, self.adapter_dir, dtype=dtype, quantization=quantization, device=device
+            self.model_dir, self.adapter_dir, dtype=dtype, quantization=quantization, device=device,
+            channels_last=True,
         )
         self._info = BackendInfo(
             name=checkpoint_name(self.model_dir, self.adapter_dir),
