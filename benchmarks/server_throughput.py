@@ -135,14 +135,17 @@ def _batch_sum(metrics) -> float:  # sum of observed batch sizes
 
 
 def load_backend(args: argparse.Namespace, workdir: Path) -> Backend:
-    from model_server.backends.registry import create_backend
+    """The backend to serve, with this process's torch threads set as `defect-glm serve` sets them."""
+    from model_server.backends.registry import create_backend, use_torch_threads
 
     model = args.model
     if args.tiny:
         from finetune.tiny import build_tiny_checkpoint
 
         model = build_tiny_checkpoint(workdir / "tiny")
-    cfg = ServerConfig(model=model, adapter=args.adapter, dtype=args.dtype, device=args.device, db=workdir / "x")
+    cfg = ServerConfig(model=model, adapter=args.adapter, dtype=args.dtype, device=args.device, db=workdir / "x",
+                       image_readers=args.image_readers, torch_threads=args.torch_threads)
+    print(f"torch threads {use_torch_threads(cfg)}, image reader processes {args.image_readers}", flush=True)
     return create_backend(cfg)
 
 
@@ -162,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="image: a new thread with a map per request; followup: text follow-ups (default image)")
     parser.add_argument("--only", choices=("on", "off"), default=None, help="run one setting only")
     parser.add_argument("--image-readers", type=int, default=ServerConfig.image_readers,
-                        help=f"threads reading uploads into die grids (default {ServerConfig.image_readers}, the server's)")
+                        help=f"processes reading uploads into die grids (default {ServerConfig.image_readers}, the server's)")
+    parser.add_argument("--torch-threads", type=int, default=ServerConfig.torch_threads,
+                        help="the model's CPU threads (default 0: the server's rule, the cores left after one for "
+                             "the event loop and one per image reader)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     levels = sorted({int(x) for x in args.concurrency.split(",") if x.strip()})

@@ -19,7 +19,6 @@ import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -29,6 +28,7 @@ from model_server.backends.base import Backend
 from model_server.batching import Batcher
 from model_server.config import ServerConfig, describe
 from model_server.errors import ApiError, error_response
+from model_server.image_readers import ImageReaders
 from model_server.memory import ThreadMemory
 from model_server.metrics import ServerMetrics
 from model_server.state import REQUEST_ID, STATE, ServerState
@@ -245,7 +245,7 @@ def create_app(
         threads=lambda: holder["state"].memory.count(),
     )
     state = ServerState(config=config, memory=memory, metrics=metrics_,
-                        image_reader=ThreadPoolExecutor(config.image_readers, thread_name_prefix="image-reader"))
+                        image_reader=ImageReaders(config.image_readers))
     holder["state"] = state
     app[STATE] = state
     app[_LOADER] = loader
@@ -282,7 +282,7 @@ def create_app(
                     state.batcher.backend.close()
         memory.close()
         assert state.image_reader is not None
-        state.image_reader.shutdown(wait=False, cancel_futures=True)
+        state.image_reader.close()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

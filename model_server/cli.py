@@ -42,8 +42,9 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from model_server.app import run
     from model_server.backends.base import BackendError
-    from model_server.backends.registry import create_backend
+    from model_server.backends.registry import create_backend, use_torch_threads
 
+    use_torch_threads(config)
     try:
         backend = create_backend(config)  # load before binding: a bad model path fails here, clearly
     except (ConfigError, BackendError, ValueError, OSError) as exc:

@@ -23,7 +23,8 @@ the one in docs/server.md are generated from it (`python -m model_server.config`
 | max_batch_size | DEFECT_GLM_MAX_BATCH_SIZE | --max-batch-size | 16 | most requests in one generate call (1: no batching) |
 | max_wait_ms | DEFECT_GLM_MAX_WAIT_MS | --max-wait-ms | 0 | how long the first request of a batch waits for company (0: take what is queued) |
 | max_queue | DEFECT_GLM_MAX_QUEUE | --max-queue | 256 | requests waiting for the model before new ones get 429 |
-| image_readers | DEFECT_GLM_IMAGE_READERS | --image-readers | 1 | threads reading uploaded images into die grids; on a small CPU more of them slow the model (they share its cores and Python's lock) |
+| image_readers | DEFECT_GLM_IMAGE_READERS | --image-readers | 1 | processes reading uploaded images into die grids, beside the model (started on the first upload) |
+| torch_threads | DEFECT_GLM_TORCH_THREADS | --torch-threads | 0 | CPU threads of the model (torch.set_num_threads); 0: the cores left after one for the event loop and one per image reader, at least 1 |
 | request_timeout_s | DEFECT_GLM_REQUEST_TIMEOUT_S | --request-timeout-s | 300 | longest a request waits for its answer before 503 |
 | max_image_bytes | DEFECT_GLM_MAX_IMAGE_BYTES | --max-image-bytes | 10485760 | largest accepted image file (413 above) |
 | max_image_pixels | DEFECT_GLM_MAX_IMAGE_PIXELS | --max-image-pixels | 25000000 | largest accepted width × height (413 above; decompression bombs) |
@@ -91,6 +92,7 @@ class ServerConfig:
     max_wait_ms: float = 0.0
     max_queue: int = 256
     image_readers: int = 1
+    torch_threads: int = 0
     request_timeout_s: float = 300.0
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 25_000_000
@@ -158,7 +160,7 @@ def validate(cfg: ServerConfig) -> list[str]:
     for name in ("max_batch_size", "max_queue", "image_readers", "max_image_bytes", "max_image_pixels", "max_text_chars",
                  "max_new_tokens", "max_stored_turns", "max_threads"):
         need(getattr(cfg, name) >= 1, f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("max_wait_ms", "max_history_turns", "thread_ttl_s", "idempotency_ttl_s"):
+    for name in ("max_wait_ms", "max_history_turns", "thread_ttl_s", "idempotency_ttl_s", "torch_threads"):
         need(getattr(cfg, name) >= 0, f"{name} must be 0 or more, got {getattr(cfg, name)}")
     for name in ("request_timeout_s", "openai_timeout_s"):
         need(getattr(cfg, name) > 0, f"{name} must be positive seconds, got {getattr(cfg, name)}")
@@ -242,8 +244,10 @@ OPTIONS: tuple[Option, ...] = (
            "how long the first request of a batch waits for company (0: take what is queued)"),
     Option("max_queue", "DEFECT_GLM_MAX_QUEUE", _int, "256", "requests waiting for the model before new ones get 429"),
     Option("image_readers", "DEFECT_GLM_IMAGE_READERS", _int, "1",
-           "threads reading uploaded images into die grids; on a small CPU more of them slow the model (they share "
-           "its cores and Python's lock)"),
+           "processes reading uploaded images into die grids, beside the model (started on the first upload)"),
+    Option("torch_threads", "DEFECT_GLM_TORCH_THREADS", _int, "0",
+           "CPU threads of the model (torch.set_num_threads); 0: the cores left after one for the event loop and "
+           "one per image reader, at least 1"),
     Option("request_timeout_s", "DEFECT_GLM_REQUEST_TIMEOUT_S", _float, "300",
            "longest a request waits for its answer before 503"),
     Option("max_image_bytes", "DEFECT_GLM_MAX_IMAGE_BYTES", _int, "10485760", "largest accepted image file (413 above)"),
@@ -298,6 +302,18 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
         if raw is not None:
             overrides[opt.name] = opt.parse(raw, f"flag {opt.flag}")
     return ServerConfig.from_env(environ, **overrides)
+
+
+def torch_threads(cfg: ServerConfig, cores: int | None = None) -> int:
+    """The model's CPU threads for `cfg`: `torch_threads`, or with 0 the cores (of this process,
+    unless given) left after one for the event loop and one per image reader, at least 1. Idle
+    torch threads spin rather than sleep, so on a small CPU a thread more than that takes a core
+    from the reading and serving of the next requests."""
+    if cfg.torch_threads:
+        return cfg.torch_threads
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1 - cfg.image_readers)
 
 
 def describe(cfg: ServerConfig) -> dict[str, Any]:

@@ -228,4 +228,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     # The server's INFO log (settings, model loaded) is for operators; the demo prints its own lines.
     level = config.log_level if os.environ.get("DEFECT_GLM_LOG_LEVEL") else "WARNING"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from model_server.backends.registry import use_torch_threads
+
+    use_torch_threads(config)
     return asyncio.run(serve_until_stopped(config))

@@ -20,6 +20,9 @@ class ApiError(Exception):
         self.message = message
         self.headers = dict(headers or {})
 
+    def __reduce__(self) -> tuple:  # rebuilt whole when raised in an image reader process
+        return type(self), (self.status, self.type, self.code, self.message, self.headers)
+
     def response(self, request_id: str | None = None) -> web.Response:
         return error_response(self.status, self.type, self.code, self.message, request_id, self.headers)
 

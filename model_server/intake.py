@@ -94,3 +94,12 @@ def read_wafer(image: Image.Image, max_pixels: int) -> WaferMap:
     except NotAWaferMapError as exc:
         raise ApiError(422, wire.NOT_A_WAFER_MAP, wire.CODE_NOT_A_WAFER_MAP,
                        f"this image does not look like a wafer map: {exc}") from exc
+
+
+def read_upload(data: bytes, max_bytes: int, max_pixels: int, formats: tuple[str, ...]) -> WaferMap:
+    """An uploaded image checked against the limits and read into a die grid, with the wafer's zones
+    and clusters measured (the findings need them); what `model_server.image_readers` runs in its
+    worker processes."""
+    wafer = read_wafer(open_image(data, max_bytes=max_bytes, max_pixels=max_pixels, formats=formats), max_pixels)
+    wafer.facts()
+    return wafer

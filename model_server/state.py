@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -16,6 +15,7 @@ from model_server.backends.base import Backend, BackendInfo
 from model_server.batching import Batcher
 from model_server.config import ServerConfig
 from model_server.errors import ApiError
+from model_server.image_readers import ImageReaders
 from model_server.memory import ThreadMemory
 from model_server.metrics import ServerMetrics
 
@@ -29,8 +29,8 @@ class ServerState:
     load_error: str | None = None
     started_at: float = field(default_factory=time.time)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    #: reads uploads into die grids (`config.image_readers` threads), beside the model worker
-    image_reader: ThreadPoolExecutor | None = None
+    #: reads uploads into die grids (`config.image_readers` processes), beside the model worker
+    image_reader: ImageReaders | None = None
     _thread_locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
 
     @property

@@ -15,7 +15,6 @@ the repeat is answered afresh. A key reused for a different question is a 422.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -156,19 +155,13 @@ async def read_json(request: web.Request) -> object:
 
 
 async def image_to_wafer(state: ServerState, data: bytes) -> WaferMap:
-    """Check the image against the limits and read its die grid, on the server's image-reader threads
-    (off the event loop; few of them, so that reading does not starve the model worker)."""
+    """Check the image against the limits and read its die grid, in the server's image-reader processes
+    (off the event loop and off the model worker's cores)."""
     cfg = state.config
-
-    def work() -> WaferMap:
-        image = intake.open_image(
-            data, max_bytes=cfg.max_image_bytes, max_pixels=cfg.max_image_pixels, formats=cfg.image_formats
-        )
-        wafer = intake.read_wafer(image, cfg.max_image_pixels)
-        wafer.facts()  # computes the wafer's cached zones and clusters here, not on the model worker every request waits for
-        return wafer
-
-    return await asyncio.get_running_loop().run_in_executor(state.image_reader, work)
+    assert state.image_reader is not None
+    return await state.image_reader.read(
+        data, max_bytes=cfg.max_image_bytes, max_pixels=cfg.max_image_pixels, formats=cfg.image_formats
+    )
 
 
 async def run_model(state: ServerState, requests: list[GenerationRequest], request_id: str) -> list[str]:

@@ -78,6 +78,7 @@ CODE_MODEL_NOT_FOUND = "model_not_found"
 CODE_UNAUTHORIZED = "unauthorized"
 CODE_QUEUE_FULL = "queue_full"
 CODE_MODEL_ERROR = "model_error"
+CODE_IMAGE_READER_CRASHED = "image_reader_crashed"  # 500: reading the image stopped the reader process twice
 CODE_INTERNAL = "internal_error"
 CODE_NOT_READY = "not_ready"
 CODE_RELOAD_FAILED = "reload_failed"

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from model_server import config as config_module
+from model_server.backends.registry import use_torch_threads
 from model_server.cli import register
-from model_server.config import OPTIONS, ConfigError, ServerConfig, describe, options_table
+from model_server.config import OPTIONS, ConfigError, ServerConfig, describe, options_table, torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +40,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "max_wait_ms": ("2.5", 2.5),
     "max_queue": ("9", 9),
     "image_readers": ("2", 2),
+    "torch_threads": ("3", 3),
     "request_timeout_s": ("11", 11.0),
     "max_image_bytes": ("1_000_000", 1_000_000),
     "max_image_pixels": ("123456", 123456),
@@ -88,6 +90,7 @@ def test_flags_override_the_environment_and_the_defaults_are_safe():
     ({"DEFECT_GLM_DTYPE": "int3"}, "DEFECT_GLM_DTYPE"),
     ({"DEFECT_GLM_MAX_BATCH_SIZE": "0"}, "max_batch_size"),
     ({"DEFECT_GLM_IMAGE_READERS": "0"}, "image_readers"),
+    ({"DEFECT_GLM_TORCH_THREADS": "-1"}, "torch_threads"),
     ({"DEFECT_GLM_IMAGE_FORMATS": "PNG,TIFF"}, "TIFF"),
     ({"DEFECT_GLM_BACKEND": "openai"}, "openai_url"),
     ({"DEFECT_GLM_OPENAI_URL": "ftp://x"}, "openai_url"),
@@ -96,6 +99,26 @@ def test_bad_values_are_refused_by_name(environ, needle):
     with pytest.raises(ConfigError) as err:
         ServerConfig.from_env(environ)
     assert needle in str(err.value)
+
+
+def test_the_model_gets_the_cores_left_after_the_event_loop_and_the_image_readers():
+    assert torch_threads(ServerConfig(), cores=2) == 1  # a 2-core box: one core for the model
+    assert torch_threads(ServerConfig(), cores=16) == 14
+    assert torch_threads(ServerConfig(image_readers=3), cores=4) == 1
+    assert torch_threads(ServerConfig(torch_threads=6), cores=2) == 6  # set: taken as given
+
+
+def test_serving_sets_the_torch_threads_and_the_openai_backend_leaves_them():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert use_torch_threads(ServerConfig(torch_threads=1)) == 1 and torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        assert use_torch_threads(ServerConfig(backend="openai", openai_url="http://127.0.0.1:1/v1")) is None
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_secrets_are_masked_when_settings_are_logged():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,34 @@ from model_server.testing import wafer_png
 REPO = Path(__file__).resolve().parents[1]
 #: `defect-glm` as the console script runs it (``python -m defect_glm`` would load the module twice).
 CLI = [sys.executable, "-c", "import sys, defect_glm; sys.exit(defect_glm.main())"]
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status is left for a parent to collect
+
+
+def _wait_until_gone(pids: list[int], timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _running(p)]
+        time.sleep(0.1)
+    assert not alive, f"processes {alive} outlived the killed server"
 
 
 class ServerProcess:
@@ -76,16 +106,20 @@ def test_memory_survives_restart_and_kill_9_mid_request(tmp_path, tiny_model_dir
                      for i in range(10)]
             _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED, timeout=60)
             assert pending, "every request finished before the kill; the test needs some in flight"
+            children.extend(_children(server.proc.pid))  # the image reader process among them
             server.proc.kill()  # SIGKILL with requests in flight
             results = await asyncio.gather(*tasks, return_exceptions=True)
             return view, follow, results
 
+    children: list[int] = []
     server = ServerProcess(tiny_model_dir, db, "--max-new-tokens", "96", "--max-batch-size", "4")
     try:
         view_after, follow, results = asyncio.run(second_life(server.url))
     finally:
         server.proc.kill()
         server.proc.wait(30)
+    assert children, "the server had started no image reader process"
+    _wait_until_gone(children)  # workers end with the server, even one killed with -9
     assert view_after == view_before
     assert follow.findings == kept.findings  # the map came from memory after the restart
     assert any(isinstance(r, ModelServerClientError) for r in results)  # some requests died with the server

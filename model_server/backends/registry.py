@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model_server.backends.base import Backend
-from model_server.config import ConfigError, ServerConfig
+from model_server.config import ConfigError, ServerConfig, torch_threads
 
 
 def model_dir(config: ServerConfig) -> Path:
@@ -17,6 +17,19 @@ def model_dir(config: ServerConfig) -> Path:
     except ImportError as exc:
         raise ConfigError(f"no model given (--model / DEFECT_GLM_MODEL) and the checkpoint registry is unavailable: {exc}") from exc
     return Path(serving_model_dir())
+
+
+def use_torch_threads(config: ServerConfig) -> int | None:
+    """Set this process's torch CPU threads for serving (`config.torch_threads`, see
+    `model_server.config.torch_threads`); the serving commands call it once at startup. Returns the
+    count, or None for the openai backend, which runs no model here."""
+    if config.backend == "openai":
+        return None
+    import torch
+
+    threads = torch_threads(config)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def create_backend(config: ServerConfig) -> Backend:
