@@ -84,6 +84,17 @@ def _run_classes(args: argparse.Namespace) -> int:
 SYNTH_MAX_MAPS = 100_000
 
 
+def _synthetic_params(given: list[str]) -> dict:
+    """`--param NAME=VALUE|LOW:HIGH` flags as generator parameters (a CommandError names a bad one)."""
+    from data_tools.synthetic import SyntheticError, parse_param
+    from defect_glm import CommandError
+
+    try:
+        return dict(parse_param(text) for text in given)
+    except SyntheticError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def _register_synth(actions: argparse._SubParsersAction) -> None:
     synth = actions.add_parser(
         "synth",
@@ -99,6 +110,10 @@ def _register_synth(actions: argparse._SubParsersAction) -> None:
     synth.add_argument("--cols", type=int, default=52, help="grid columns (default 52)")
     synth.add_argument("--classes", metavar="LIST", help="comma-separated class names, e.g. Center,Donut+Scratch "
                        "(default all 38)")
+    synth.add_argument("--param", metavar="NAME=VALUE", action="append", default=[],
+                       help="fix a generator parameter for every map, or NAME=LOW:HIGH to draw it from that range "
+                       "(repeatable), e.g. --param noise=0 for maps without background noise; names: "
+                       "data_tools/synthetic.py PARAM_RANGES")
     synth.add_argument("--max-maps", metavar="N", type=int, default=SYNTH_MAX_MAPS,
                        help=f"refuse to make more maps than this (default {SYNTH_MAX_MAPS})")
     synth.add_argument("--compress", action="store_true", help="write a compressed .npz")
@@ -118,6 +133,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     from data_tools.taxonomy import CLASS_NAMES
     from defect_glm import CommandError
 
+    params = _synthetic_params(args.param)
     out = Path(args.out)
     if out.suffix != ".npz":
         raise CommandError(f"--out must name a .npz file, got {out}")
@@ -139,7 +155,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     try:
         with tqdm(total=total, unit="map", desc="synth", disable=args.no_progress) as bar:
             data = generate_dataset(args.per_class, seed=args.seed, shape=(args.rows, args.cols),
-                                    classes=names, progress=bar.update)
+                                    classes=names, progress=bar.update, params=params)
         save_mixedwm38(out, data.grids, data.labels, data.index, compress=args.compress)
     except (SyntheticError, DataFormatError) as exc:
         raise CommandError(str(exc)) from None
@@ -342,6 +358,9 @@ def _register_build(actions: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--mixedwm38", metavar="FILE", help="MixedWM38 .npz (arr_0 maps, arr_1 labels)")
     build.add_argument("--synthetic", metavar="N", type=int, default=0, help="add N synthetic maps per class")
+    build.add_argument("--synthetic-param", metavar="NAME=VALUE", action="append", default=[],
+                       help="a generator parameter of the synthetic maps, fixed or NAME=LOW:HIGH drawn from that "
+                       "range (repeatable), e.g. --synthetic-param noise=0:0.2 (as `data synth --param`)")
     build.add_argument("--seed", type=int, default=0, help="seed for phrasings, languages, --limit and synthetic maps")
     build.add_argument("--conversations-per-map", "-k", metavar="K", type=int, default=3,
                        help="conversations sampled per distinct map (default 3)")
@@ -376,7 +395,8 @@ def _run_build(args: argparse.Namespace) -> int:
     )
     try:
         stats = build_corpus(args.out, args.mixedwm38, args.synthetic, config, limit=args.limit,
-                             overwrite=args.overwrite, progress=not args.no_progress)
+                             overwrite=args.overwrite, progress=not args.no_progress,
+                             synthetic_params=_synthetic_params(args.synthetic_param))
     except CorpusError as exc:
         raise CommandError(str(exc)) from None
     maps, convs = stats["maps"], stats["conversations"]

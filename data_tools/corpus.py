@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,7 +112,8 @@ def split_of(map_hash: str, val_fraction: float, test_fraction: float) -> str:
 
 
 def _sources(
-    mixedwm38: str | os.PathLike | None, synthetic_per_class: int, seed: int, limit: int | None
+    mixedwm38: str | os.PathLike | None, synthetic_per_class: int, seed: int, limit: int | None,
+    synthetic_params: Mapping | None = None,
 ) -> list[tuple[str, WaferDataset]]:
     """(name, WaferDataset) pairs to build from."""
     if mixedwm38 is None and synthetic_per_class <= 0:
@@ -134,9 +135,12 @@ def _sources(
             data = data.subset(pick)
         out.append(("mixedwm38", data))
     if synthetic_per_class > 0:
-        from data_tools.synthetic import generate_dataset
+        from data_tools.synthetic import SyntheticError, generate_dataset
 
-        out.append(("synthetic", generate_dataset(synthetic_per_class, seed=seed)))
+        try:
+            out.append(("synthetic", generate_dataset(synthetic_per_class, seed=seed, params=synthetic_params)))
+        except SyntheticError as exc:
+            raise CorpusError(str(exc)) from exc
     return out
 
 
@@ -222,14 +226,18 @@ def build_corpus(
     limit: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    synthetic_params: Mapping | None = None,
 ) -> dict:
-    """Build a corpus into `out_dir`; returns the statistics also written to stats.json."""
+    """Build a corpus into `out_dir`; returns the statistics also written to stats.json.
+
+    `synthetic_params` fix (or give ranges for) the synthetic maps' generator parameters, as
+    `data_tools.synthetic.generate_dataset` takes them."""
     config = config or CorpusConfig()
     config.validate()
     out_dir = Path(out_dir)
     _prepare_out(out_dir, overwrite)
     started = time.monotonic()
-    entries, info = collect_maps(_sources(mixedwm38, synthetic_per_class, config.seed, limit))
+    entries, info = collect_maps(_sources(mixedwm38, synthetic_per_class, config.seed, limit, synthetic_params))
     if not entries:
         raise CorpusError("no usable maps were found in the inputs")
 
@@ -238,7 +246,10 @@ def build_corpus(
         (tmp / "images").mkdir()
         stats = _write(tmp, entries, config, progress)
         stats.update(info)
-        stats["config"] = {**asdict(config), "synthetic_per_class": synthetic_per_class, "limit": limit,
+        stats["config"] = {**asdict(config), "synthetic_per_class": synthetic_per_class,
+                           "synthetic_params": {k: list(v) if isinstance(v, tuple) else v
+                                                for k, v in (synthetic_params or {}).items()},
+                           "limit": limit,
                            "mixedwm38": None if mixedwm38 is None else str(mixedwm38)}
         stats["build_seconds"] = round(time.monotonic() - started, 1)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -17,7 +17,7 @@ MixedWM38-sized wafer and scale with the radius too.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -132,24 +132,25 @@ def _coarse_geometry(side: int) -> Geometry:
 # ---------------------------------------------------------------- parameters
 
 
-class _Params:
-    """Parameter lookup: given values win, the rest are drawn once from their ranges."""
+#: A fixed generator parameter, or a (low, high) range to draw it from instead of its usual one.
+ParamValue = float | tuple[float, float]
 
-    def __init__(self, given: dict[str, float], rng: np.random.Generator) -> None:
-        unknown = sorted(set(given) - KNOWN_PARAMS)
-        if unknown:
-            raise SyntheticError(
-                f"unknown generator parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_PARAMS))}"
-            )
-        for name, value in given.items():
-            if name in PARAM_RANGES and not isinstance(value, (int, float, np.integer, np.floating)):
-                raise SyntheticError(f"parameter {name} must be a number, got {value!r}")
+
+class _Params:
+    """Parameter lookup: given values win (a (low, high) pair is drawn from that range), the rest are
+    drawn from their usual ranges."""
+
+    def __init__(self, given: Mapping[str, ParamValue], rng: np.random.Generator) -> None:
+        check_params(given)
         self.given = given
         self.rng = rng
 
     def __call__(self, name: str) -> float:
-        if name in self.given:
-            return float(self.given[name])
+        value = self.given.get(name)
+        if isinstance(value, tuple):
+            return float(self.rng.uniform(*value))
+        if value is not None:
+            return float(value)
         if name in ANGLE_PARAMS:
             return float(self.rng.uniform(0.0, 360.0))
         lo, hi = PARAM_RANGES[name]
@@ -157,6 +158,40 @@ class _Params:
 
     def flag(self, name: str, default: bool) -> bool:
         return bool(self.given.get(name, default))
+
+
+def check_params(given: Mapping[str, object]) -> None:
+    """Refuse unknown parameter names and values that are neither a number nor a (low, high) pair of
+    numbers with low ≤ high (flags take any value)."""
+    unknown = sorted(set(given) - KNOWN_PARAMS)
+    if unknown:
+        raise SyntheticError(
+            f"unknown generator parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_PARAMS))}"
+        )
+    numbers = (int, float, np.integer, np.floating)
+    for name, value in given.items():
+        if name in FLAG_PARAMS:
+            continue
+        pair = isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, numbers) for v in value)
+        if not (isinstance(value, numbers) or (pair and value[0] <= value[1])):
+            raise SyntheticError(f"parameter {name} must be a number or a (low, high) range with low ≤ high, "
+                                 f"got {value!r}")
+
+
+def parse_param(text: str) -> tuple[str, ParamValue]:
+    """``NAME=VALUE`` or ``NAME=LOW:HIGH`` (a range to draw from) as given on the command line."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    try:
+        if not sep or not name:
+            raise ValueError
+        low, colon, high = raw.partition(":")
+        value: ParamValue = (float(low), float(high)) if colon else float(raw)
+    except ValueError:
+        raise SyntheticError(f"a generator parameter is NAME=VALUE or NAME=LOW:HIGH (e.g. noise=0.05 or "
+                             f"noise=0:0.2), got {text!r}") from None
+    check_params({name: value})
+    return name, value
 
 
 def _wobble(theta: np.ndarray, rng: np.random.Generator, amplitude: float) -> np.ndarray:
@@ -305,7 +340,7 @@ def generate_grid(
     defect_class: str | taxonomy.DefectClass,
     rng: np.random.Generator,
     shape: tuple[int, int] = MIXEDWM38_SHAPE,
-    **params: float,
+    **params: ParamValue,
 ) -> np.ndarray:
     """The (rows, cols) uint8 die grid of one synthetic map; see `generate`."""
     cls = resolve_class(defect_class)
@@ -336,12 +371,13 @@ def generate(
     defect_class: str | taxonomy.DefectClass,
     rng: np.random.Generator,
     shape: tuple[int, int] = MIXEDWM38_SHAPE,
-    **params: float,
+    **params: ParamValue,
 ) -> WaferMap:
     """One synthetic wafer map of `defect_class` (a class name such as ``Center+Scratch`` or a DefectClass).
 
     `params` fix any of `PARAM_RANGES` / `ANGLE_PARAMS` (e.g. ``center_radius=0.3``, ``edge_loc_angle=90``,
-    ``noise=0.05``, ``overflow=False``); the rest are drawn from `rng`.
+    ``noise=0.05``, ``overflow=False``) or give a (low, high) range to draw it from instead of its usual
+    one (``noise=(0.0, 0.2)``); the rest are drawn from `rng`.
     """
     return WaferMap(generate_grid(defect_class, rng, shape, **params))
 
@@ -352,11 +388,16 @@ def generate_dataset(
     shape: tuple[int, int] = MIXEDWM38_SHAPE,
     classes: tuple[str, ...] | None = None,
     progress: Callable[[int], None] | None = None,
+    params: Mapping[str, ParamValue] | None = None,
 ) -> WaferDataset:
     """`per_class` maps of each class (all 38 by default), in class order, reproducible from `seed`.
 
     `progress`, when given, is called with the number of maps just made (for a progress bar).
+    `params` fix generator parameters for every map, or give a (low, high) range to draw them from,
+    e.g. ``{"noise": 0.0}`` for maps without background noise (see `generate`).
     """
+    params = dict(params or {})
+    check_params(params)
     if int(per_class) != per_class or per_class < 0:
         raise SyntheticError(f"per_class must be a whole number ≥ 0, got {per_class!r}")
     per_class = int(per_class)
@@ -370,7 +411,7 @@ def generate_dataset(
         rng = np.random.default_rng([seed, taxonomy.CLASS_NAMES.index(cls.name)])
         done = 0
         for k in range(per_class):
-            grids[c * per_class + k] = generate_grid(cls, rng, shape)
+            grids[c * per_class + k] = generate_grid(cls, rng, shape, **params)
             if progress is not None and (k + 1 - done >= PROGRESS_EVERY or k + 1 == per_class):
                 progress(k + 1 - done)
                 done = k + 1

@@ -376,6 +376,18 @@ def test_synthetic_maps_are_added_per_class(tmp_path):
     assert all(r["source"].startswith("synthetic:") for r in records)
 
 
+def test_synthetic_maps_take_the_given_generator_parameters(tmp_path):
+    stats = build_corpus(tmp_path / "out", synthetic_per_class=1, config=CorpusConfig(conversations_per_map=1),
+                         progress=False, synthetic_params={"noise": (0.0, 0.05), "normal_noise": 0.0})
+    assert stats["config"]["synthetic_params"] == {"noise": [0.0, 0.05], "normal_noise": 0.0}
+    maps = np.load(tmp_path / "out" / "maps.npz")
+    fail_share = (maps["grids"] == 2).sum(axis=(1, 2)) / (maps["grids"] > 0).sum(axis=(1, 2))
+    assert fail_share.min() == 0.0  # the Normal map is clean
+    with pytest.raises(CorpusError, match="unknown generator parameter"):
+        build_corpus(tmp_path / "bad", synthetic_per_class=1, synthetic_params={"nois": 0.0}, progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_real_maps_recognition_answers_match_labels(real_mixedwm38, tmp_path):
     stats = build_corpus(tmp_path / "out", real_mixedwm38, config=CorpusConfig(conversations_per_map=2, seed=1),
                          limit=300, progress=False)

@@ -101,11 +101,21 @@ def test_cli_synth_other_size_and_chosen_classes(tmp_path):
     assert data.shape == (30, 34) and data.class_names() == ["Center"] * 3 + ["Edge_Loc+Scratch"] * 3
 
 
+def test_cli_synth_parameters_apply_to_every_map(tmp_path):
+    out = tmp_path / "clean.npz"
+    done = _cli("data", "synth", "--per-class", "2", "--classes", "Normal,Center", "--param", "noise=0",
+                "--param", "normal_noise=0", "--out", str(out), "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    data = load_mixedwm38(out)
+    assert (data.grids[:2] != 2).all() and all(len(WaferMap(g).clusters) == 1 for g in data.grids[2:])
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--per-class", "2", "--classes", "Center+Donut"], "Center and Donut never occur together"),
         (["--per-class", "0"], "at least 1"),
+        (["--per-class", "1", "--param", "noise=lots"], "NAME=VALUE or NAME=LOW:HIGH"),
         (["--per-class", "1000", "--max-maps", "500"], "more than --max-maps 500"),
         (["--per-class", "1", "--rows", "3"], "between 8 and 1024"),
     ],

@@ -15,6 +15,7 @@ from data_tools.synthetic import (
     generate,
     generate_dataset,
     generate_grid,
+    parse_param,
 )
 from data_tools.wafer_map import WaferMap
 
@@ -110,6 +111,39 @@ def test_fixed_parameters_take_effect():
 
     assert generate("Near_Full", _rng(), near_full_density=0.9).yield_fraction < 0.2
     assert 0.35 < generate("Random", _rng(), random_density=0.5).yield_fraction < 0.65
+
+
+def test_dataset_parameters_fix_or_draw_from_a_range_for_every_map():
+    clean = generate_dataset(3, seed=1, classes=("Normal", "Center"),
+                             params={"noise": 0.0, "normal_noise": 0.0, "density": 1.0})
+    assert (clean.grids[:3] != 2).all()  # Normal maps without background noise
+    for grid in clean.grids[3:]:  # a Center blob alone
+        wafer = WaferMap(grid)
+        assert len(wafer.clusters) == 1 and wafer.zones["edge"].failing == 0
+    drawn = generate_dataset(20, seed=1, classes=("Normal",), params={"normal_noise": (0.3, 0.4)})
+    rates = [WaferMap(g).failing / WaferMap(g).dies for g in drawn.grids]
+    assert all(0.29 <= r <= 0.41 for r in rates) and max(rates) - min(rates) > 0.02  # drawn, not fixed
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("noise=0.05", ("noise", 0.05)),
+    ("noise=0:0.2", ("noise", (0.0, 0.2))),
+    (" density = 1 ", ("density", 1.0)),
+])
+def test_command_line_parameters_are_parsed(text, expected):
+    assert parse_param(text) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("noise", "NAME=VALUE or NAME=LOW:HIGH"),
+    ("=1", "NAME=VALUE or NAME=LOW:HIGH"),
+    ("noise=a:b", "NAME=VALUE or NAME=LOW:HIGH"),
+    ("nois=1", "unknown generator parameter"),
+    ("noise=0.3:0.1", "low ≤ high"),
+])
+def test_bad_command_line_parameters_are_refused(text, message):
+    with pytest.raises(SyntheticError, match=message):
+        parse_param(text)
 
 
 def test_overflow_only_when_asked():
