@@ -29,6 +29,14 @@ def test_model_latency_on_synthetic_maps_prints_its_figures_as_json(tiny_model_d
     assert figures["batch2_maps_per_s"] > 0
 
 
+def test_noise_robustness_scores_each_noise_level(tiny_model_dir):
+    out = _run("benchmarks/noise_robustness.py", "--model", str(tiny_model_dir), "--per-class", "1",
+               "--noise", "0,0.2", "--json")
+    figures = json.loads(out[out.index("{"):])
+    assert [r["noise"] for r in figures["rows"]] == [0.0, 0.2]
+    assert all(r["maps"] == 38 and 0 <= r["exact_match"] <= 1 and len(r["recall"]) == 8 for r in figures["rows"])
+
+
 def test_server_throughput_smoke_run_reports_both_settings(tmp_path):
     report = tmp_path / "bench.json"
     out = _run("benchmarks/server_throughput.py", "--tiny", "--concurrency", "1,2", "--requests", "2",
