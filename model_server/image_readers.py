@@ -6,10 +6,11 @@ model's cores with the model worker's token-by-token loop; in its own process it
 of its own, so under load the model worker is not slowed by the reading of the next uploads.
 
 Workers are started with "spawn" (safe beside the model's threads) on the first upload, not at
-startup, and end with the server even when it is killed with -9. A worker that dies (killed, out of memory on a hostile image, a crash in a decoder)
-breaks the pool: the pool is replaced and the read tried once more on a fresh worker, so an upload
-that merely met a dead worker is read normally; an image that kills the second worker too is
-answered with a 500 that says so, and the server keeps reading other uploads.
+startup, and end with the server even when it is killed with -9. A worker that dies (killed, out
+of memory on a hostile image, a crash in a decoder) breaks the pool: the pool is replaced and the
+read tried once more on a fresh worker, so an upload that merely met a dead worker is read
+normally; an image that kills the second worker too is answered with a 500 that says so, and the
+server keeps reading other uploads.
 """
 
 from __future__ import annotations
