@@ -304,7 +304,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
     return ServerConfig.from_env(environ, **overrides)
 
 
-def torch_threads(cfg: ServerConfig, cores: int | None = None) -> int:
+def torch_threads_for(cfg: ServerConfig, cores: int | None = None) -> int:
     """The model's CPU threads for `cfg`: `torch_threads`, or with 0 the cores (of this process,
     unless given) left after one for the event loop and one per image reader, at least 1. Idle
     torch threads spin rather than sleep, so on a small CPU a thread more than that takes a core

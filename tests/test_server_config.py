@@ -16,7 +16,7 @@ import pytest
 from model_server import config as config_module
 from model_server.backends.registry import use_torch_threads
 from model_server.cli import register
-from model_server.config import OPTIONS, ConfigError, ServerConfig, describe, options_table, torch_threads
+from model_server.config import OPTIONS, ConfigError, ServerConfig, describe, options_table, torch_threads_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,10 +102,10 @@ def test_bad_values_are_refused_by_name(environ, needle):
 
 
 def test_the_model_gets_the_cores_left_after_the_event_loop_and_the_image_readers():
-    assert torch_threads(ServerConfig(), cores=2) == 1  # a 2-core box: one core for the model
-    assert torch_threads(ServerConfig(), cores=16) == 14
-    assert torch_threads(ServerConfig(image_readers=3), cores=4) == 1
-    assert torch_threads(ServerConfig(torch_threads=6), cores=2) == 6  # set: taken as given
+    assert torch_threads_for(ServerConfig(), cores=2) == 1  # a 2-core box: one core for the model
+    assert torch_threads_for(ServerConfig(), cores=16) == 14
+    assert torch_threads_for(ServerConfig(image_readers=3), cores=4) == 1
+    assert torch_threads_for(ServerConfig(torch_threads=6), cores=2) == 6  # set: taken as given
 
 
 def test_serving_sets_the_torch_threads_and_the_openai_backend_leaves_them():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model_server.backends.base import Backend
-from model_server.config import ConfigError, ServerConfig, torch_threads
+from model_server.config import ConfigError, ServerConfig, torch_threads_for
 
 
 def model_dir(config: ServerConfig) -> Path:
@@ -21,13 +21,13 @@ def model_dir(config: ServerConfig) -> Path:
 
 def use_torch_threads(config: ServerConfig) -> int | None:
     """Set this process's torch CPU threads for serving (`config.torch_threads`, see
-    `model_server.config.torch_threads`); the serving commands call it once at startup. Returns the
+    `model_server.config.torch_threads_for`); the serving commands call it once at startup. Returns the
     count, or None for the openai backend, which runs no model here."""
     if config.backend == "openai":
         return None
     import torch
 
-    threads = torch_threads(config)
+    threads = torch_threads_for(config)
     torch.set_num_threads(threads)
     return threads
 
