@@ -145,7 +145,8 @@ def load_backend(args: argparse.Namespace, workdir: Path) -> Backend:
         model = build_tiny_checkpoint(workdir / "tiny")
     cfg = ServerConfig(model=model, adapter=args.adapter, dtype=args.dtype, device=args.device, db=workdir / "x",
                        image_readers=args.image_readers, torch_threads=args.torch_threads)
-    print(f"torch threads {use_torch_threads(cfg)}, image reader processes {args.image_readers}", flush=True)
+    threads = use_torch_threads(cfg)
+    print(f"torch threads {threads}, image reader processes {args.image_readers}", flush=True)
     return create_backend(cfg)
 
 
