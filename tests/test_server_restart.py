@@ -23,20 +23,24 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "import sys, defect_glm; sys.exit(defect_glm.main())"]
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: state, parent pid, … (OSError once gone)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _children(pid: int) -> list[int]:
-    """Processes whose parent is `pid` (from /proc)."""
+    """Processes whose parent is `pid`."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for entry in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                found.append(int(stat.parent.name))
+            if int(_stat(entry.name)[1]) == pid:
+                found.append(int(entry.name))
     return found
 
 
 def _running(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = _stat(pid)[0]
     except OSError:
         return False
     return state != "Z"  # a zombie has ended; only its exit status is left for a parent to collect
