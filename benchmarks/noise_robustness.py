@@ -21,10 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-#: MixedWM38's highest background noise on a Normal map (`data_tools.synthetic.PARAM_RANGES`).
-NORMAL_NOISE_CAP = 0.145
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: the served checkpoint)")
@@ -43,17 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     if not levels or any(not 0.0 <= x <= 1.0 for x in levels) or args.per_class < 1:
         parser.error("--noise needs shares between 0 and 1 and --per-class at least 1")
 
-    from data_tools.synthetic import generate_dataset
+    from data_tools.synthetic import PARAM_RANGES, generate_dataset
     from finetune.checkpoints import serving_model_dir
     from finetune.evaluate import recognition_scores
     from finetune.loading import load_model
 
+    normal_noise_cap = PARAM_RANGES["normal_noise"][1]  # MixedWM38's highest background noise on a Normal map
     model_dir = args.model or serving_model_dir()
     model, processor = load_model(model_dir, dtype=args.dtype, channels_last=True)
     rows = []
     for noise in levels:
         data = generate_dataset(args.per_class, seed=args.seed,
-                                params={"noise": noise, "normal_noise": min(noise, NORMAL_NOISE_CAP)})
+                                params={"noise": noise, "normal_noise": min(noise, normal_noise_cap)})
         scores = recognition_scores(model, processor, data.grids, data.labels, batch_size=args.batch_size,
                                     seed=args.seed)
         rows.append({
