@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from data_tools.phrasing import language_of
 from data_tools.taxonomy import PATTERNS, alias_table, canonical_set, parse_class_name
 
-_CJK = re.compile(r"[\u3400-\u9fff]")
 #: Clause boundaries: punctuation (EN and ZH, not the enumeration comma 、) and contrast words.
 _CLAUSE_SPLIT = re.compile(
     r"[.;:!?,()\[\]\n。；：！？，（）]|\b(?:but|however|though|although|whereas|while)\b|但是|但|不过|而是|然而"
@@ -42,11 +42,11 @@ def _matchers() -> tuple[tuple[re.Pattern[str], str], ...]:
     for p in PATTERNS:
         spellings[_normalise(p.english)] = p.key
         spellings[_normalise(p.key)] = p.key
-    usable = [(s, k) for s, k in spellings.items() if _CJK.search(s) or len(s) >= _MIN_PROSE_ALIAS]
+    usable = [(s, k) for s, k in spellings.items() if language_of(s) == "zh" or len(s) >= _MIN_PROSE_ALIAS]
     usable.sort(key=lambda sk: -len(sk[0]))
     matchers = []
     for spelling, key in usable:
-        if _CJK.search(spelling):
+        if language_of(spelling) == "zh":
             regex = re.compile(re.escape(spelling))
         else:
             body = r"\s?".join(re.escape(part) for part in spelling.split(" "))

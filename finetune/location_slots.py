@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from data_tools.answers import LANGUAGES, cluster_place, location_sentence
 from data_tools.locate import locate
 from data_tools.taxonomy import BY_KEY, canonical_set
+from finetune.added_tokens import holds_added_tokens
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -62,11 +63,7 @@ def opening_words(place: str, language: str) -> str:
 
 def has_location_slots(tokenizer: object) -> bool:
     """True when a tokenizer holds every location slot token (a checkpoint trained with them)."""
-    added = getattr(tokenizer, "get_added_vocab", None)
-    if added is None:
-        return False
-    known = added()
-    return all(token in known for token in LOCATION_TOKENS)
+    return holds_added_tokens(tokenizer, LOCATION_TOKENS)
 
 
 def slot_locations(text: str, wafer: WaferMap, patterns: Iterable[str]) -> str:

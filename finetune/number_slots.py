@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from finetune.added_tokens import holds_added_tokens
 from finetune.location_slots import LOCATION_PREFIX, fill_locations, slot_locations
 
 if TYPE_CHECKING:
@@ -71,11 +72,7 @@ def slot_values(facts: dict) -> dict[str, str]:
 
 def has_slots(tokenizer: object) -> bool:
     """True when a tokenizer holds every slot token as an added token (a checkpoint trained with slots)."""
-    added = getattr(tokenizer, "get_added_vocab", None)
-    if added is None:
-        return False
-    known = added()
-    return all(token in known for token in SLOT_TOKENS)
+    return holds_added_tokens(tokenizer, SLOT_TOKENS)
 
 
 def slot_numbers(text: str, facts: dict) -> str:
