@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from data_tools.phrasing import language_of
 from model_server import wire
 
 FEEDBACK_UP = "feedback_up"
@@ -54,6 +55,13 @@ def facts_fields(findings: wire.Findings) -> list[dict[str, str]]:
     return fields
 
 
+def caveat_lines(reply: wire.ThreadReply) -> list[str]:
+    """The findings' caveats in the answer's language (what the reader should double-check)."""
+    if reply.findings is None:
+        return []
+    return [f"⚠️ {text}" for text in reply.findings.caveat_texts(language_of(reply.answer))]
+
+
 def answer_blocks(reply: wire.ThreadReply, answer_id: str | None) -> list[dict[str, Any]]:
     """Facts (if the thread has a map), prose, context and — with an answer id — feedback buttons."""
     blocks: list[dict[str, Any]] = []
@@ -62,6 +70,8 @@ def answer_blocks(reply: wire.ThreadReply, answer_id: str | None) -> list[dict[s
         zh = " / ".join(findings.pattern_names.get("zh") or [])
         line = f"*Patterns:* {escape(pattern_line(findings))}" + (f"  ({escape(zh)})" if zh else "")
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": line}, "fields": facts_fields(findings)})
+        for caveat in caveat_lines(reply):
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": escape(caveat)}})
         blocks.append({"type": "divider"})
     for chunk in _chunks(escape(_cut(reply.answer.strip() or "(the model returned an empty answer)"))):
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": chunk}})
@@ -91,9 +101,10 @@ def answer_text(reply: wire.ThreadReply) -> str:
     if findings is None:
         return _cut(reply.answer.strip(), 3000)
     m = findings.measured
+    caveats = "".join(f" {line}" for line in caveat_lines(reply))
     return (
         f"{pattern_line(findings)} — {int(m.get('failing', 0))} of {int(m.get('dies', 0))} dies failing, "
-        f"yield {float(m.get('yield', 0.0)):.2f} %. {_cut(reply.answer.strip(), 2500)}"
+        f"yield {float(m.get('yield', 0.0)):.2f} %.{caveats} {_cut(reply.answer.strip(), 2500)}"
     )
 
 

@@ -208,6 +208,19 @@ def cluster_place(cluster: dict, language: str) -> str:
     return f"{ZONE_WORDS_ZH[cluster['zone']]}（{cluster['sector']}）"
 
 
+def unrecognised_cluster_note(cluster_size: int, language: str) -> str:
+    """A caution for an answer that found no pattern on a map whose failing dies form one large cluster.
+
+    The cluster is not placed: its centre says little for a ring or an arc (an Edge-Ring's is the
+    wafer's centre)."""
+    _check_language(language)
+    if language == "en":
+        return (f"The model found no defect pattern, but {cluster_size} failing dies form one connected cluster. "
+                "Maps with little random failure can mislead it: check the map by eye.")
+    return (f"模型未识别出缺陷模式，但有 {cluster_size} 颗失效芯片连成一片。"
+            "随机失效很少的晶圆图可能误导模型，请人工核对。")
+
+
 def count_answer(facts: dict, topic: str, language: str = "en", zone: str = "edge", variant: int = 0) -> str:
     """An exact number from the measured facts. `topic` is one of COUNT_TOPICS."""
     _check_language(language)

@@ -40,7 +40,7 @@ def _command_error(message: str) -> Exception:
 
 
 def format_findings(findings: wire.Findings, lang: str = "en") -> str:
-    """Two indented lines: the recognised patterns, then the numbers measured from the map."""
+    """Indented lines: the recognised patterns, the numbers measured from the map, then one per caveat."""
     names = findings.pattern_names.get(lang) or findings.patterns
     m = findings.measured
     zone = m.get("dominant_zone")
@@ -54,14 +54,18 @@ def format_findings(findings: wire.Findings, lang: str = "en") -> str:
             parts.append(f"失效最多：{_ZONES['zh'].get(zone, zone)}")
         if largest:
             parts.append(f"{clusters.get('count')} 个失效簇（最大 {largest['size']} 颗）")
-        return f"  缺陷模式：{patterns}\n  测量：{'，'.join(parts)}"
+        return f"  缺陷模式：{patterns}\n  测量：{'，'.join(parts)}" + _caveats(findings, lang)
     patterns = " + ".join(names) if names else ("not recognised" if unknown else "none (Normal)")
     parts = [f"{m.get('dies')} dies", f"{m.get('failing')} failing", f"yield {m.get('yield')}%"]
     if zone:
         parts.append(f"worst zone: {_ZONES['en'].get(zone, zone)}")
     if largest:
         parts.append(f"{clusters.get('count')} clusters (largest {largest['size']} dies)")
-    return f"  patterns: {patterns}  [class {findings.class_name}]\n  measured: {', '.join(parts)}"
+    return f"  patterns: {patterns}  [class {findings.class_name}]\n  measured: {', '.join(parts)}" + _caveats(findings, lang)
+
+
+def _caveats(findings: wire.Findings, lang: str) -> str:
+    return "".join(f"\n  ! {text}" for text in findings.caveat_texts(lang))
 
 
 def format_reply(reply: wire.ThreadReply, question: str, show_findings: bool) -> str:

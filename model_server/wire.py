@@ -175,13 +175,32 @@ def decode_base64_image(raw: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class Caveat:
+    """``{"code", "text": {"en", "zh"}}``: a caution shown beside the findings, e.g. the code
+    ``cluster_without_pattern`` when the model found no pattern on a map with a large failing cluster."""
+
+    code: str
+    text: dict[str, str]
+
+    def to_json(self) -> dict:
+        return {"code": self.code, "text": dict(self.text)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Caveat:
+        where = "caveat"
+        return cls(code=_require(data, "code", str, where),
+                   text={str(k): str(v) for k, v in _require(data, "text", dict, where).items()})
+
+
+@dataclass(frozen=True)
 class Findings:
     """Facts shown beside the prose: recognised patterns and the numbers measured from the map.
 
     ``patterns`` are canonical taxonomy keys (e.g. ``Edge_Loc``); ``class_name`` is their
     ``+``-joined class name (``Normal`` for none, ``Unknown`` when the model's recognition
     answer could not be read as a pattern set); ``measured`` is `WaferMap.facts()`;
-    ``grid`` the die grid (0 off wafer, 1 good, 2 failing) as read from the image.
+    ``grid`` the die grid (0 off wafer, 1 good, 2 failing) as read from the image; ``caveats``
+    what a reader should double-check (absent in findings stored before caveats existed: none).
     """
 
     patterns: list[str]
@@ -189,6 +208,7 @@ class Findings:
     class_name: str
     measured: dict
     grid: list[list[int]]
+    caveats: list[Caveat] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -197,18 +217,27 @@ class Findings:
             "class": self.class_name,
             "measured": self.measured,
             "grid": self.grid,
+            "caveats": [c.to_json() for c in self.caveats],
         }
 
     @classmethod
     def from_json(cls, data: Any) -> Findings:
         where = "findings"
+        caveats = data.get("caveats", []) if isinstance(data, dict) else []
+        if not isinstance(caveats, list):
+            raise WireFormatError(f"{where}: field 'caveats' should be a list, got {type(caveats).__name__}")
         return cls(
             patterns=[str(p) for p in _require(data, "patterns", list, where)],
             pattern_names={str(k): [str(n) for n in v] for k, v in _require(data, "pattern_names", dict, where).items()},
             class_name=_require(data, "class", str, where),
             measured=_require(data, "measured", dict, where),
             grid=_require(data, "grid", list, where),
+            caveats=[Caveat.from_json(c) for c in caveats],
         )
+
+    def caveat_texts(self, language: str) -> list[str]:
+        """The caveats in `language` ("en" or "zh"), English where a text lacks it."""
+        return [c.text.get(language) or c.text.get("en", "") for c in self.caveats]
 
 
 @dataclass(frozen=True)

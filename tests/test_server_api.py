@@ -115,7 +115,7 @@ def test_json_body_multipart_and_delete(tmp_path, backend):
                 assert r.status == 200, await r.text()
                 data = await r.json()
                 assert set(data) == {"thread_id", "answer", "findings", "model", "latency_ms"}
-                assert set(data["findings"]) == {"patterns", "pattern_names", "class", "measured", "grid"}
+                assert set(data["findings"]) == {"patterns", "pattern_names", "class", "measured", "grid", "caveats"}
                 assert r.headers[wire.REQUEST_ID_HEADER]
             form = aiohttp.FormData()
             form.add_field("text", "")

@@ -370,6 +370,10 @@
         t(unknown ? "unknown_patterns" : "no_patterns")));
     }
     f.patterns.forEach((key, i) => chips.appendChild(el("span", { class: "chip", "data-pattern": key }, names[i] || key)));
+    const caveats = $("caveats");
+    caveats.replaceChildren();
+    (f.caveats || []).forEach((c) => caveats.appendChild(
+      el("p", { class: "caveat", "data-code": c.code }, (c.text && (c.text[state.lang] || c.text.en)) || c.code)));
 
     const m = f.measured || {};
     const clusters = m.clusters || {};
