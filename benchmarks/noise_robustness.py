@@ -6,10 +6,15 @@ Every defective MixedWM38 map carries about a fifth of its dies failing at rando
 noise level as a sign of a defect. Per level, `--per-class` synthetic maps of each of the 38 classes
 are made with that noise (Normal maps too, capped at 14.5 %, MixedWM38's highest for Normal), asked
 one recognition question each (English and Chinese alternately, as `defect-glm eval` asks), and
-scored: exact match and each pattern's recall.
+scored: exact match and each pattern's recall. It also counts the defective maps called normal and how
+many of those the server's findings flag with a caveat (`model_server.findings.caveats_for`: a large
+failing cluster on a map called normal), and the Normal maps called normal that are flagged wrongly.
+With `--mixedwm38 FILE` it also checks the caveat's rule on that file's real Normal maps (no model
+needed): their largest failing cluster and how many the rule would flag, were they called normal.
 
     python benchmarks/noise_robustness.py                                  # the served checkpoint
     python benchmarks/noise_robustness.py --model runs/v20 --per-class 20 --noise 0,0.1,0.195 --json
+    python benchmarks/noise_robustness.py --mixedwm38 ../shared/data/mixedwm38_dev.npz
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the maps and questions (default 0)")
     parser.add_argument("--batch-size", type=int, default=32, help="generation batch size (default 32)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--mixedwm38", type=Path, default=None,
+                        help="also check the caveat rule on this MixedWM38 file's Normal maps")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     try:
@@ -40,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--noise needs shares between 0 and 1 and --per-class at least 1")
 
     from data_tools.synthetic import PARAM_RANGES, generate_dataset
+    from data_tools.wafer_map import WaferMap
     from finetune.checkpoints import serving_model_dir
     from finetune.evaluate import recognition_scores
     from finetune.loading import load_model
+    from model_server.findings import caveats_for
 
     normal_noise_cap = PARAM_RANGES["normal_noise"][1]  # MixedWM38's highest background noise on a Normal map
     model_dir = args.model or serving_model_dir()
@@ -52,25 +61,58 @@ def main(argv: list[str] | None = None) -> int:
         data = generate_dataset(args.per_class, seed=args.seed,
                                 params={"noise": noise, "normal_noise": min(noise, normal_noise_cap)})
         scores = recognition_scores(model, processor, data.grids, data.labels, batch_size=args.batch_size,
-                                    seed=args.seed)
+                                    seed=args.seed, keep_predictions=True)
+        called_normal = [(grid, bool(label.any())) for grid, label, keys in
+                         zip(data.grids, data.labels, scores["predicted"]) if keys == []]
+        flagged = [defective for grid, defective in called_normal if caveats_for((), WaferMap(grid).facts())]
         rows.append({
             "noise": noise,
             "maps": len(data),
             "exact_match": scores["exact_match"],
             "recall": {name: round(p["recall"], 4) for name, p in scores["per_pattern"].items()},
+            "defective_called_normal": sum(defective for _grid, defective in called_normal),
+            "defective_called_normal_with_caveat": sum(flagged),
+            "normal_called_normal_with_caveat": len(flagged) - sum(flagged),
         })
+    real_normal = None if args.mixedwm38 is None else normal_map_caveats(args.mixedwm38)
     if args.json:
-        print(json.dumps({"model": str(model_dir), "per_class": args.per_class, "seed": args.seed, "rows": rows},
-                         indent=2))
+        print(json.dumps({"model": str(model_dir), "per_class": args.per_class, "seed": args.seed, "rows": rows,
+                          "real_normal_maps": real_normal}, indent=2))
         return 0
     names = list(rows[0]["recall"])
     print(f"model {model_dir}, {args.per_class} synthetic maps per class and noise level, seed {args.seed}")
-    print("| noise | maps | exact match | " + " | ".join(f"{n} recall" for n in names) + " |")
-    print("| --- " * (3 + len(names)) + "|")
+    print("| noise | maps | exact match | " + " | ".join(f"{n} recall" for n in names)
+          + " | defective called normal (with caveat) | Normal flagged |")
+    print("| --- " * (5 + len(names)) + "|")
     for row in rows:
         print(f"| {row['noise']:.3f} | {row['maps']} | {100 * row['exact_match']:.1f} % | "
-              + " | ".join(f"{row['recall'][n]:.2f}" for n in names) + " |")
+              + " | ".join(f"{row['recall'][n]:.2f}" for n in names)
+              + f" | {row['defective_called_normal']} ({row['defective_called_normal_with_caveat']})"
+              + f" | {row['normal_called_normal_with_caveat']} |")
+    if real_normal is not None:
+        print(f"{args.mixedwm38}: {real_normal['maps']} Normal maps, largest failing cluster at most "
+              f"{real_normal['largest_cluster_max']} dies; the caveat rule flags {real_normal['flagged']}")
     return 0
+
+
+def normal_map_caveats(path: Path) -> dict:
+    """On a MixedWM38 file's Normal maps: how large their failing clusters get, and how many the findings'
+    caveat rule would flag were they called normal (it should flag none)."""
+    from data_tools.loaders import load_mixedwm38
+    from data_tools.wafer_map import WaferMap
+    from model_server.findings import caveats_for
+
+    data = load_mixedwm38(path)
+    if data.labels is None:
+        raise SystemExit(f"{path} has no labels, so its Normal maps are not known")
+    largest, flagged = 0, 0
+    normal = [grid for grid, label in zip(data.grids, data.labels) if not label.any()]
+    for grid in normal:
+        facts = WaferMap(grid).facts()
+        cluster = facts["clusters"]["largest"]
+        largest = max(largest, cluster["size"] if cluster else 0)
+        flagged += bool(caveats_for((), facts))
+    return {"maps": len(normal), "largest_cluster_max": largest, "flagged": flagged}
 
 
 if __name__ == "__main__":

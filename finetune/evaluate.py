@@ -100,9 +100,11 @@ def score(truth: list[tuple[str, ...]], predicted: list[tuple[str, ...] | None])
 
 def recognition_scores(
     model: Any, processor: Any, grids: np.ndarray, labels: np.ndarray, batch_size: int = 32, seed: int = 0,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = 48, keep_predictions: bool = False,
 ) -> dict:
-    """Ask each map a recognition question, parse the answers and score them (plus timing and samples)."""
+    """Ask each map a recognition question, parse the answers and score them (plus timing and samples).
+
+    `keep_predictions` adds `predicted`: each map's parsed pattern keys (None: unparseable), in map order."""
     from finetune.generation import generate_answers
 
     rng = random.Random(f"questions-{seed}")
@@ -131,6 +133,8 @@ def recognition_scores(
         for r, a, t, p in zip(requests, answers, truth, predicted)
         if p is None or set(p) != set(t)
     ][:20]
+    if keep_predictions:
+        result["predicted"] = [None if p is None else list(p) for p in predicted]
     return result
 
 

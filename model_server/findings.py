@@ -33,9 +33,9 @@ UNKNOWN_CLASS = "Unknown"
 
 #: A map called normal gets a caveat when its largest cluster of failing dies holds at least this many
 #: dies and at least this share of the wafer's dies. Random failures alone (1–14.5 % of the dies on
-#: MixedWM38's Normal maps) leave clusters of at most 18 of their 2,032 dies (400 maps of
-#: `../shared/data`); a defect pattern without random failures leaves one of 30 or more, Scratch (14 or
-#: more) excepted (the synthetic generator's maps at noise 0).
+#: MixedWM38's Normal maps) leave clusters of at most 18 of their 2,032 dies (the 855 Normal maps of
+#: `../shared/data`, `benchmarks/noise_robustness.py --mixedwm38`); a defect pattern without random
+#: failures mostly leaves one of 30 or more, a lone Scratch (14 or more) excepted.
 CLUSTER_CAVEAT_MIN_DIES = 20
 CLUSTER_CAVEAT_MIN_SHARE = 0.015
 CAVEAT_CLUSTER_WITHOUT_PATTERN = "cluster_without_pattern"
