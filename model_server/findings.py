@@ -72,7 +72,7 @@ def build_findings(wafer: WaferMap, patterns: Iterable[str] | None) -> wire.Find
         class_name=class_name,
         measured=measured,
         grid=wafer.to_list(),
-        caveats=caveats_for(patterns, measured),
+        caveats=caveats_for(None if patterns is None else keys, measured),
     )
 
 
