@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,8 +57,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_level(url: str, concurrency: int, total: int, images: list[bytes], tag: str,
-                    mode: str = "image") -> dict:
-    """`total` requests from `concurrency` closed-loop clients; latency percentiles and throughput."""
+                    mode: str = "image", model_seconds: Callable[[], float] | None = None) -> dict:
+    """`total` requests from `concurrency` closed-loop clients; latency percentiles and throughput.
+
+    `model_seconds` (the server's total time in generate calls so far) gives `model_busy`: the share
+    of the timed run the model worker spent generating (near 1: the model is the bottleneck).
+    """
     latencies: list[float] = []
     errors = 0
     counter = iter(range(total))
@@ -82,9 +87,10 @@ async def run_level(url: str, concurrency: int, total: int, images: list[bytes],
                     continue
                 latencies.append(time.perf_counter() - started)
 
-        started = time.perf_counter()
+        started, busy_before = time.perf_counter(), model_seconds() if model_seconds else 0.0
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - started
+        busy = (model_seconds() - busy_before) / elapsed if model_seconds and elapsed > 0 else None
     return {
         "concurrency": concurrency,
         "requests": len(latencies),
@@ -93,6 +99,7 @@ async def run_level(url: str, concurrency: int, total: int, images: list[bytes],
         "p95_ms": percentile(latencies, 0.95) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000 if latencies else 0.0,
         "throughput_rps": len(latencies) / elapsed if elapsed > 0 else 0.0,
+        "model_busy": busy,
     }
 
 
@@ -118,7 +125,7 @@ async def run_setting(backend: Backend, db_dir: Path, batching: bool, levels: li
             metrics = server.state.metrics
             calls_before, sizes_before = metrics.batch_size.count(), _batch_sum(metrics)
             row = await run_level(server.url, level, max(requests, level), images, f"b{int(batching)}-c{level}",
-                                  mode)
+                                  mode, lambda m=metrics: _histogram_sum(m.generate_seconds))
             calls = metrics.batch_size.count() - calls_before
             row["mean_batch"] = (_batch_sum(metrics) - sizes_before) / calls if calls else 0.0
             row["batching"] = batching
@@ -126,12 +133,16 @@ async def run_setting(backend: Backend, db_dir: Path, batching: bool, levels: li
             print(f"  batching {'on ' if batching else 'off'} concurrency {level:>3}: "
                   f"p50 {row['p50_ms']:8.1f} ms  p95 {row['p95_ms']:8.1f} ms  "
                   f"{row['throughput_rps']:7.2f} req/s  mean batch {row['mean_batch']:5.1f}  "
-                  f"errors {row['errors']}", flush=True)
+                  f"model busy {row['model_busy']:4.0%}  errors {row['errors']}", flush=True)
     return rows
 
 
+def _histogram_sum(histogram) -> float:  # sum of the values a histogram observed
+    return sum(total for _counts, total, _n in histogram._data.values())
+
+
 def _batch_sum(metrics) -> float:  # sum of observed batch sizes
-    return sum(total for _counts, total, _n in metrics.batch_size._data.values())
+    return _histogram_sum(metrics.batch_size)
 
 
 def load_backend(args: argparse.Namespace, workdir: Path) -> Backend:
@@ -144,9 +155,11 @@ def load_backend(args: argparse.Namespace, workdir: Path) -> Backend:
 
         model = build_tiny_checkpoint(workdir / "tiny")
     cfg = ServerConfig(model=model, adapter=args.adapter, dtype=args.dtype, device=args.device, db=workdir / "x",
-                       image_readers=args.image_readers, torch_threads=args.torch_threads)
+                       image_readers=args.image_readers, torch_threads=args.torch_threads,
+                       model_process=args.model_process == "yes")
     threads = use_torch_threads(cfg)
-    print(f"torch threads {threads}, image reader processes {args.image_readers}", flush=True)
+    print(f"torch threads {threads}, image reader processes {args.image_readers}, "
+          f"model {'in a process of its own' if cfg.model_process else 'in the server process'}", flush=True)
     return create_backend(cfg)
 
 
@@ -156,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="checkpoint directory (default: the served checkpoint or finetune/default_model)")
     parser.add_argument("--adapter", type=Path, default=None, help="LoRA adapter directory")
     parser.add_argument("--tiny", action="store_true", help="use a freshly built tiny random checkpoint")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights dtype (default auto, the server's: bfloat16 where native, else float32)")
     parser.add_argument("--device", default=None, help="torch device (default: CUDA when present)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts (default 1,8,32)")
     parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level (default 64)")
@@ -170,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int, default=ServerConfig.torch_threads,
                         help="the model's CPU threads (default 0: the server's rule, the cores left after one for "
                              "the event loop and one per image reader)")
+    parser.add_argument("--model-process", choices=("yes", "no"), default="yes",
+                        help="run the model in a process of its own (default yes, the server's) or in the server's")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     levels = sorted({int(x) for x in args.concurrency.split(",") if x.strip()})

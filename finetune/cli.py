@@ -209,8 +209,9 @@ def _register_evaluation(subcommands: argparse._SubParsersAction) -> None:
                     help="maps with an Edge-Loc, Loc or Scratch for the location check (0: skip)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the sample and question choice")
     ev.add_argument("--threads", type=int, help="torch CPU threads")
-    ev.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                    help="weights' dtype, as `defect-glm serve --dtype` loads them (default float32)")
+    ev.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "auto"),
+                    help="weights' dtype, as `defect-glm serve --dtype` loads them (default float32; the server's "
+                         "default is auto: bfloat16 where the CPU or GPU runs it natively)")
     ev.add_argument("--json", action="store_true", help="print the full result as JSON")
     ev.add_argument("--report", metavar="DIR", help="write confusion_matrix.png and report.md here")
     ev.set_defaults(handler=_run_evaluation)

@@ -332,7 +332,7 @@ def evaluate_file(
     MixedWM38 file, optionally write a report; returns the JSON dict."""
     import torch
 
-    from finetune.loading import load_model
+    from finetune.loading import load_model, loaded_dtype
 
     if threads:
         torch.set_num_threads(threads)
@@ -340,7 +340,7 @@ def evaluate_file(
     model, processor = load_model(model_dir, adapter_dir=adapter_dir, dtype=dtype, channels_last=True)
     result: dict[str, Any] = {
         "model": str(model_dir),
-        "dtype": dtype,
+        "dtype": loaded_dtype(dtype, None),
         "adapter": None if adapter_dir is None else str(adapter_dir),
         "file": str(mixedwm38),
         "split": split,

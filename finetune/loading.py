@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from finetune.precision import slow_bf16_warning
+from finetune.precision import AUTO_DTYPE, resolve_dtype, slow_bf16_warning
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZATIONS = ("4bit", "8bit")
@@ -50,6 +50,11 @@ def resolve_device(device: str | None) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} asked for, but CUDA is not available on this machine")
     return device
+
+
+def loaded_dtype(dtype: str, device: str | None) -> str:
+    """The dtype `load_model(dtype=dtype, device=device)` gives the weights ("auto" resolved)."""
+    return resolve_dtype(dtype, resolve_device(device))
 
 
 def quantization_config(quantization: str | None, dtype: torch.dtype) -> Any:
@@ -106,7 +111,8 @@ def load_model(
 ) -> tuple[Any, Any]:
     """Load `(model, processor)` from a checkpoint directory, with an optional peft adapter on top.
 
-    dtype: float32 | float16 | bfloat16; quantization: None | "4bit" | "8bit" (CUDA only);
+    dtype: float32 | float16 | bfloat16, or auto (`finetune.precision.resolve_dtype`: bfloat16 where the
+    device runs it natively, else float32 on a CPU, float16 on CUDA); quantization: None | "4bit" | "8bit" (CUDA only);
     device: "cpu", "cuda", "cuda:N" or None (CUDA when present). The model is in eval mode
     unless `trainable`. With `with_processor=False` the processor is not loaded (None): for
     weights saved without one, such as an older run's training state.
@@ -119,11 +125,11 @@ def load_model(
     from transformers import AutoModelForImageTextToText
 
     model_path = _check_dir(model_dir, "model checkpoint", "config.json")
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-    torch_dtype = DTYPES[dtype]
-    quant = quantization_config(quantization, torch_dtype)
+    if dtype not in DTYPES and dtype != AUTO_DTYPE:
+        raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)} or {AUTO_DTYPE}; got {dtype!r}")
     device = resolve_device(device)
+    torch_dtype = DTYPES[resolve_dtype(dtype, device)]
+    quant = quantization_config(quantization, torch_dtype)
     if torch_dtype is torch.bfloat16 and (reason := slow_bf16_warning(device)):
         warnings.warn(f"bfloat16 weights on {device}: {reason}; use float32 here", stacklevel=2)
     _register_model_type(model_path)

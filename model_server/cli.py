@@ -49,7 +49,10 @@ def _serve(args: argparse.Namespace) -> int:
         backend = create_backend(config)  # load before binding: a bad model path fails here, clearly
     except (ConfigError, BackendError, ValueError, OSError) as exc:
         raise CommandError(f"cannot load the {config.backend} backend: {exc}") from exc
-    run(config, backend)
+    try:
+        run(config, backend)
+    finally:
+        backend.close()  # a model process ends with the server
     return 0
 
 
@@ -59,17 +62,17 @@ def _register_chat(subcommands: argparse._SubParsersAction) -> None:
         "chat",
         help="chat about one wafer map in the terminal (thread memory; Ctrl-D ends)",
         description="Ask about a wafer map image, then type follow-up questions; the conversation is one "
-        "thread of the thread API. Without --server the model runs in this process. Ctrl-D ends.",
+        "thread of the thread API. Without --server the command starts its own server on this machine. Ctrl-D ends.",
     )
     parser.add_argument("image", metavar="IMAGE", help="wafer map image (PNG, JPEG, ...)")
     parser.add_argument("--question", "-q", default=None,
                         help="first question (default: 'What defects does this wafer show?')")
     parser.add_argument("--server", default=None, metavar="URL",
-                        help="a running server, e.g. http://127.0.0.1:8080 (default: run the model in-process)")
+                        help="a running server, e.g. http://127.0.0.1:8080 (default: a server inside this command)")
     parser.add_argument("--model", default=None, metavar="DIR",
-                        help="checkpoint directory for the in-process model (default: the served checkpoint)")
+                        help="checkpoint directory for the command's own server (default: the served checkpoint)")
     parser.add_argument("--db", default=None, metavar="FILE",
-                        help="SQLite thread memory for the in-process model (default: the server's default)")
+                        help="SQLite thread memory for the command's own server (default: the server's default)")
     parser.add_argument("--thread", default=None, metavar="ID", help="thread id (default: a new one)")
     parser.add_argument("--timeout", type=float, default=300.0, metavar="S",
                         help="seconds to wait for one answer (default: 300)")

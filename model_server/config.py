@@ -11,7 +11,7 @@ the one in docs/server.md are generated from it (`python -m model_server.config`
 | backend | DEFECT_GLM_BACKEND | --backend | hf | model backend: hf, openai or visualglm |
 | model | DEFECT_GLM_MODEL | --model | (served checkpoint) | checkpoint directory (hf/visualglm); default: the promoted checkpoint or the committed default model |
 | adapter | DEFECT_GLM_ADAPTER | --adapter | (none) | peft LoRA adapter directory applied on top of the model |
-| dtype | DEFECT_GLM_DTYPE | --dtype | float32 | weights dtype: float32, bfloat16 or float16 |
+| dtype | DEFECT_GLM_DTYPE | --dtype | auto | weights dtype: auto (bfloat16 where the CPU or GPU runs it natively: AMX, AVX512-BF16, CUDA from Ampere on; else float32, or float16 on an older GPU), float32, bfloat16 or float16 |
 | quantization | DEFECT_GLM_QUANTIZATION | --quantization | (none) | 4bit or 8bit through bitsandbytes (CUDA only) |
 | device | DEFECT_GLM_DEVICE | --device | (auto) | torch device, e.g. cpu or cuda:0 |
 | openai_url | DEFECT_GLM_OPENAI_URL | --openai-url | (none) | base URL of the OpenAI-compatible engine (openai backend), e.g. http://gpu-host:8000/v1 |
@@ -25,6 +25,7 @@ the one in docs/server.md are generated from it (`python -m model_server.config`
 | max_queue | DEFECT_GLM_MAX_QUEUE | --max-queue | 256 | requests waiting for the model before new ones get 429 |
 | image_readers | DEFECT_GLM_IMAGE_READERS | --image-readers | 1 | processes reading uploaded images into die grids, beside the model (started on the first upload) |
 | torch_threads | DEFECT_GLM_TORCH_THREADS | --torch-threads | 0 | CPU threads of the model (torch.set_num_threads); 0: the cores left after one for the event loop and one per image reader, at least 1 |
+| model_process | DEFECT_GLM_MODEL_PROCESS | --model-process | yes | run a model of this machine (hf, visualglm) in a process of its own: generation then never waits for the server's Python lock, and a model process that dies is replaced (no: in the server process) |
 | request_timeout_s | DEFECT_GLM_REQUEST_TIMEOUT_S | --request-timeout-s | 300 | longest a request waits for its answer before 503 |
 | max_image_bytes | DEFECT_GLM_MAX_IMAGE_BYTES | --max-image-bytes | 10485760 | largest accepted image file (413 above) |
 | max_image_pixels | DEFECT_GLM_MAX_IMAGE_PIXELS | --max-image-pixels | 25000000 | largest accepted width × height (413 above; decompression bombs) |
@@ -50,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 BACKENDS = ("hf", "openai", "visualglm")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("4bit", "8bit")
 KNOWN_IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -79,7 +80,7 @@ class ServerConfig:
     backend: str = "hf"
     model: Path | None = None
     adapter: Path | None = None
-    dtype: str = "float32"
+    dtype: str = "auto"
     quantization: str | None = None
     device: str | None = None
     openai_url: str | None = None
@@ -93,6 +94,7 @@ class ServerConfig:
     max_queue: int = 256
     image_readers: int = 1
     torch_threads: int = 0
+    model_process: bool = True
     request_timeout_s: float = 300.0
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 25_000_000
@@ -188,6 +190,15 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
+def _yes_no(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("yes", "true", "1", "on"):
+        return True
+    if word in ("no", "false", "0", "off"):
+        return False
+    raise ValueError("expected yes or no")
+
+
 def _formats(raw: str) -> tuple[str, ...]:
     return tuple(part.strip().upper().replace("JPG", "JPEG") for part in raw.split(",") if part.strip())
 
@@ -225,7 +236,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("model", "DEFECT_GLM_MODEL", _path, "(served checkpoint)",
            "checkpoint directory (hf/visualglm); default: the promoted checkpoint or the committed default model"),
     Option("adapter", "DEFECT_GLM_ADAPTER", _path, "(none)", "peft LoRA adapter directory applied on top of the model"),
-    Option("dtype", "DEFECT_GLM_DTYPE", _str, "float32", "weights dtype: float32, bfloat16 or float16", DTYPES),
+    Option("dtype", "DEFECT_GLM_DTYPE", _str, "auto",
+           "weights dtype: auto (bfloat16 where the CPU or GPU runs it natively: AMX, AVX512-BF16, CUDA from Ampere on; "
+           "else float32, or float16 on an older GPU), float32, bfloat16 or float16", DTYPES),
     Option("quantization", "DEFECT_GLM_QUANTIZATION", _str, "(none)",
            "4bit or 8bit through bitsandbytes (CUDA only)", QUANTIZATIONS),
     Option("device", "DEFECT_GLM_DEVICE", _str, "(auto)", "torch device, e.g. cpu or cuda:0"),
@@ -248,6 +261,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("torch_threads", "DEFECT_GLM_TORCH_THREADS", _int, "0",
            "CPU threads of the model (torch.set_num_threads); 0: the cores left after one for the event loop and "
            "one per image reader, at least 1"),
+    Option("model_process", "DEFECT_GLM_MODEL_PROCESS", _yes_no, "yes",
+           "run a model of this machine (hf, visualglm) in a process of its own: generation then never waits for "
+           "the server's Python lock, and a model process that dies is replaced (no: in the server process)"),
     Option("request_timeout_s", "DEFECT_GLM_REQUEST_TIMEOUT_S", _float, "300",
            "longest a request waits for its answer before 503"),
     Option("max_image_bytes", "DEFECT_GLM_MAX_IMAGE_BYTES", _int, "10485760", "largest accepted image file (413 above)"),

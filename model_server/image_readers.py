@@ -33,16 +33,17 @@ from model_server.intake import read_upload
 log = logging.getLogger(__name__)
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Worker initializer: end this worker once the server process is gone (a server killed with -9
-    cannot stop its workers itself, and an orphaned worker would live on)."""
+def exit_with_parent(parent_pid: int, name: str = "image-reader-parent-watch") -> None:
+    """Run in a child process (an image reader's initializer, the model process): end the child once
+    the server process is gone (a server killed with -9 cannot stop its children itself, and an
+    orphaned child would live on)."""
 
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(0.5)
         os._exit(0)
 
-    threading.Thread(target=watch, name="image-reader-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name=name, daemon=True).start()
 
 
 class ImageReaders:
@@ -59,7 +60,7 @@ class ImageReaders:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
+                                   initializer=exit_with_parent, initargs=(os.getpid(),))
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:

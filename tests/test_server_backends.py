@@ -1,4 +1,4 @@
-"""Backends behind the server: hf (dtype, LoRA adapter, quantization refusal, default checkpoint) and openai.
+"""Backends behind the server: hf (dtype and its auto default, LoRA adapter, quantization refusal, default checkpoint) and openai.
 
 The hf cases load the tiny random checkpoint; the openai cases chain two of our own servers on
 127.0.0.1 (front: memory, limits, findings; back: the model), with small Backend
@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from finetune.loading import ModelLoadError
+from finetune.precision import bf16_is_native, resolve_dtype
 from model_server import wire
 from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest
 from model_server.backends.hf import HFBackend
 from model_server.backends.openai_compat import OpenAIBackend
-from model_server.backends.registry import create_backend, model_dir
+from model_server.backends.registry import load_backend, model_dir
 from model_server.client import ModelServerClient, ModelServerError
 from model_server.config import ServerConfig
 from model_server.testing import running_server, wafer_png
@@ -50,7 +51,7 @@ def _config(tmp_path: Path, name: str, **kw) -> ServerConfig:
 
 # ------------------------------------------------------------------ hf
 def test_hf_bfloat16_answers_through_the_server(tmp_path, tiny_model_dir):
-    backend = create_backend(_config(tmp_path, "cfg", model=tiny_model_dir, dtype="bfloat16", device="cpu"))
+    backend = load_backend(_config(tmp_path, "cfg", model=tiny_model_dir, dtype="bfloat16", device="cpu"))
     assert isinstance(backend, HFBackend)
     assert next(backend.model.parameters()).dtype == torch.bfloat16
     assert backend.info.details["dtype"] == "bfloat16"
@@ -65,6 +66,28 @@ def test_hf_bfloat16_answers_through_the_server(tmp_path, tiny_model_dir):
     backend.close()
 
 
+def test_the_default_dtype_is_bfloat16_only_where_the_cpu_runs_it_natively(tmp_path, tiny_model_dir):
+    config = _config(tmp_path, "auto", model=tiny_model_dir, device="cpu")
+    assert config.dtype == "auto"
+    backend = load_backend(config)
+    expected = torch.bfloat16 if bf16_is_native("cpu") else torch.float32
+    assert next(backend.model.parameters()).dtype == expected
+    assert backend.info.details["dtype"] == str(expected).removeprefix("torch.")
+    backend.close()
+
+
+def test_auto_dtype_follows_the_cpus_bf16_units(monkeypatch):
+    for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, flag, lambda: False, raising=False)
+    assert resolve_dtype("auto", "cpu") == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert resolve_dtype("auto", "cpu") == "bfloat16"
+    assert resolve_dtype("float32", "cpu") == "float32"  # a setting other than auto is kept as given
+    assert resolve_dtype("float16", "meta") == "float16"
+    if not torch.cuda.is_available():
+        assert resolve_dtype("auto", "cuda") == "float16"  # no bf16 on this (absent) GPU: half precision
+
+
 def test_hf_with_a_lora_adapter(tmp_path, tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
@@ -76,7 +99,7 @@ def test_hf_with_a_lora_adapter(tmp_path, tiny_model_dir):
     peft_model.save_pretrained(adapter)
 
     plain = HFBackend(tiny_model_dir)
-    tuned = create_backend(_config(tmp_path, "cfg", model=tiny_model_dir, adapter=adapter))
+    tuned = load_backend(_config(tmp_path, "cfg", model=tiny_model_dir, adapter=adapter))
     assert isinstance(tuned, HFBackend)
     assert tuned.info.name == f"{tiny_model_dir.name}+adapter"
     assert tuned.info.details["adapter_dir"] == str(adapter)
@@ -101,7 +124,7 @@ def test_hf_with_a_lora_adapter(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
 def test_quantization_without_cuda_is_refused_clearly(tmp_path, tiny_model_dir, quantization):
     with pytest.raises(ModelLoadError) as err:
-        create_backend(_config(tmp_path, "q", model=tiny_model_dir, quantization=quantization))
+        load_backend(_config(tmp_path, "q", model=tiny_model_dir, quantization=quantization))
     message = str(err.value)
     assert quantization in message and "CUDA" in message
 
@@ -122,7 +145,7 @@ def test_default_model_is_the_promoted_or_committed_checkpoint(tmp_path, monkeyp
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError) as err:
-        create_backend(_config(tmp_path, "m", model=tmp_path / "nowhere"))
+        load_backend(_config(tmp_path, "m", model=tmp_path / "nowhere"))
     assert "nowhere" in str(err.value) and "does not exist" in str(err.value)
 
 

@@ -41,6 +41,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "max_queue": ("9", 9),
     "image_readers": ("2", 2),
     "torch_threads": ("3", 3),
+    "model_process": ("no", False),
     "request_timeout_s": ("11", 11.0),
     "max_image_bytes": ("1_000_000", 1_000_000),
     "max_image_pixels": ("123456", 123456),
@@ -83,6 +84,7 @@ def test_flags_override_the_environment_and_the_defaults_are_safe():
     assert default.host == "127.0.0.1" and default.max_image_bytes == 10 * 1024 * 1024
     assert default.image_formats == ("PNG", "JPEG", "GIF", "WEBP", "BMP")
     assert default.admin_token is None  # reload is off unless a token is set
+    assert default.dtype == "auto" and default.model_process is True
 
 
 @pytest.mark.parametrize(("environ", "needle"), [
@@ -91,6 +93,7 @@ def test_flags_override_the_environment_and_the_defaults_are_safe():
     ({"DEFECT_GLM_MAX_BATCH_SIZE": "0"}, "max_batch_size"),
     ({"DEFECT_GLM_IMAGE_READERS": "0"}, "image_readers"),
     ({"DEFECT_GLM_TORCH_THREADS": "-1"}, "torch_threads"),
+    ({"DEFECT_GLM_MODEL_PROCESS": "maybe"}, "DEFECT_GLM_MODEL_PROCESS"),
     ({"DEFECT_GLM_IMAGE_FORMATS": "PNG,TIFF"}, "TIFF"),
     ({"DEFECT_GLM_BACKEND": "openai"}, "openai_url"),
     ({"DEFECT_GLM_OPENAI_URL": "ftp://x"}, "openai_url"),

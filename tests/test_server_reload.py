@@ -85,7 +85,8 @@ def test_reload_needs_the_token_and_a_failed_reload_keeps_serving(tmp_path, tiny
     assert results["bad_body"][0] == 400
     assert results["still_serving"] is True
 
-    disabled = ServerConfig(port=0, db=tmp_path / "u.sqlite", model=tiny_model_dir, max_new_tokens=4)
+    disabled = ServerConfig(port=0, db=tmp_path / "u.sqlite", model=tiny_model_dir, max_new_tokens=4,
+                            model_process=False)
 
     async def no_token():
         async with running_server(disabled) as server, aiohttp.ClientSession() as http, \
@@ -98,7 +99,7 @@ def test_reload_needs_the_token_and_a_failed_reload_keeps_serving(tmp_path, tiny
 
 @pytest.mark.parametrize("header", ["Basic abc", "Bearer", ""])
 def test_malformed_authorization_is_401(tmp_path, tiny_model_dir, header):
-    cfg = ServerConfig(port=0, db=tmp_path / "t.sqlite", model=tiny_model_dir, admin_token=TOKEN)
+    cfg = ServerConfig(port=0, db=tmp_path / "t.sqlite", model=tiny_model_dir, admin_token=TOKEN, model_process=False)
 
     async def go():
         async with running_server(cfg) as server, aiohttp.ClientSession() as http, \

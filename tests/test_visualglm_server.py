@@ -1,7 +1,7 @@
 """The `visualglm` backend behind the real thread API (127.0.0.1, ephemeral port), on the converted tiny SAT checkpoint.
 
 The server is started exactly as `defect-glm serve --backend visualglm --model DIR` would build it
-(`create_backend` from the config); a thread message with a wafer image is posted over HTTP, a
+(`create_backend` from the config, the model in a process of its own); a thread message with a wafer image is posted over HTTP, a
 follow-up comes from memory, and the answers are checked against the model run directly on the
 VisualGLM prompt the backend is documented to build.
 """
@@ -20,6 +20,7 @@ from model_server.backends.base import GenerationRequest, Turn
 from model_server.backends.visualglm import VisualGLMBackend
 from model_server.client import ModelServerClient
 from model_server.config import ServerConfig
+from model_server.model_process import ModelProcess
 from model_server.testing import running_server, wafer_grid, wafer_png
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "visualglm"
@@ -81,7 +82,7 @@ def test_batched_answers_equal_single_answers_and_stream(backend):
 
 def test_server_answers_a_thread_with_a_wafer_image(tmp_path, checkpoint, backend):
     config = ServerConfig(port=0, db=tmp_path / "threads.sqlite", backend="visualglm", model=checkpoint,
-                          max_new_tokens=6, max_wait_ms=0)
+                          dtype="float32", max_new_tokens=6, max_wait_ms=0)
 
     async def go():
         async with running_server(config) as server, ModelServerClient(server.url) as client:
@@ -93,7 +94,8 @@ def test_server_answers_a_thread_with_a_wafer_image(tmp_path, checkpoint, backen
             return first, follow, status, server.state.backend
 
     first, follow, status, served = asyncio.run(go())
-    assert isinstance(served, VisualGLMBackend)  # built by the registry from --backend visualglm (closed by now)
+    # built by the registry from --backend visualglm, in a model process of its own (closed by now)
+    assert isinstance(served, ModelProcess) and served.info.backend == "visualglm"
     wafer = WaferMap(wafer_grid(52, "center"))
     assert first.findings is not None and first.findings.measured == wafer.facts()
     assert first.model == served.info.name == "checkpoint-WaferGLM-tiny"

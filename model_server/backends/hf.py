@@ -48,7 +48,7 @@ class HFBackend(Backend):
         quantization: str | None = None,
         device: str | None = None,
     ) -> None:
-        from finetune.loading import load_model
+        from finetune.loading import load_model, loaded_dtype
 
         self.model_dir = Path(model_dir)
         self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
@@ -63,7 +63,7 @@ class HFBackend(Backend):
             details={
                 "model_dir": str(self.model_dir),
                 "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
-                "dtype": dtype,
+                "dtype": loaded_dtype(dtype, device),
                 "quantization": quantization,
                 "architecture": type(getattr(self.model, "base_model", self.model)).__name__,
             },

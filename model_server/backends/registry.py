@@ -33,7 +33,21 @@ def use_torch_threads(config: ServerConfig) -> int | None:
 
 
 def create_backend(config: ServerConfig) -> Backend:
-    """Load the configured backend (slow: loads a model or contacts the engine). Raises ConfigError/ValueError."""
+    """The configured backend, ready to answer (slow: loads a model or contacts the engine).
+
+    With `config.model_process` (the default) a model of this machine (hf, visualglm) is loaded and
+    run in a process of its own (`model_server.model_process`); otherwise in this process. Raises
+    ConfigError/ValueError, or BackendError when the model process cannot load the model.
+    """
+    if config.model_process and config.backend != "openai":
+        from model_server.model_process import ModelProcess
+
+        return ModelProcess(config)
+    return load_backend(config)
+
+
+def load_backend(config: ServerConfig) -> Backend:
+    """Load the configured backend in this process. Raises ConfigError/ValueError."""
     if config.backend == "openai":
         from model_server.backends.openai_compat import OpenAIBackend
 

@@ -53,7 +53,7 @@ class VisualGLMBackend(Backend):
         measured_facts: bool | None = None,
     ) -> None:
         import finetune.visualglm  # noqa: F401  (registers VisualGLM, incl. the published "chatglm" config)
-        from finetune.loading import load_model
+        from finetune.loading import load_model, loaded_dtype
         from model_server.backends.hf import checkpoint_name, checkpoint_version
 
         self.model_dir = Path(model_dir).expanduser()
@@ -78,7 +78,7 @@ class VisualGLMBackend(Backend):
             details={
                 "model_dir": str(self.model_dir),
                 "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
-                "dtype": dtype,
+                "dtype": loaded_dtype(dtype, device),
                 "quantization": quantization,
                 "architecture": type(base).__name__,
                 "measured_facts": self.measured_facts,

@@ -46,8 +46,9 @@ class ModelServer:
         from model_server.client import ModelServerClient
         from model_server.config import ServerConfig
 
+        # The model in the server's own process: these tests are about the bot (the model process has its own).
         options = {"host": "127.0.0.1", "port": self.port, "model": self.model_dir, "db": self.db, "web_dir": None,
-                   "max_new_tokens": 24, "log_level": "WARNING"}
+                   "max_new_tokens": 24, "log_level": "WARNING", "model_process": False}
         options.update(self.overrides)
         config = ServerConfig(**options)  # type: ignore[arg-type]
         self._runner = web.AppRunner(create_app(config), access_log=None)
