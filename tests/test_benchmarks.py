@@ -60,6 +60,7 @@ def test_server_throughput_smoke_run_reports_both_settings(tmp_path):
     rows = json.loads(report.read_text())["rows"]
     assert sorted((r["batching"], r["concurrency"]) for r in rows) == [(False, 1), (False, 2), (True, 1), (True, 2)]
     assert all(r["errors"] == 0 and r["requests"] == 2 and r["throughput_rps"] > 0 for r in rows)
+    assert all(0 < r["model_busy"] <= 1.05 for r in rows)  # share of the timed run spent generating
 
 
 def test_vision_tower_probe_trains_a_padded_tower_and_scores_its_head(tmp_path, tiny_model_dir):
