@@ -8,9 +8,11 @@ are made with that noise (Normal maps too, capped at 14.5 %, MixedWM38's highest
 one recognition question each (English and Chinese alternately, as `defect-glm eval` asks), and
 scored: exact match and each pattern's recall. It also counts the defective maps called normal and how
 many of those the server's findings flag with a caveat (`model_server.findings.caveats_for`: a large
-failing cluster on a map called normal), and the Normal maps called normal that are flagged wrongly.
-With `--mixedwm38 FILE` it also checks the caveat's rule on that file's real Normal maps (no model
-needed): their largest failing cluster and how many the rule would flag, were they called normal.
+failing cluster on a map called normal), the Normal maps called normal that are flagged wrongly, and
+the maps wrongly read as Near-full and how many of those the Near-full caveat flags (under half the
+dies failing). With `--mixedwm38 FILE` it also checks both rules on that file's real maps (no model
+needed): the largest failing cluster of its Normal maps and how many the rule would flag, were they
+called normal; the smallest failing share of its Near-full maps and how many would be flagged.
 
     python benchmarks/noise_robustness.py                                  # the served checkpoint
     python benchmarks/noise_robustness.py --model runs/v20 --per-class 20 --noise 0,0.1,0.195 --json
@@ -25,6 +27,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data_tools.taxonomy import PATTERN_KEYS  # after the path set-up above
+
+NEAR_FULL = PATTERN_KEYS.index("Near_Full")  # its column in a label row
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         called_normal = [(grid, bool(label.any())) for grid, label, keys in
                          zip(data.grids, data.labels, scores["predicted"]) if keys == []]
         flagged = [defective for grid, defective in called_normal if caveats_for((), WaferMap(grid).facts())]
+        wrongly_near_full = [grid for grid, label, keys in zip(data.grids, data.labels, scores["predicted"])
+                             if keys and "Near_Full" in keys and not label[NEAR_FULL]]
         rows.append({
             "noise": noise,
             "maps": len(data),
@@ -73,38 +81,67 @@ def main(argv: list[str] | None = None) -> int:
             "defective_called_normal": sum(defective for _grid, defective in called_normal),
             "defective_called_normal_with_caveat": sum(flagged),
             "normal_called_normal_with_caveat": len(flagged) - sum(flagged),
+            "wrongly_near_full": len(wrongly_near_full),
+            "wrongly_near_full_with_caveat": sum(bool(caveats_for(("Near_Full",), WaferMap(grid).facts()))
+                                                 for grid in wrongly_near_full),
         })
     real_normal = None if args.mixedwm38 is None else normal_map_caveats(args.mixedwm38)
+    real_near_full = None if args.mixedwm38 is None else near_full_map_caveats(args.mixedwm38)
     if args.json:
         print(json.dumps({"model": str(model_dir), "per_class": args.per_class, "seed": args.seed, "rows": rows,
-                          "real_normal_maps": real_normal}, indent=2))
+                          "real_normal_maps": real_normal, "real_near_full_maps": real_near_full}, indent=2))
         return 0
     names = list(rows[0]["recall"])
     print(f"model {model_dir}, {args.per_class} synthetic maps per class and noise level, seed {args.seed}")
     print("| noise | maps | exact match | " + " | ".join(f"{n} recall" for n in names)
-          + " | defective called normal (with caveat) | Normal flagged |")
-    print("| --- " * (5 + len(names)) + "|")
+          + " | defective called normal (with caveat) | Normal flagged | wrongly Near-full (with caveat) |")
+    print("| --- " * (6 + len(names)) + "|")
     for row in rows:
         print(f"| {row['noise']:.3f} | {row['maps']} | {100 * row['exact_match']:.1f} % | "
               + " | ".join(f"{row['recall'][n]:.2f}" for n in names)
               + f" | {row['defective_called_normal']} ({row['defective_called_normal_with_caveat']})"
-              + f" | {row['normal_called_normal_with_caveat']} |")
+              + f" | {row['normal_called_normal_with_caveat']}"
+              + f" | {row['wrongly_near_full']} ({row['wrongly_near_full_with_caveat']}) |")
     if real_normal is not None:
         print(f"{args.mixedwm38}: {real_normal['maps']} Normal maps, largest failing cluster at most "
               f"{real_normal['largest_cluster_max']} dies; the caveat rule flags {real_normal['flagged']}")
+        print(f"{args.mixedwm38}: {real_near_full['maps']} Near-full maps, at least "
+              f"{100 * real_near_full['failing_share_min']:.1f} % of their dies failing; the Near-full caveat flags "
+              f"{real_near_full['flagged']}")
     return 0
+
+
+def _labelled(path: Path):
+    from data_tools.loaders import load_mixedwm38
+
+    data = load_mixedwm38(path)
+    if data.labels is None:
+        raise SystemExit(f"{path} has no labels, so its Normal and Near-full maps are not known")
+    return data
+
+
+def near_full_map_caveats(path: Path) -> dict:
+    """On a MixedWM38 file's Near-full maps: their smallest failing share, and how many the Near-full
+    caveat would flag (it should flag none)."""
+    from data_tools.wafer_map import WaferMap
+    from model_server.findings import caveats_for
+
+    data = _labelled(path)
+    shares, flagged = [], 0
+    for grid in (grid for grid, label in zip(data.grids, data.labels) if label[NEAR_FULL]):
+        facts = WaferMap(grid).facts()
+        shares.append(facts["failing"] / facts["dies"])
+        flagged += bool(caveats_for(("Near_Full",), facts))
+    return {"maps": len(shares), "failing_share_min": round(min(shares), 4) if shares else None, "flagged": flagged}
 
 
 def normal_map_caveats(path: Path) -> dict:
     """On a MixedWM38 file's Normal maps: how large their failing clusters get, and how many the findings'
     caveat rule would flag were they called normal (it should flag none)."""
-    from data_tools.loaders import load_mixedwm38
     from data_tools.wafer_map import WaferMap
     from model_server.findings import caveats_for
 
-    data = load_mixedwm38(path)
-    if data.labels is None:
-        raise SystemExit(f"{path} has no labels, so its Normal maps are not known")
+    data = _labelled(path)
     largest, flagged = 0, 0
     normal = [grid for grid, label in zip(data.grids, data.labels) if not label.any()]
     for grid in normal:

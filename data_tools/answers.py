@@ -221,6 +221,17 @@ def unrecognised_cluster_note(cluster_size: int, language: str) -> str:
             "随机失效很少的晶圆图可能误导模型，请人工核对。")
 
 
+def sparse_near_full_note(failing_percent: float, language: str) -> str:
+    """A caution for an answer that read a map as Near-full although only `failing_percent` of its dies fail."""
+    _check_language(language)
+    if language == "en":
+        return (f"The model read this map as Near-full, but only {failing_percent:.0f} % of its dies fail (Near-full "
+                "maps have two thirds or more failing). A ring or a large cluster may have been taken for it: "
+                "check the map by eye.")
+    return (f"模型判为近全片失效，但只有 {failing_percent:.0f}% 的芯片失效（近全片失效的晶圆图通常三分之二以上失效）。"
+            "可能把环形或大片聚集误判为近全片，请人工核对。")
+
+
 def count_answer(facts: dict, topic: str, language: str = "en", zone: str = "edge", variant: int = 0) -> str:
     """An exact number from the measured facts. `topic` is one of COUNT_TOPICS."""
     _check_language(language)

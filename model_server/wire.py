@@ -177,7 +177,8 @@ def decode_base64_image(raw: str) -> bytes:
 @dataclass(frozen=True)
 class Caveat:
     """``{"code", "text": {"en", "zh"}}``: a caution shown beside the findings, e.g. the code
-    ``cluster_without_pattern`` when the model found no pattern on a map with a large failing cluster."""
+    ``cluster_without_pattern`` when the model found no pattern on a map with a large failing cluster,
+    or ``near_full_with_few_failing`` when it read a map as Near-full with under half its dies failing."""
 
     code: str
     text: dict[str, str]

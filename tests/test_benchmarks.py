@@ -34,22 +34,29 @@ def test_model_latency_on_synthetic_maps_prints_its_figures_as_json(tiny_model_d
 def test_noise_robustness_scores_each_noise_level(tiny_model_dir, tmp_path):
     from model_server.testing import wafer_grid
 
-    # three maps labelled Normal (one with a large cluster the caveat rule flags) and one Center
+    # three maps labelled Normal (one with a large cluster the caveat rule flags), one Center, and two
+    # labelled Near-full: one nearly all failing, one (a clean ring) that the Near-full caveat flags
+    full = wafer_grid(52, "none")
+    full[full > 0] = 2
     grids = np.stack([wafer_grid(52, "random", 1), wafer_grid(52, "none"), wafer_grid(52, "center"),
-                      wafer_grid(52, "center")]).astype(np.int32)
-    labels = np.zeros((4, 8), dtype=np.int32)
+                      wafer_grid(52, "center"), full, wafer_grid(52, "edge")]).astype(np.int32)
+    labels = np.zeros((6, 8), dtype=np.int32)
     labels[3, 0] = 1
+    labels[4:, 5] = 1
     real = tmp_path / "maps.npz"
     np.savez(real, arr_0=grids, arr_1=labels)
     out = _run("benchmarks/noise_robustness.py", "--model", str(tiny_model_dir), "--per-class", "1",
                "--noise", "0,0.2", "--mixedwm38", str(real), "--json")
     figures = json.loads(out[out.index("{"):])
     assert figures["real_normal_maps"] == {"maps": 3, "largest_cluster_max": 188, "flagged": 1}
+    assert figures["real_near_full_maps"]["maps"] == 2 and figures["real_near_full_maps"]["flagged"] == 1
+    assert figures["real_near_full_maps"]["failing_share_min"] < 0.5
     assert [r["noise"] for r in figures["rows"]] == [0.0, 0.2]
     assert all(r["maps"] == 38 and 0 <= r["exact_match"] <= 1 and len(r["recall"]) == 8 for r in figures["rows"])
     for r in figures["rows"]:  # 37 defective classes and one Normal map per level
         assert 0 <= r["defective_called_normal_with_caveat"] <= r["defective_called_normal"] <= 37
         assert r["normal_called_normal_with_caveat"] in (0, 1)
+        assert 0 <= r["wrongly_near_full_with_caveat"] <= r["wrongly_near_full"] <= 38
 
 
 def test_server_throughput_smoke_run_reports_both_settings(tmp_path):

@@ -1,5 +1,6 @@
-"""Caveats in findings: a large failing cluster on a map the model calls normal is flagged, in the
-wire format, on a real server (stored with the thread), in the Slack blocks and in `defect-glm chat`."""
+"""Caveats in findings: a large failing cluster on a map the model calls normal, or a map read as
+Near-full with under half its dies failing, is flagged, in the wire format, on a real server (stored
+with the thread), in the Slack blocks and in `defect-glm chat`."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from model_server.client import ModelServerClient
 from model_server.config import ServerConfig
 from model_server.findings import (
     CAVEAT_CLUSTER_WITHOUT_PATTERN,
+    CAVEAT_SPARSE_NEAR_FULL,
     CLUSTER_CAVEAT_MIN_DIES,
     CLUSTER_CAVEAT_MIN_SHARE,
+    NEAR_FULL_CAVEAT_MAX_SHARE,
     build_findings,
 )
 from model_server.testing import running_server, wafer_grid, wafer_png
@@ -70,6 +73,19 @@ def test_the_threshold_is_a_share_of_the_wafer_with_a_floor():
     assert [c.code for c in small.caveats] == [CAVEAT_CLUSTER_WITHOUT_PATTERN]
     tiny_block = build_findings(WaferMap(_disc_with_block(26, (4, 4))), ())  # 16 dies: under the floor
     assert tiny_block.caveats == []
+
+
+def test_near_full_with_under_half_the_dies_failing_gets_a_caveat_in_both_languages():
+    ring = build_findings(WaferMap(wafer_grid(52, "edge")), ("Near_Full",))  # a clean Edge-Ring read as Near-full
+    share = ring.measured["failing"] / ring.measured["dies"]
+    assert share < NEAR_FULL_CAVEAT_MAX_SHARE
+    assert [c.code for c in ring.caveats] == [CAVEAT_SPARSE_NEAR_FULL]
+    assert f"only {100 * share:.0f} % of its dies fail" in ring.caveat_texts("en")[0]
+    assert f"只有 {100 * share:.0f}% 的芯片失效" in ring.caveat_texts("zh")[0]
+    assert build_findings(WaferMap(wafer_grid(52, "edge")), ("Edge_Ring",)).caveats == []
+    full = build_findings(WaferMap(_disc_with_block(52, (40, 40))), ("Near_Full",))
+    assert full.measured["failing"] / full.measured["dies"] > NEAR_FULL_CAVEAT_MAX_SHARE
+    assert full.caveats == []
 
 
 def test_findings_without_caveats_read_as_none_and_bad_caveats_are_refused():
