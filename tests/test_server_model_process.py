@@ -1,11 +1,11 @@
 """The model in a process of its own (model_server.model_process), the default for hf and visualglm.
 
 One child process with the tiny random checkpoint serves the module. Its answers are the same as
-the in-process backend's, also through a real server on 127.0.0.1 and when streamed; a model error
-is reported and the child keeps serving; a stream closed early leaves the pipe in step; a child
-killed with -9 costs the batch it was answering and the next batch starts a new one; a checkpoint
-that cannot be loaded fails at construction with the loader's message; close() ends the child;
-`model_process=False` loads the model in the server's process.
+the in-process backend's, also through a real server on 127.0.0.1 and when streamed (also to the
+official openai client over SSE); a model error is reported and the child keeps serving; a stream
+closed early leaves the pipe in step; a child killed with -9 costs the batch it was answering and
+the next batch starts a new one; a checkpoint that cannot be loaded fails at construction with the
+loader's message; close() ends the child; `model_process=False` loads the model in the server's process.
 """
 
 from __future__ import annotations
@@ -84,6 +84,28 @@ def test_through_a_real_server(tmp_path, child, in_process):
     (tmp_path / str(id(in_process))).mkdir()
     served, reference = asyncio.run(ask(child)), asyncio.run(ask(in_process))
     assert served.answer == reference.answer and served.findings == reference.findings
+
+
+def test_the_openai_client_streams_from_the_child(tmp_path, child, in_process):
+    import base64
+
+    import openai
+
+    url = "data:image/png;base64," + base64.b64encode(wafer_png("center")).decode()
+    message = {"role": "user", "content": [{"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": url}}]}
+
+    async def stream(backend, name):
+        (tmp_path / name).mkdir()
+        async with running_server(_config(tmp_path / name, None), backend) as server:
+            client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+            chunks = await client.chat.completions.create(model=backend.info.name, messages=[message],
+                                                          max_tokens=12, stream=True)
+            pieces = [chunk.choices[0].delta.content async for chunk in chunks if chunk.choices]
+            await client.close()
+            return [piece for piece in pieces if piece]
+
+    served, reference = asyncio.run(stream(child, "child")), asyncio.run(stream(in_process, "here"))
+    assert served == reference and served
 
 
 def test_a_killed_child_fails_its_batch_the_next_batch_starts_a_new_one_and_close_ends_it(
