@@ -19,6 +19,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -33,10 +34,13 @@ from model_server.intake import read_upload
 log = logging.getLogger(__name__)
 
 
-def exit_with_parent(parent_pid: int, name: str = "image-reader-parent-watch") -> None:
-    """Run in a child process (an image reader's initializer, the model process): end the child once
-    the server process is gone (a server killed with -9 cannot stop its children itself, and an
-    orphaned child would live on)."""
+def follow_parent(parent_pid: int, name: str = "image-reader-parent-watch") -> None:
+    """Run in a child process of the server (an image reader's initializer, the model process).
+
+    The child ignores Ctrl-C, which a terminal sends to the server's whole process group: the server
+    stops its children itself as it shuts down. And the child ends once the server process is gone
+    (a server killed with -9 cannot stop its children, and an orphaned child would live on)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -60,7 +64,7 @@ class ImageReaders:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=exit_with_parent, initargs=(os.getpid(),))
+                                   initializer=follow_parent, initargs=(os.getpid(),))
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:

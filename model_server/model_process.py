@@ -10,7 +10,7 @@ the model has a lock to itself (the figures are in docs/server.md).
 batch down a pipe to the child, which runs the real backend and sends the answers back. The child
 is started with "spawn" (safe beside threads), loads the model before the constructor returns (so
 a bad checkpoint fails `defect-glm serve` at once, with the loader's message), and ends with the
-server, even when the server is killed with -9. If the child dies (killed, out of memory), the
+server, even when the server is killed with -9 (and ignores the Ctrl-C meant for the server). If the child dies (killed, out of memory), the
 requests it was answering get a 500 and the next batch starts a fresh child.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest
 from model_server.config import ServerConfig
-from model_server.image_readers import exit_with_parent
+from model_server.image_readers import follow_parent
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _describe(exc: BaseException) -> str:
 
 def _child_main(conn: Connection, config: ServerConfig, parent_pid: int) -> None:
     """The model process: load the backend in-process, then answer the parent's calls until told to close."""
-    exit_with_parent(parent_pid, "model-process-parent-watch")
+    follow_parent(parent_pid, "model-process-parent-watch")
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s[model]: %(message)s")
     from model_server.backends.registry import load_backend, use_torch_threads
 

@@ -1,4 +1,5 @@
-"""`defect-glm serve` as a real subprocess: memory survives a restart and a `kill -9` in the middle of requests."""
+"""`defect-glm serve` as a real subprocess: memory survives a restart and a `kill -9` in the middle of requests;
+Ctrl-C stops the server and its child processes quietly."""
 
 from __future__ import annotations
 
@@ -58,11 +59,12 @@ def _wait_until_gone(pids: list[int], timeout_s: float = 15.0) -> None:
 class ServerProcess:
     """`python -m defect_glm serve` on an ephemeral port; the URL is read from its first stdout line."""
 
-    def __init__(self, model: Path, db: Path, *extra: str) -> None:
+    def __init__(self, model: Path, db: Path, *extra: str, own_session: bool = False) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "DEFECT_GLM_LOG_LEVEL": "WARNING"}
         self.proc = subprocess.Popen(
             [*CLI, "serve", "--model", str(model), "--db", str(db), "--port", "0", *extra],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=own_session,  # a process group of its own, as a terminal gives a command
         )
         self.url: str | None = None
         found = threading.Event()
@@ -151,6 +153,26 @@ def test_memory_survives_restart_and_kill_9_mid_request(tmp_path, tiny_model_dir
         server.stop()
     assert [t.text for t in view.turns] == [
         "What defects does this wafer show?", kept.answer, "How many failing dies?", follow.answer]
+
+
+def test_ctrl_c_stops_the_server_and_its_children_without_a_traceback(tmp_path, tiny_model_dir):
+    server = ServerProcess(tiny_model_dir, tmp_path / "threads.sqlite", own_session=True)
+    try:
+        async def upload(url: str) -> None:  # starts the image reader beside the model process
+            async with ModelServerClient(url) as client:
+                await client.send_message("c", "What defects does this wafer show?", image=wafer_png("center"))
+
+        asyncio.run(upload(server.url))
+        children = _children(server.proc.pid)
+        assert len(children) >= 2, "expected an image reader and a model process"
+        os.killpg(server.proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
+        assert server.proc.wait(30) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.proc.pid, signal.SIGKILL)
+    _wait_until_gone(children)
+    assert server.proc.stderr is not None
+    assert "Traceback" not in server.proc.stderr.read()
 
 
 def test_bad_settings_exit_2_with_a_message(tmp_path):
