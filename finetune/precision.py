@@ -39,9 +39,9 @@ def resolve_dtype(dtype: str, device: str | torch.device) -> str:
     """The weights' dtype for the setting `dtype` on `device`: any setting but "auto" as given.
 
     "auto" is bfloat16 where the device runs it natively (a CPU with AMX or AVX512-BF16, a CUDA GPU
-    from Ampere on): there a batch of the small model's prefill runs on the bf16 units, about 1.4×
-    the float32 throughput on a 2-core Xeon with AMX, with the same held-out recognition (see the
-    model card). Elsewhere float16 on an older CUDA GPU, float32 on a CPU, where bf16 is emulated.
+    from Ampere on): there a batch of the small model's prefill runs on the bf16 units, about 1.35×
+    the float32 throughput in batches of 32 on a 2-core Xeon with AMX (`benchmarks/model_latency.py`),
+    with the same held-out recognition (see the model card). Elsewhere float16 on an older CUDA GPU, float32 on a CPU, where bf16 is emulated.
     """
     if dtype != AUTO_DTYPE:
         return dtype

@@ -3,8 +3,9 @@
 Generation is many small torch operations, and after each one the model worker takes Python's
 lock back. In the server process that lock is also what the event loop needs for HTTP, SQLite
 and findings, so under load every batch waited for it between operations: a batch of 14 maps
-took ~50 % longer beside a thread holding the lock a third of the time. In a process of its own
-the model has a lock to itself (the figures are in docs/server.md).
+took ~1.5× as long beside a thread holding the lock a third of the time
+(`benchmarks/lock_contention.py`). In a process of its own the model has a lock to itself (the
+server's figures are in docs/server.md).
 
 `ModelProcess` is a `Backend`: the server's model worker thread hands it a batch, it sends the
 batch down a pipe to the child, which runs the real backend and sends the answers back. The child

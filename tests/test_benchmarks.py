@@ -59,6 +59,14 @@ def test_noise_robustness_scores_each_noise_level(tiny_model_dir, tmp_path):
         assert 0 <= r["wrongly_near_full_with_caveat"] <= r["wrongly_near_full"] <= 38
 
 
+def test_lock_contention_times_a_batch_at_each_duty(tiny_model_dir):
+    out = _run("benchmarks/lock_contention.py", "--model", str(tiny_model_dir), "--batch", "2", "--duty", "0,0.5",
+               "--repeats", "2", "--max-new-tokens", "4", "--json")
+    figures = json.loads(out[out.index("{"):])
+    assert [r["duty"] for r in figures["rows"]] == [0.0, 0.5] and figures["batch"] == 2
+    assert all(r["batch_ms_median"] > 0 for r in figures["rows"])
+
+
 def test_server_throughput_smoke_run_reports_both_settings(tmp_path):
     report = tmp_path / "bench.json"
     out = _run("benchmarks/server_throughput.py", "--tiny", "--concurrency", "1,2", "--requests", "2",
