@@ -32,6 +32,7 @@ from data_tools.taxonomy import PATTERN_KEYS  # after the path set-up above
 
 NEAR_FULL = PATTERN_KEYS.index("Near_Full")  # its column in a label row
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: the served checkpoint)")
