@@ -26,7 +26,7 @@ the one in docs/server.md are generated from it (`python -m model_server.config`
 | image_readers | DEFECT_GLM_IMAGE_READERS | --image-readers | 1 | processes reading uploaded images into die grids, beside the model (started on the first upload) |
 | torch_threads | DEFECT_GLM_TORCH_THREADS | --torch-threads | 0 | CPU threads of the model (torch.set_num_threads); 0: the cores left after one for the event loop and one per image reader, at least 1 |
 | model_process | DEFECT_GLM_MODEL_PROCESS | --model-process | yes | run a model of this machine (hf, visualglm) in a process of its own: generation then never waits for the server's Python lock, and a model process that dies is replaced (no: in the server process) |
-| request_timeout_s | DEFECT_GLM_REQUEST_TIMEOUT_S | --request-timeout-s | 300 | longest a request waits for its answer before 503 |
+| request_timeout_s | DEFECT_GLM_REQUEST_TIMEOUT_S | --request-timeout-s | 300 | longest a request waits for its answer before 503; a model process silent this long is replaced |
 | max_image_bytes | DEFECT_GLM_MAX_IMAGE_BYTES | --max-image-bytes | 10485760 | largest accepted image file (413 above) |
 | max_image_pixels | DEFECT_GLM_MAX_IMAGE_PIXELS | --max-image-pixels | 25000000 | largest accepted width × height (413 above; decompression bombs) |
 | image_formats | DEFECT_GLM_IMAGE_FORMATS | --image-formats | PNG,JPEG,GIF,WEBP,BMP | accepted image formats (415 otherwise); animated images use the first frame |
@@ -265,7 +265,7 @@ OPTIONS: tuple[Option, ...] = (
            "run a model of this machine (hf, visualglm) in a process of its own: generation then never waits for "
            "the server's Python lock, and a model process that dies is replaced (no: in the server process)"),
     Option("request_timeout_s", "DEFECT_GLM_REQUEST_TIMEOUT_S", _float, "300",
-           "longest a request waits for its answer before 503"),
+           "longest a request waits for its answer before 503; a model process silent this long is replaced"),
     Option("max_image_bytes", "DEFECT_GLM_MAX_IMAGE_BYTES", _int, "10485760", "largest accepted image file (413 above)"),
     Option("max_image_pixels", "DEFECT_GLM_MAX_IMAGE_PIXELS", _int, "25000000",
            "largest accepted width × height (413 above; decompression bombs)"),

@@ -11,8 +11,9 @@ server's figures are in docs/server.md).
 batch down a pipe to the child, which runs the real backend and sends the answers back. The child
 is started with "spawn" (safe beside threads), loads the model before the constructor returns (so
 a bad checkpoint fails `defect-glm serve` at once, with the loader's message), and ends with the
-server, even when the server is killed with -9 (and ignores the Ctrl-C meant for the server). If the child dies (killed, out of memory), the
-requests it was answering get a 500 and the next batch starts a fresh child.
+server, even when the server is killed with -9 (and ignores the Ctrl-C meant for the server). If the child dies (killed, out of memory), or
+sends nothing for `request_timeout_s` (a hang: nobody waits for its answer any longer), the requests
+it was answering get a 500, a hung child is killed, and the next batch starts a fresh child.
 """
 
 from __future__ import annotations
@@ -135,27 +136,42 @@ class ModelProcess(Backend):
         assert self._conn is not None
         return self._conn
 
-    def _lost(self, exc: BaseException) -> BackendError:
-        """The child died mid-call: forget it (the next call starts a new one) and say what happened."""
+    def _forget(self, hung: bool = False) -> BackendError:
+        """The child died, or hung and is killed, mid-call: forget it (the next call starts a new one)
+        and say what happened."""
         process, self._process = self._process, None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
         code = None
         if process is not None:
+            if hung:
+                process.kill()
             process.join(5)
             code = process.exitcode
+        if hung:
+            log.error("the model process sent nothing for %g s; it was killed", self.config.request_timeout_s)
+            return BackendError(f"the model gave no answer within {self.config.request_timeout_s:g} s "
+                                "(request_timeout_s); its process was stopped and the next request starts a new one")
         log.error("the model process ended unexpectedly (exit code %s)", code)
         return BackendError(f"the model process ended while answering (exit code {code}); "
                             "the next request starts a new one")
+
+    def _receive(self, conn: Connection) -> tuple:
+        """The child's next reply; EOFError when it died, TimeoutError when it sent nothing in time."""
+        if not conn.poll(self.config.request_timeout_s):
+            raise TimeoutError
+        return conn.recv()
 
     def _call(self, message: tuple) -> Any:
         conn = self._connection()
         try:
             conn.send(message)
-            reply = conn.recv()
+            reply = self._receive(conn)
+        except TimeoutError:
+            raise self._forget(hung=True) from None
         except (EOFError, OSError) as exc:
-            raise self._lost(exc) from exc
+            raise self._forget() from exc
         if reply[0] == "error":
             raise BackendError(reply[1])
         return reply[1]
@@ -180,7 +196,7 @@ class ModelProcess(Backend):
             try:
                 conn.send(("stream", request))
                 while True:
-                    reply = conn.recv()
+                    reply = self._receive(conn)
                     if reply[0] == "piece":
                         yield reply[1]
                         continue
@@ -188,9 +204,12 @@ class ModelProcess(Backend):
                     if reply[0] == "error":
                         raise BackendError(reply[1])
                     return
+            except TimeoutError:
+                finished = True
+                raise self._forget(hung=True) from None
             except (EOFError, OSError) as exc:
                 finished = True
-                raise self._lost(exc) from exc
+                raise self._forget() from exc
             finally:
                 if not finished:  # the consumer stopped early: stop the child, then read up to its end
                     self._cancel_stream(conn)
@@ -198,10 +217,12 @@ class ModelProcess(Backend):
     def _cancel_stream(self, conn: Connection) -> None:
         try:
             conn.send(("cancel",))
-            while conn.recv()[0] == "piece":
+            while self._receive(conn)[0] == "piece":
                 pass
-        except (EOFError, OSError) as exc:
-            self._lost(exc)
+        except TimeoutError:
+            self._forget(hung=True)
+        except (EOFError, OSError):
+            self._forget()
 
     def close(self) -> None:
         with self._lock:

@@ -3,9 +3,10 @@
 One child process with the tiny random checkpoint serves the module. Its answers are the same as
 the in-process backend's, also through a real server on 127.0.0.1 and when streamed (also to the
 official openai client over SSE); a model error is reported and the child keeps serving; a stream
-closed early leaves the pipe in step; a child killed with -9 costs the batch it was answering and
-the next batch starts a new one; a checkpoint that cannot be loaded fails at construction with the
-loader's message; close() ends the child; `model_process=False` loads the model in the server's process.
+closed early leaves the pipe in step; a child killed with -9, or one that hangs for
+`request_timeout_s` (it is then killed), costs the batch it was answering and the next batch
+starts a new one; a checkpoint that cannot be loaded fails at construction with the loader's
+message; close() ends the child; `model_process=False` loads the model in the server's process.
 """
 
 from __future__ import annotations
@@ -128,6 +129,22 @@ def test_a_killed_child_fails_its_batch_the_next_batch_starts_a_new_one_and_clos
     for pid in (first, second):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_child_that_hangs_is_killed_after_the_request_timeout_and_replaced(tmp_path, tiny_model_dir, in_process):
+    backend = create_backend(_config(tmp_path, tiny_model_dir, request_timeout_s=1.0))
+    try:
+        hung = backend.info.details["model_process"]
+        os.kill(hung, signal.SIGSTOP)  # alive but silent, as a deadlocked model would be
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="no answer within 1 s"):
+            backend.generate(_requests())
+        assert 1.0 <= time.monotonic() - started < 10
+        with pytest.raises(ProcessLookupError):
+            os.kill(hung, 0)  # killed, not left stopped
+        assert backend.generate(_requests()) == in_process.generate(_requests())
+    finally:
+        backend.close()
 
 
 def test_a_checkpoint_that_cannot_be_loaded_fails_at_once_with_the_loaders_message(tmp_path):
