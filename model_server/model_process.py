@@ -10,10 +10,11 @@ server's figures are in docs/server.md).
 `ModelProcess` is a `Backend`: the server's model worker thread hands it a batch, it sends the
 batch down a pipe to the child, which runs the real backend and sends the answers back. The child
 is started with "spawn" (safe beside threads), loads the model before the constructor returns (so
-a bad checkpoint fails `defect-glm serve` at once, with the loader's message), and ends with the
-server, even when the server is killed with -9 (and ignores the Ctrl-C meant for the server). If the child dies (killed, out of memory), or
-sends nothing for `request_timeout_s` (a hang: nobody waits for its answer any longer), the requests
-it was answering get a 500, a hung child is killed, and the next batch starts a fresh child.
+a bad checkpoint fails `defect-glm serve` at once, with the loader's message), ignores the Ctrl-C
+meant for the server, and ends with the server, even when the server is killed with -9. If the
+child dies (killed, out of memory), or sends nothing for `request_timeout_s` (a hang: nobody waits
+for its answer any longer), the requests it was answering get a 500, a hung child is killed, and
+the next batch starts a fresh child.
 """
 
 from __future__ import annotations
