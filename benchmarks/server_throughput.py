@@ -27,12 +27,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -56,13 +59,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-async def run_level(url: str, concurrency: int, total: int, images: list[bytes], tag: str,
-                    mode: str = "image", model_seconds: Callable[[], float] | None = None) -> dict:
-    """`total` requests from `concurrency` closed-loop clients; latency percentiles and throughput.
-
-    `model_seconds` (the server's total time in generate calls so far) gives `model_busy`: the share
-    of the timed run the model worker spent generating (near 1: the model is the bottleneck).
-    """
+async def _drive(url: str, concurrency: int, total: int, images: list[bytes], tag: str, mode: str,
+                 before_timing: Callable[[], Awaitable[None]] | None = None) -> tuple[list[float], int, float]:
+    """The clients: `total` requests from `concurrency` closed-loop clients (follow-up threads get their
+    map first, untimed; `before_timing` runs just before the timed part). Latencies, errors, seconds."""
     latencies: list[float] = []
     errors = 0
     counter = iter(range(total))
@@ -87,10 +87,55 @@ async def run_level(url: str, concurrency: int, total: int, images: list[bytes],
                     continue
                 latencies.append(time.perf_counter() - started)
 
-        started, busy_before = time.perf_counter(), model_seconds() if model_seconds else 0.0
+        if before_timing is not None:
+            await before_timing()
+        started = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - started
-        busy = (model_seconds() - busy_before) / elapsed if model_seconds and elapsed > 0 else None
+    return latencies, errors, elapsed
+
+
+def _drive_in_child(conn: Connection, *args: Any) -> None:
+    """Entry of the clients' own process: `_drive(*args)`, timed once the parent says go."""
+
+    async def ready() -> None:
+        conn.send("ready")
+        conn.recv()  # blocks this process's loop, which has nothing else to do
+
+    conn.send(asyncio.run(_drive(*args, before_timing=ready)))
+
+
+async def run_level(url: str, concurrency: int, total: int, images: list[bytes], tag: str,
+                    mode: str = "image", model_seconds: Callable[[], float] | None = None,
+                    clients_process: bool = False) -> dict:
+    """`total` requests from `concurrency` closed-loop clients; latency percentiles and throughput.
+
+    `model_seconds` (the server's total time in generate calls so far) gives `model_busy`: the share
+    of the timed run the model worker spent generating (near 1: the model is the bottleneck).
+    `clients_process` runs the clients in a process of their own, as real clients (the bot) are,
+    rather than on the server's event loop.
+    """
+    busy_before = 0.0
+
+    async def snapshot() -> None:
+        nonlocal busy_before
+        busy_before = model_seconds() if model_seconds else 0.0
+
+    args = (url, concurrency, total, images, tag, mode)
+    if clients_process:
+        context = multiprocessing.get_context("spawn")
+        here, there = context.Pipe()
+        process = context.Process(target=_drive_in_child, args=(there, *args), daemon=True)
+        process.start()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, here.recv)  # the clients are set up
+        await snapshot()
+        here.send("go")
+        latencies, errors, elapsed = await loop.run_in_executor(None, here.recv)
+        process.join()
+    else:
+        latencies, errors, elapsed = await _drive(*args, before_timing=snapshot)
+    busy = (model_seconds() - busy_before) / elapsed if model_seconds and elapsed > 0 else None
     return {
         "concurrency": concurrency,
         "requests": len(latencies),
@@ -105,7 +150,7 @@ async def run_level(url: str, concurrency: int, total: int, images: list[bytes],
 
 async def run_setting(backend: Backend, db_dir: Path, batching: bool, levels: list[int], requests: int,
                       max_new_tokens: int, max_wait_ms: float, images: list[bytes], mode: str,
-                      image_readers: int = ServerConfig.image_readers) -> list[dict]:
+                      image_readers: int = ServerConfig.image_readers, clients_process: bool = False) -> list[dict]:
     cfg = ServerConfig(
         port=0,
         db=db_dir / f"bench-{'on' if batching else 'off'}.sqlite",
@@ -125,7 +170,7 @@ async def run_setting(backend: Backend, db_dir: Path, batching: bool, levels: li
             metrics = server.state.metrics
             calls_before, sizes_before = metrics.batch_size.count(), _batch_sum(metrics)
             row = await run_level(server.url, level, max(requests, level), images, f"b{int(batching)}-c{level}",
-                                  mode, lambda m=metrics: _histogram_sum(m.generate_seconds))
+                                  mode, lambda m=metrics: _histogram_sum(m.generate_seconds), clients_process)
             calls = metrics.batch_size.count() - calls_before
             row["mean_batch"] = (_batch_sum(metrics) - sizes_before) / calls if calls else 0.0
             row["batching"] = batching
@@ -186,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
                              "the event loop and one per image reader)")
     parser.add_argument("--model-process", choices=("yes", "no"), default="yes",
                         help="run the model in a process of its own (default yes, the server's) or in the server's")
+    parser.add_argument("--clients-process", action="store_true",
+                        help="run the clients in a process of their own, as real clients (the bot) are "
+                             "(default: on the server's event loop)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     levels = sorted({int(x) for x in args.concurrency.split(",") if x.strip()})
@@ -203,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         for batching in settings:
             rows += asyncio.run(run_setting(backend, workdir, batching, levels, args.requests,
                                             args.max_new_tokens, args.max_wait_ms, images, args.mode,
-                                            args.image_readers))
+                                            args.image_readers, args.clients_process))
         backend.close()
 
     by = {(r["batching"], r["concurrency"]): r for r in rows}

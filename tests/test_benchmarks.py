@@ -59,6 +59,14 @@ def test_noise_robustness_scores_each_noise_level(tiny_model_dir, tmp_path):
         assert 0 <= r["wrongly_near_full_with_caveat"] <= r["wrongly_near_full"] <= 38
 
 
+def test_server_throughput_with_the_clients_in_their_own_process(tmp_path):
+    report = tmp_path / "bench.json"
+    _run("benchmarks/server_throughput.py", "--tiny", "--concurrency", "2", "--requests", "3", "--max-new-tokens", "4",
+         "--mode", "followup", "--only", "on", "--clients-process", "--json", str(report))
+    (row,) = json.loads(report.read_text())["rows"]
+    assert row["errors"] == 0 and row["requests"] == 3 and 0 < row["model_busy"] <= 1.05
+
+
 def test_lock_contention_times_a_batch_at_each_duty(tiny_model_dir):
     out = _run("benchmarks/lock_contention.py", "--model", str(tiny_model_dir), "--batch", "2", "--duty", "0,0.5",
                "--repeats", "2", "--max-new-tokens", "4", "--json")
