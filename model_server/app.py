@@ -243,6 +243,7 @@ def create_app(
     metrics_ = ServerMetrics(
         queue_depth=lambda: holder["state"].batcher.depth if holder["state"].batcher else 0,
         threads=lambda: holder["state"].memory.count(),
+        model_restarts=lambda: getattr(holder["state"].batcher.backend, "restarts", 0) if holder["state"].batcher else 0,
     )
     state = ServerState(config=config, memory=memory, metrics=metrics_,
                         image_reader=ImageReaders(config.image_readers))

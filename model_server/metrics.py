@@ -140,7 +140,8 @@ class Histogram(_Metric):
 class ServerMetrics:
     """Every metric the server exports."""
 
-    def __init__(self, queue_depth: Callable[[], float], threads: Callable[[], float]) -> None:
+    def __init__(self, queue_depth: Callable[[], float], threads: Callable[[], float],
+                 model_restarts: Callable[[], float] = lambda: 0) -> None:
         self.requests = Counter("defect_glm_requests_total", "HTTP requests answered", ("route", "method", "status"))
         self.latency = Histogram(
             "defect_glm_request_latency_seconds", "HTTP request latency", LATENCY_BUCKETS, ("route",)
@@ -155,10 +156,15 @@ class ServerMetrics:
         self.reloads = Counter("defect_glm_reloads_total", "model reloads", ("result",))
         self.threads = Gauge("defect_glm_threads", "threads held in memory", fn=threads)
         self.model_info = Gauge("defect_glm_model_info", "the loaded model", ("model", "version", "backend"))
+        self.model_restarts = Gauge(
+            "defect_glm_model_process_restarts",
+            "model processes started anew after one died or hung, since the model was loaded", fn=model_restarts,
+        )
 
     def render(self) -> str:
         metrics = (self.requests, self.latency, self.queue_depth, self.batch_size, self.generate_seconds,
-                   self.model_errors, self.rejected, self.reloads, self.threads, self.model_info)
+                   self.model_errors, self.rejected, self.reloads, self.threads, self.model_info,
+                   self.model_restarts)
         lines: list[str] = []
         for metric in metrics:
             lines += metric.render()

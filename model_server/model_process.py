@@ -103,6 +103,7 @@ class ModelProcess(Backend):
         self._info: BackendInfo | None = None
         self._max_history_turns: int | None = None
         self._closed = False
+        self.restarts = 0  # children started after the first one died or hung (/metrics shows it)
         self._start()
 
     # ------------------------------------------------------------------ the child
@@ -133,6 +134,7 @@ class ModelProcess(Backend):
             raise BackendError("this model process was closed (the server is stopping or swapped the model)")
         if self._conn is None:
             log.warning("starting a new model process")
+            self.restarts += 1
             self._start()
         assert self._conn is not None
         return self._conn

@@ -16,6 +16,7 @@ import os
 import signal
 import time
 
+import aiohttp
 import pytest
 
 from data_tools.wafer_map import WaferMap
@@ -79,12 +80,15 @@ def test_through_a_real_server(tmp_path, child, in_process):
     async def ask(backend):
         async with running_server(_config(tmp_path / str(id(backend)), None), backend) as server, \
                 ModelServerClient(server.url) as client:
-            return await client.send_message("t", QUESTION, image=wafer_png("center"))
+            reply = await client.send_message("t", QUESTION, image=wafer_png("center"))
+            async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as response:
+                return reply, await response.text()
 
     (tmp_path / str(id(child))).mkdir()
     (tmp_path / str(id(in_process))).mkdir()
-    served, reference = asyncio.run(ask(child)), asyncio.run(ask(in_process))
+    (served, metrics), (reference, _) = asyncio.run(ask(child)), asyncio.run(ask(in_process))
     assert served.answer == reference.answer and served.findings == reference.findings
+    assert "\ndefect_glm_model_process_restarts 0\n" in metrics
 
 
 def test_the_openai_client_streams_from_the_child(tmp_path, child, in_process):
@@ -119,7 +123,9 @@ def test_a_killed_child_fails_its_batch_the_next_batch_starts_a_new_one_and_clos
         time.sleep(0.2)
         with pytest.raises(BackendError, match="ended while answering"):
             backend.generate(_requests())
+        assert backend.restarts == 0
         assert backend.generate(_requests()) == in_process.generate(_requests())
+        assert backend.restarts == 1
         second = backend.info.details["model_process"]
         assert second != first
     finally:
