@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model_server.backends.base import Backend
 from model_server.client import ModelServerClient
-from model_server.config import ServerConfig
+from model_server.config import ServerConfig, torch_threads_for
 from model_server.testing import running_server, wafer_png
 
 QUESTION = "What defects does this wafer show?"
@@ -202,8 +202,8 @@ def load_backend(args: argparse.Namespace, workdir: Path) -> Backend:
     cfg = ServerConfig(model=model, adapter=args.adapter, dtype=args.dtype, device=args.device, db=workdir / "x",
                        image_readers=args.image_readers, torch_threads=args.torch_threads,
                        model_process=args.model_process == "yes")
-    threads = use_torch_threads(cfg)
-    print(f"torch threads {threads}, image reader processes {args.image_readers}, "
+    use_torch_threads(cfg)  # a model process sets its own
+    print(f"torch threads {torch_threads_for(cfg)}, image reader processes {args.image_readers}, "
           f"model {'in a process of its own' if cfg.model_process else 'in the server process'}", flush=True)
     return create_backend(cfg)
 

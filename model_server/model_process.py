@@ -49,9 +49,10 @@ def _child_main(conn: Connection, config: ServerConfig, parent_pid: int) -> None
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s[model]: %(message)s")
     from model_server.backends.registry import load_backend, use_torch_threads
 
+    here = config.with_overrides(model_process=False)  # in this process, the model is in-process
     try:
-        use_torch_threads(config)
-        backend = load_backend(config)
+        use_torch_threads(here)
+        backend = load_backend(here)
     except Exception as exc:  # reported to the parent, which raises it where the server is started
         conn.send(("failed", _describe(exc)))
         return

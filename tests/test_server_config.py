@@ -111,14 +111,16 @@ def test_the_model_gets_the_cores_left_after_the_event_loop_and_the_image_reader
     assert torch_threads_for(ServerConfig(torch_threads=6), cores=2) == 6  # set: taken as given
 
 
-def test_serving_sets_the_torch_threads_and_the_openai_backend_leaves_them():
+def test_serving_sets_the_torch_threads_the_openai_backend_and_a_model_process_leave_them():
     import torch
 
     before = torch.get_num_threads()
     try:
-        assert use_torch_threads(ServerConfig(torch_threads=1)) == 1 and torch.get_num_threads() == 1
+        assert use_torch_threads(ServerConfig(torch_threads=1, model_process=False)) == 1
+        assert torch.get_num_threads() == 1
         torch.set_num_threads(before)
         assert use_torch_threads(ServerConfig(backend="openai", openai_url="http://127.0.0.1:1/v1")) is None
+        assert use_torch_threads(ServerConfig(torch_threads=1)) is None  # the model process sets its own
         assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)

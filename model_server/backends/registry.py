@@ -22,8 +22,9 @@ def model_dir(config: ServerConfig) -> Path:
 def use_torch_threads(config: ServerConfig) -> int | None:
     """Set this process's torch CPU threads for serving (`config.torch_threads`, see
     `model_server.config.torch_threads_for`); the serving commands call it once at startup. Returns the
-    count, or None for the openai backend, which runs no model here."""
-    if config.backend == "openai":
+    count, or None when no model runs in this process: the openai backend, or a model in a process of its
+    own (`model_process`), which sets its threads there (torch is then not even imported here)."""
+    if config.backend == "openai" or config.model_process:
         return None
     import torch
 
