@@ -38,6 +38,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
+from model_server.config import parse_yes_no
+
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 DEFAULT_FILE_HOSTS = ("files.slack.com",)
 
@@ -234,11 +236,10 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
         return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+    try:
+        return parse_yes_no(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}") from None
 
 
 def _url(env: Mapping[str, str], name: str, default: str, trailing_slash: bool = False) -> str:

@@ -190,7 +190,8 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
-def _yes_no(raw: str) -> bool:
+def parse_yes_no(raw: str) -> bool:
+    """A yes/no setting: yes/true/1/on or no/false/0/off, any case (ValueError otherwise)."""
     word = raw.strip().lower()
     if word in ("yes", "true", "1", "on"):
         return True
@@ -261,7 +262,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("torch_threads", "DEFECT_GLM_TORCH_THREADS", _int, "0",
            "CPU threads of the model (torch.set_num_threads); 0: the cores left after one for the event loop and "
            "one per image reader, at least 1"),
-    Option("model_process", "DEFECT_GLM_MODEL_PROCESS", _yes_no, "yes",
+    Option("model_process", "DEFECT_GLM_MODEL_PROCESS", parse_yes_no, "yes",
            "run a model of this machine (hf, visualglm) in a process of its own: generation then never waits for "
            "the server's Python lock, and a model process that dies is replaced (no: in the server process)"),
     Option("request_timeout_s", "DEFECT_GLM_REQUEST_TIMEOUT_S", _float, "300",
