@@ -30,6 +30,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,13 +108,18 @@ class ThreadContext:
     """What the next answer in a thread needs: the thread's map and the turns about it, trimmed."""
 
     exists: bool
-    image: StoredImage | None
+    image_sha256: str | None
+    wafer: WaferMap | None  # the die grid read from that image
     findings: dict | None
     history: tuple[StoredTurn, ...]  # oldest first; only turns since the current image was sent
 
 
 class ThreadMemory:
-    """Thread memory backed by one SQLite file; safe to use from several threads of one process."""
+    """Thread memory backed by one SQLite file; safe to use from several threads of one process.
+
+    The die grids of the last `wafer_cache_size` images read are kept decoded in memory (an image
+    never changes under its content hash), so a follow-up does not parse its map again.
+    """
 
     def __init__(
         self,
@@ -123,12 +129,14 @@ class ThreadMemory:
         ttl_s: float = 30 * 24 * 3600.0,
         max_stored_turns: int = 200,
         idempotency_ttl_s: float = 24 * 3600.0,
+        wafer_cache_size: int = 256,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if max_threads < 1 or max_stored_turns < 1 or ttl_s < 0 or idempotency_ttl_s < 0:
+        if max_threads < 1 or max_stored_turns < 1 or ttl_s < 0 or idempotency_ttl_s < 0 or wafer_cache_size < 0:
             raise ValueError(
                 f"memory limits must be positive: max_threads={max_threads}, "
-                f"max_stored_turns={max_stored_turns}, ttl_s={ttl_s}, idempotency_ttl_s={idempotency_ttl_s}"
+                f"max_stored_turns={max_stored_turns}, ttl_s={ttl_s}, idempotency_ttl_s={idempotency_ttl_s}, "
+                f"wafer_cache_size={wafer_cache_size}"
             )
         self.path = Path(path)
         self.max_threads = max_threads
@@ -138,6 +146,8 @@ class ThreadMemory:
         self.max_keys_per_thread = max(1, max_stored_turns // 2)
         self._clock = clock
         self._lock = threading.RLock()
+        self.wafer_cache_size = wafer_cache_size
+        self._wafers: OrderedDict[str, WaferMap] = OrderedDict()  # image sha256 -> its die grid
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0)
@@ -219,24 +229,48 @@ class ThreadMemory:
         grid = np.asarray(json.loads(rows[0]["grid"]), dtype=np.uint8)
         return StoredImage(rows[0]["sha256"], bytes(rows[0]["data"]), grid)
 
+    def wafer(self, sha256: str) -> WaferMap | None:
+        """The die grid read from the stored image `sha256` (decoded once, then from memory)."""
+        with self._lock:
+            wafer = self._wafers.get(sha256)
+            if wafer is not None:
+                self._wafers.move_to_end(sha256)
+                return wafer
+            rows = list(self.db.query("SELECT grid FROM images WHERE sha256 = ?", [sha256]))
+            if not rows:
+                return None
+            wafer = WaferMap(np.asarray(json.loads(rows[0]["grid"]), dtype=np.uint8))
+            if self.wafer_cache_size > 0:
+                self._wafers[sha256] = wafer
+                while len(self._wafers) > self.wafer_cache_size:
+                    self._wafers.popitem(last=False)
+            return wafer
+
     def context(self, thread_id: str, max_turns: int) -> ThreadContext:
         """The thread's current image and the last `max_turns` turns since that image arrived.
 
-        The history always starts with a user turn (a trimmed pair is dropped whole).
+        The history always starts with a user turn (a trimmed pair is dropped whole). Only those
+        turns are read, not the whole stored thread.
         """
-        thread = self.get(thread_id)
-        if thread is None:
-            return ThreadContext(False, None, None, ())
-        turns = list(thread.turns)
-        if thread.image_sha256 is not None:
-            starts = [i for i, t in enumerate(turns) if t.image_sha256 == thread.image_sha256]
-            if starts:
-                turns = turns[starts[-1]:]
-        turns = turns[-max_turns:] if max_turns > 0 else []
+        with self._lock:
+            row = self._thread_row(thread_id)
+            if row is None:
+                return ThreadContext(False, None, None, None, ())
+            image_sha = row["image_sha256"]
+            turns: list[StoredTurn] = []
+            if max_turns > 0:
+                newest_first = self.db.execute(
+                    "SELECT role, text, created_at, image_sha256 FROM turns WHERE thread_id = ? AND id >= "
+                    "coalesce((SELECT max(id) FROM turns WHERE thread_id = ? AND image_sha256 = ?), 0) "
+                    "ORDER BY id DESC LIMIT ?",
+                    [thread_id, thread_id, image_sha, max_turns],
+                ).fetchall()
+                turns = [StoredTurn(*t) for t in reversed(newest_first)]
+            wafer = self.wafer(image_sha) if image_sha else None
         while turns and turns[0].role != "user":
             turns.pop(0)
-        image = self.image(thread.image_sha256) if thread.image_sha256 else None
-        return ThreadContext(True, image, thread.findings, tuple(turns))
+        findings = json.loads(row["findings"]) if row["findings"] else None
+        return ThreadContext(True, image_sha if wafer is not None else None, wafer, findings, tuple(turns))
 
     def replay(self, thread_id: str, key: str) -> StoredReply | None:
         """The stored reply to the message sent with `key` on this thread; None if unknown or forgotten."""
@@ -355,10 +389,13 @@ class ThreadMemory:
         self.db.execute("DELETE FROM threads WHERE thread_id = ?", [thread_id])
 
     def _delete_orphan_images(self) -> None:
-        self.db.execute(
-            "DELETE FROM images WHERE sha256 NOT IN (SELECT image_sha256 FROM threads WHERE image_sha256 IS NOT NULL) "
-            "AND sha256 NOT IN (SELECT image_sha256 FROM turns WHERE image_sha256 IS NOT NULL)"
-        )
+        orphans = [r[0] for r in self.db.execute(
+            "SELECT sha256 FROM images WHERE sha256 NOT IN (SELECT image_sha256 FROM threads WHERE image_sha256 "
+            "IS NOT NULL) AND sha256 NOT IN (SELECT image_sha256 FROM turns WHERE image_sha256 IS NOT NULL)"
+        ).fetchall()]
+        for sha256 in orphans:
+            self.db.execute("DELETE FROM images WHERE sha256 = ?", [sha256])
+            self._wafers.pop(sha256, None)  # a forgotten image leaves no copy in memory either
 
     def _evict_locked(self, now: float) -> int:
         doomed: list[str] = []

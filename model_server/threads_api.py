@@ -202,7 +202,7 @@ async def post_message(request: web.Request) -> web.Response:
             wafer = await image_to_wafer(state, image_bytes)
             new_image = StoredImage.from_bytes(image_bytes, wafer)
         ctx = state.memory.context(thread_id, state.max_history_turns())
-        if new_image is not None and ctx.image is not None and ctx.image.sha256 == new_image.sha256:
+        if new_image is not None and ctx.image_sha256 == new_image.sha256:
             new_image = None  # the same image again: keep the thread's findings and history
         question = text or recognition_question()
         max_new = state.config.max_new_tokens
@@ -216,7 +216,7 @@ async def post_message(request: web.Request) -> web.Response:
             answers = await run_model(state, asks, request[REQUEST_ID])
             findings_json = build_findings(wafer, parse_patterns(answers[-1])).to_json()
         else:
-            wafer = ctx.image.wafer if ctx.image is not None else None
+            wafer = ctx.wafer
             history = tuple(Turn(t.role, t.text) for t in ctx.history)  # type: ignore[arg-type]
             answers = await run_model(state, [GenerationRequest(question, wafer, history, max_new)],
                                       request[REQUEST_ID])

@@ -88,7 +88,8 @@ def test_context_is_about_the_current_map_and_trimmed(tmp_path):
         memory.record_exchange("t", f"q{i}", f"a{i}")
 
     full = memory.context("t", 100)
-    assert full.exists and full.image is not None and full.image.sha256 == edge.sha256
+    assert full.exists and full.image_sha256 == edge.sha256
+    assert full.wafer is not None and (full.wafer.grid == edge.grid).all()
     assert full.findings == {"n": 2}
     assert [t.text for t in full.history] == [x for i in range(2, 7) for x in (f"q{i}", f"a{i}")]
 
@@ -99,6 +100,39 @@ def test_context_is_about_the_current_map_and_trimmed(tmp_path):
     assert [t.text for t in four.history] == ["q5", "a5", "q6", "a6"]
     assert memory.context("t", 0).history == ()
     assert not memory.context("nobody", 8).exists
+    memory.close()
+
+
+def test_context_when_the_turn_that_brought_the_map_was_trimmed(tmp_path):
+    memory = ThreadMemory(tmp_path / "mem.sqlite", max_stored_turns=4)
+    image = _image("center")
+    memory.record_exchange("t", "q0", "a0", image=image, findings={"n": 0})
+    for i in range(1, 4):
+        memory.record_exchange("t", f"q{i}", f"a{i}")
+    context = memory.context("t", 100)  # the stored turns are all about the thread's map
+    assert context.image_sha256 == image.sha256 and context.findings == {"n": 0}
+    assert [t.text for t in context.history] == ["q2", "a2", "q3", "a3"]
+    memory.close()
+
+
+def test_die_grids_are_decoded_once_and_forgotten_with_their_image(tmp_path):
+    db = tmp_path / "mem.sqlite"
+    memory = ThreadMemory(db, wafer_cache_size=1)
+    center, edge = _image("center"), _image("edge")
+    memory.record_exchange("a", "q", "a", image=center)
+    memory.record_exchange("b", "q", "a", image=edge)
+    first = memory.context("a", 2).wafer
+    assert first is not None and (first.grid == center.grid).all()
+    assert memory.context("a", 2).wafer is first  # from memory, not parsed again
+    assert memory.wafer(edge.sha256) is not None  # the cache holds one grid: center's is dropped
+    assert memory.context("a", 2).wafer is not first and (memory.wafer(center.sha256).grid == center.grid).all()
+
+    # a grid in memory goes with its image: a deleted thread's map is not answered from memory
+    memory.delete("a")
+    assert memory.wafer(center.sha256) is None
+    assert _rows(db, "SELECT count(*) FROM images") == [(1,)]
+    with pytest.raises(ValueError, match="wafer_cache_size"):
+        ThreadMemory(tmp_path / "other.sqlite", wafer_cache_size=-1)
     memory.close()
 
 
