@@ -11,7 +11,6 @@ the timeout raises `ModelServerUnavailable`. Both derive from `ModelServerClient
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import quote
 
@@ -115,7 +114,7 @@ class ModelServerClient:
         except aiohttp.ClientError as exc:
             raise ModelServerUnavailable(f"model server at {self.base_url} is unreachable: {exc}") from exc
         try:
-            data = json.loads(raw) if raw else None
+            data = wire.loads(raw) if raw else None
         except ValueError:
             data = None
         if status >= 400:

@@ -39,6 +39,7 @@ import numpy as np
 import sqlite_utils
 
 from data_tools.wafer_map import WaferMap
+from model_server import wire
 
 SCHEMA_VERSION = 2  # 2: idempotency_keys
 
@@ -216,7 +217,7 @@ class ThreadMemory:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             image_sha256=row["image_sha256"],
-            findings=json.loads(row["findings"]) if row["findings"] else None,
+            findings=wire.loads(row["findings"]) if row["findings"] else None,
             model=row["model"],
             turns=turns,
         )
@@ -269,7 +270,7 @@ class ThreadMemory:
             wafer = self.wafer(image_sha) if image_sha else None
         while turns and turns[0].role != "user":
             turns.pop(0)
-        findings = json.loads(row["findings"]) if row["findings"] else None
+        findings = wire.loads(row["findings"]) if row["findings"] else None
         return ThreadContext(True, image_sha if wafer is not None else None, wafer, findings, tuple(turns))
 
     def replay(self, thread_id: str, key: str) -> StoredReply | None:
@@ -287,7 +288,7 @@ class ThreadMemory:
             key=row["key"],
             question_sha256=row["question_sha256"],
             answer=row["answer"],
-            findings=json.loads(row["findings"]) if row["findings"] else None,
+            findings=wire.loads(row["findings"]) if row["findings"] else None,
             model=row["model"],
             created_at=row["created_at"],
         )
@@ -329,7 +330,7 @@ class ThreadMemory:
                      int(image.grid.shape[0]), int(image.grid.shape[1]), now],
                 )
             image_sha = image.sha256 if image is not None else (row["image_sha256"] if row else None)
-            findings_json = json.dumps(findings) if findings is not None else (row["findings"] if row else None)
+            findings_json = wire.dumps(findings) if findings is not None else (row["findings"] if row else None)
             self.db.execute(
                 "INSERT INTO threads (thread_id, created_at, updated_at, image_sha256, findings, model) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(thread_id) DO UPDATE SET updated_at = excluded.updated_at, "

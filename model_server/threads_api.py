@@ -78,7 +78,7 @@ def replayed_reply(thread_id: str, stored: StoredReply, question: str, started: 
         model=stored.model or "",
         latency_ms=(time.perf_counter() - started) * 1000.0,
     )
-    return web.json_response(reply.to_json(), headers={wire.IDEMPOTENT_REPLAYED_HEADER: "true"})
+    return web.json_response(reply.to_json(), headers={wire.IDEMPOTENT_REPLAYED_HEADER: "true"}, dumps=wire.dumps)
 
 
 async def _read_part(part: BodyPartReader, limit: int, too_big: ApiError) -> bytes:
@@ -233,7 +233,7 @@ async def post_message(request: web.Request) -> web.Response:
         model=model,
         latency_ms=(time.perf_counter() - started) * 1000.0,
     )
-    return web.json_response(reply.to_json())
+    return web.json_response(reply.to_json(), dumps=wire.dumps)
 
 
 def thread_view(state: ServerState, thread_id: str) -> wire.ThreadView:
@@ -253,7 +253,7 @@ def thread_view(state: ServerState, thread_id: str) -> wire.ThreadView:
 
 async def get_thread(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response(thread_view(state, thread_id_of(request)).to_json())
+    return web.json_response(thread_view(state, thread_id_of(request)).to_json(), dumps=wire.dumps)
 
 
 async def delete_thread(request: web.Request) -> web.Response:
