@@ -1,7 +1,7 @@
 """JSON text of the wire format (`wire.dumps` / `wire.loads`, orjson with the standard library behind it).
 
 Covers: Chinese text written as UTF-8 and read back by any JSON reader; numpy numbers; values orjson
-refuses still written; NaN from rows stored by earlier versions (Python's json) still read;
+refuses still written; NaN written as null; NaN from rows stored by earlier versions (Python's json) still read;
 invalid text refused with ValueError; a thread's stored findings read back through memory.
 """
 
@@ -32,6 +32,7 @@ def test_dumps_writes_numpy_numbers_and_falls_back_for_what_orjson_refuses():
     assert json.loads(wire.dumps({"failing": np.int64(7), "yield": np.float64(0.5), 3: "x"})) == {
         "failing": 7, "yield": 0.5, "3": "x"}
     assert json.loads(wire.dumps({"big": 2**70})) == {"big": 2**70}
+    assert wire.dumps({"yield": float("nan")}) == '{"yield":null}'  # strict JSON, unlike Python's NaN
 
 
 def test_loads_reads_nan_written_by_pythons_json_and_refuses_non_json():
