@@ -3,7 +3,8 @@
 Questions get the variety (answers are kept to a few structured templates in
 `data_tools.answers`). Every bank is a dict ``{"en": [...], "zh": [...]}``; templates with
 ``{p}`` take a pattern noun from `PATTERN_NOUNS`, ``{zone}`` a zone word, ``{nth}`` an ordinal.
-`RECOGNITION_QUESTIONS` is what the evaluator asks.
+`RECOGNITION_QUESTIONS` is what the evaluator asks. `question_as_written` puts a question typed
+in chat ("whats wrong with this wafer") into the form of these banks before a model reads it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,24 @@ _CJK = re.compile(r"[\u3400-\u9fff]")
 def language_of(text: str) -> str:
     """'zh' when the text contains Chinese characters, else 'en' (the language a question is answered in)."""
     return "zh" if _CJK.search(text) else "en"
+
+
+_SENTENCE_END = "?.!？。！"
+
+
+def question_as_written(text: str) -> str:
+    """`text` as the question banks write questions: whitespace runs made single spaces, a lowercase
+    first letter capitalised, and a question mark (``？`` in Chinese) added when the text has no
+    closing punctuation. Chat users often type neither; the small model, trained on the banks'
+    forms, misreads such questions far more often. Words and language are left as they are."""
+    text = " ".join(text.split())
+    if not text:
+        return text
+    if text[0].isascii() and text[0].islower():
+        text = text[0].upper() + text[1:]
+    if text[-1] not in _SENTENCE_END:
+        text += "？" if language_of(text) == "zh" else "?"
+    return text
 
 Bank = Mapping[str, Sequence[str]]
 

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from PIL import Image
 
+from data_tools.phrasing import question_as_written
 from data_tools.wafer_map import WaferMap
 from model_server.backends.base import Turn
 
@@ -83,7 +84,8 @@ def build_messages(wafer: WaferMap | None, history: Sequence[Turn], question: st
 
     The first user turn gets the image part (``{"type": "image", "image": PIL.Image}``) and, with
     `facts` (models trained here), the facts line when a wafer is given. Every message's content is
-    a list of parts.
+    a list of parts. User turns are put in the form the corpus writes questions
+    (`data_tools.phrasing.question_as_written`).
     """
     if not isinstance(question, str) or not question.strip():
         raise ValueError("a question is needed: got an empty question")
@@ -93,13 +95,14 @@ def build_messages(wafer: WaferMap | None, history: Sequence[Turn], question: st
     for turn in turns:
         if turn.role not in ("user", "assistant"):
             raise ValueError(f"a turn's role must be 'user' or 'assistant', got {turn.role!r}")
+        said = question_as_written(turn.text) if turn.role == "user" else turn.text
         if turn.role == "user" and not image_placed:
             assert wafer is not None
-            text = f"{facts_line(wafer)}\n{turn.text}" if facts else turn.text
+            text = f"{facts_line(wafer)}\n{said}" if facts else said
             content = [{"type": "image", "image": model_image(wafer)}, _text(text)]
             image_placed = True
         else:
-            content = [_text(turn.text)]
+            content = [_text(said)]
         messages.append({"role": turn.role, "content": content})
     return messages
 

@@ -99,3 +99,12 @@ def test_vision_tower_probe_trains_a_padded_tower_and_scores_its_head(tmp_path, 
     assert figures["steps"] == 2 and figures["pad"] == 2 and figures["config"]["vision_channels"] == [8, 16]
     assert figures["seconds_per_step"] > 0 and figures["tower_parameters"] > 0
     assert figures["val_maps"] > 0 and 0 <= figures["val_exact_match"] <= 1
+
+
+def test_chat_phrasings_scores_each_phrasing_as_the_model_reads_it(tiny_model_dir):
+    out = _run("benchmarks/chat_phrasings.py", "--model", str(tiny_model_dir), "--n", "2", "--json")
+    figures = json.loads(out[out.index("{"):])
+    rows = {r["question"]: r for r in figures["rows"]}
+    assert rows["what defects do you see"]["as_the_model_reads_it"] == "What defects do you see?"
+    assert rows["这片晶圆有什么缺陷"]["as_the_model_reads_it"] == "这片晶圆有什么缺陷？"
+    assert all(r["maps"] == 2 and 0 <= r["exact_match"] <= 1 for r in rows.values())

@@ -25,6 +25,7 @@ from data_tools.corpus import (
     split_of,
 )
 from data_tools.dialogue import KINDS, MapContext, sample_dialogue
+from data_tools.phrasing import question_as_written
 from data_tools.taxonomy import BY_KEY, CLASSES, PATTERN_KEYS, to_multi_hot
 from data_tools.wafer_map import FAIL, GOOD, WaferMap
 
@@ -397,3 +398,26 @@ def test_real_maps_recognition_answers_match_labels(real_mixedwm38, tmp_path):
         for question, answer in zip(r["messages"][0::2], r["messages"][1::2]):
             if question["content"] in RECOGNITION_QUESTIONS[r["language"]] and r["patterns"]:
                 assert parse_listed(answer["content"], r["language"]) == names
+
+
+@pytest.mark.parametrize(("typed", "as_written"), [
+    ("whats wrong with this wafer", "Whats wrong with this wafer?"),
+    ("  what defects\n do you   see?  ", "What defects do you see?"),
+    ("Classify the defect pattern(s) on this wafer.", "Classify the defect pattern(s) on this wafer."),
+    ("yield?", "Yield?"),
+    ("这片晶圆有什么缺陷", "这片晶圆有什么缺陷？"),
+    ("良率是多少？", "良率是多少？"),
+    ("état du wafer", "état du wafer?"),  # only an ASCII first letter is capitalised
+    ("   ", ""),
+])
+def test_a_chat_question_is_put_in_the_corpus_form(typed, as_written):
+    assert question_as_written(typed) == as_written
+
+
+def test_the_corpus_questions_are_already_in_that_form():
+    # what the model was trained on reaches it unchanged, except the casual "yield?" (capitalised)
+    context = _context()
+    questions = {m["content"] for seed in range(300) for language in ("en", "zh")
+                 for m in sample_dialogue(context, random.Random(seed), language).messages if m["role"] == "user"}
+    assert len(questions) > 100
+    assert {q for q in questions if question_as_written(q) != q} <= {"yield?"}

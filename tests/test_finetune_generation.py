@@ -55,6 +55,14 @@ def test_first_user_turn_carries_image_and_measured_facts(wafer):
     assert len(images_of(messages)) == 1
 
 
+def test_user_turns_reach_the_model_in_the_corpus_form_and_answers_as_said(wafer):
+    history = [Turn("user", "whats wrong  with it"), Turn("assistant", "a center blob. no scratch")]
+    messages = build_messages(wafer, history, "这片晶圆的良率是多少")
+    assert messages[0]["content"][1]["text"].endswith("\nWhats wrong with it?")
+    assert messages[1]["content"] == [{"type": "text", "text": "a center blob. no scratch"}]
+    assert messages[2]["content"] == [{"type": "text", "text": "这片晶圆的良率是多少？"}]
+
+
 def test_text_only_thread_has_no_image():
     messages = build_messages(None, [], "What is an Edge-Ring?")
     assert images_of(messages) == [] and messages[0]["content"][0]["text"] == "What is an Edge-Ring?"
