@@ -370,6 +370,17 @@ def check_answer(patterns: Iterable[str], language: str = "en", variant: int = 0
 # ---------------------------------------------------------------- yes / no
 
 
+def normal_answer(patterns: Iterable[str], language: str = "en") -> str:
+    """The answer to "is this wafer ok/normal?": yes only when no pattern is present, else no and the patterns."""
+    _check_language(language)
+    keys = canonical_set(patterns)
+    if not keys:
+        return ("Yes, this wafer looks normal: no defect pattern is present." if language == "en"
+                else "是的，这片晶圆正常，没有缺陷模式。")
+    return (f"No, this wafer is not normal. {recognition_answer(keys, 'en')}" if language == "en"
+            else f"不正常。{recognition_answer(keys, 'zh')}")
+
+
 def yesno_answer(
     key: str,
     patterns: Iterable[str],

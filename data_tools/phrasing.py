@@ -22,6 +22,20 @@ def language_of(text: str) -> str:
 
 _SENTENCE_END = "?.!？。！"
 
+#: "Is this wafer ok?", "Does the map look normal?", "这片晶圆正常吗？": whether the wafer as a whole is
+#: fine (yes means no defect pattern), not whether one pattern is there.
+_ASKS_IF_NORMAL = re.compile(
+    r"^\s*(?:is|does)\s+(?:(?:this|the|that|my)\s+(?:wafer(?:\s+map)?|map|one)|this|that|it)\s+"
+    r"(?:look\s+|seem\s+)?(?:ok|okay|fine|good|normal|clean|healthy|alright|all\s+right)\b"
+    r"|^\s*(?:这片|这个|该|这张)?(?:晶圆图|晶圆|图|片子)?(?:是否正常|正常吗|正常么|正常不正常|正不正常)",
+    re.IGNORECASE,
+)
+
+
+def asks_if_normal(question: str) -> bool:
+    """True when `question` asks whether the wafer is fine as a whole ("Is this wafer ok?", "这片晶圆正常吗？")."""
+    return bool(_ASKS_IF_NORMAL.match(question))
+
 
 def question_as_written(text: str) -> str:
     """`text` as the question banks write questions: whitespace runs made single spaces, a lowercase

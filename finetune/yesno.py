@@ -7,9 +7,13 @@ thread gets a map (its `findings`), and the evaluator does the same, so a yes/no
 it: when an answer opens with yes or no about one pattern and the recognised patterns say the
 opposite, the answer is rewritten from them with `data_tools.answers.yesno_answer` (placed on the
 map with `data_tools.locate`), in the question's language. Answers that agree, and answers that
-are not yes/no about one pattern, are left as the model wrote them. The stateless chat
+are not yes/no about one pattern, are left as the model wrote them. "Is this wafer ok?" asks
+about the wafer as a whole (`data_tools.phrasing.asks_if_normal`): the corpus barely has it, and the
+model answers it as if asked about one pattern ("Yes, there is a Center pattern."), so its answer is
+kept only when it opens with the right yes or no and names no single pattern that way; otherwise
+it is `data_tools.answers.normal_answer` of the recognised patterns. The stateless chat
 completions API, which keeps no findings, asks the recognition question only when an answer
-needs the check (`yesno_pattern`); a streamed answer is sent as generated.
+needs the check (`needs_recognition`); a streamed answer is sent as generated.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from data_tools.answers import yesno_answer
+from data_tools.answers import normal_answer, yesno_answer
 from data_tools.dialogue import MapContext
-from data_tools.phrasing import language_of
+from data_tools.phrasing import asks_if_normal, language_of
 from data_tools.wafer_map import WaferMap
 from finetune.answer_parser import mentions
 
@@ -68,6 +72,11 @@ def yesno_pattern(question: str, answer: str) -> str | None:
     return asked_pattern(question, answer) if said_yes(answer) is not None else None
 
 
+def needs_recognition(question: str, answer: str) -> bool:
+    """True when `ground_yesno` would check `answer` against the recognised patterns."""
+    return asks_if_normal(question) or yesno_pattern(question, answer) is not None
+
+
 def ground_yesno(question: str, answer: str, wafer: WaferMap | None, recognised: Sequence[str] | None) -> str:
     """`answer`, or the yes/no answer the recognised patterns give when it says the opposite of them.
 
@@ -76,6 +85,10 @@ def ground_yesno(question: str, answer: str, wafer: WaferMap | None, recognised:
     """
     if wafer is None or recognised is None:
         return answer
+    if asks_if_normal(question):
+        if said_yes(answer) == (not recognised) and asked_pattern(question, answer) is None:
+            return answer
+        return normal_answer(recognised, language_of(question))
     key = yesno_pattern(question, answer)
     if key is None or (key in recognised) == said_yes(answer):
         return answer

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from data_tools.wafer_map import WaferMap
-from finetune.yesno import ground_yesno, yesno_pattern
+from finetune.yesno import ground_yesno, needs_recognition
 from model_server import wire
 from model_server.backends.base import GenerationRequest, Turn
 from model_server.batching import ModelFailure, QueueFull
@@ -160,7 +160,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     model = state.info.name
     if not chat.stream:
         answer = (await run_model(state, [gen], request[REQUEST_ID]))[0]
-        if wafer is not None and yesno_pattern(chat.question, answer) is not None:
+        if wafer is not None and needs_recognition(chat.question, answer):
             # a yes/no answer about one pattern follows what the model recognises on the map (finetune/yesno.py)
             ask = GenerationRequest(recognition_question(), wafer, (), chat.max_new_tokens)
             recognised = parse_patterns((await run_model(state, [ask], request[REQUEST_ID]))[0])

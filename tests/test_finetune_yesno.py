@@ -1,13 +1,14 @@
-"""Yes/no answers checked against the recognised patterns (finetune.yesno)."""
+"""Yes/no answers checked against the recognised patterns (finetune.yesno), "is this wafer ok?" included."""
 
 from __future__ import annotations
 
 import pytest
 
-from data_tools.answers import yesno_answer
+from data_tools.answers import normal_answer, yesno_answer
 from data_tools.dialogue import MapContext
+from data_tools.phrasing import asks_if_normal
 from data_tools.wafer_map import WaferMap
-from finetune.yesno import asked_pattern, ground_yesno, said_yes
+from finetune.yesno import asked_pattern, ground_yesno, needs_recognition, said_yes
 from model_server.testing import wafer_grid
 
 WAFER = WaferMap(wafer_grid(52, "center"))
@@ -84,3 +85,33 @@ def test_answers_that_agree_or_cannot_be_checked_are_kept(question, answer, wafe
 def test_the_rewritten_yes_says_an_edge_ring():
     answer = ground_yesno("Do you see an edge ring?", "No, there is no Edge-Ring pattern.", WAFER, ("Edge_Ring",))
     assert answer.startswith("Yes, there is an Edge-Ring pattern.")
+
+
+@pytest.mark.parametrize(("question", "expected"), [
+    ("Is this wafer ok?", True), ("is this wafer ok", True), ("Does this look fine?", True),
+    ("Does the wafer map look normal?", True), ("Is it clean?", True), ("这片晶圆正常吗？", True), ("晶圆是否正常？", True),
+    ("Is there a scratch?", False), ("Is the yield ok?", False), ("Is this a Center pattern?", False),
+    ("这片晶圆有划痕吗？", False), ("What is wrong with this wafer?", False),
+])
+def test_a_question_about_the_wafer_as_a_whole_is_told_apart(question, expected):
+    assert asks_if_normal(question) is expected
+
+
+def test_is_this_wafer_ok_is_answered_from_the_recognised_patterns():
+    # the model answers as if asked about one pattern, "yes" meaning "there is a Center": not what was asked
+    assert ground_yesno("is this wafer ok?", "Yes, there is a Center pattern.", WAFER, ("Center", "Scratch")) == \
+        "No, this wafer is not normal. This wafer shows two defect patterns: Center and Scratch."
+    assert ground_yesno("这片晶圆正常吗", "是的，存在中心缺陷。", WAFER, ("Center",)) == \
+        "不正常。这片晶圆有一种缺陷模式：中心。"
+    assert ground_yesno("Does this look fine?", "No, there is no Center pattern.", WAFER, ()) == \
+        normal_answer((), "en") == "Yes, this wafer looks normal: no defect pattern is present."
+    assert needs_recognition("Is this wafer ok?", "Anything")
+    assert not needs_recognition("What is wrong?", "A Center.")
+
+
+@pytest.mark.parametrize(("answer", "recognised"), [
+    ("No, it shows a Center pattern and a scratch.", ("Center", "Scratch")),
+    ("Yes, it looks normal.", ()),
+])
+def test_a_right_answer_to_is_this_wafer_ok_is_kept(answer, recognised):
+    assert ground_yesno("Is this wafer ok?", answer, WAFER, recognised) == answer

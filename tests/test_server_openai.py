@@ -9,7 +9,7 @@ import threading
 import openai
 import pytest
 
-from data_tools.answers import yesno_answer
+from data_tools.answers import normal_answer, yesno_answer
 from data_tools.wafer_map import WaferMap
 from finetune.generation import generate_answers, stream_answer
 from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest
@@ -205,16 +205,20 @@ def test_chat_completion_yes_no_answer_follows_the_recognition_unless_streamed(t
         async with running_server(_config(tmp_path), backend) as server:
             client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
             plain = await client.chat.completions.create(model="wrong-yes-no", messages=[_image_message("Is there a scratch?")])
+            whole = await client.chat.completions.create(model="wrong-yes-no", messages=[_image_message("is this wafer ok")])
             no_map = await client.chat.completions.create(
                 model="wrong-yes-no", messages=[{"role": "user", "content": "Is there a scratch?"}])
             stream = await client.chat.completions.create(
                 model="wrong-yes-no", messages=[_image_message("Is there a scratch?")], stream=True)
             pieces = [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
             await client.close()
-            return plain, no_map, pieces
+            return plain, whole, no_map, pieces
 
-    plain, no_map, pieces = asyncio.run(go())
+    plain, whole, no_map, pieces = asyncio.run(go())
     assert plain.choices[0].message.content == yesno_answer("Scratch", ("Center",), "en")
-    assert backend.questions == ["Is there a scratch?", recognition_question(), "Is there a scratch?"]
+    # "is this wafer ok" is about the wafer as a whole: answered from the recognition, not with "yes, a Scratch"
+    assert whole.choices[0].message.content == normal_answer(("Center",), "en")
+    assert backend.questions == ["Is there a scratch?", recognition_question(), "is this wafer ok", recognition_question(),
+                                 "Is there a scratch?"]
     assert no_map.choices[0].message.content == "Yes, there is a Scratch pattern."  # no map: nothing to check against
     assert "".join(p for p in pieces if p) == "Yes, there is a Scratch pattern."  # streamed as generated
