@@ -171,13 +171,14 @@ def test_openai_backend_keeps_memory_in_front_and_reports_engine_failures(tmp_pa
 
     first, second, failure, third, status, view, back_threads = asyncio.run(go())
     assert first.answer == "echo: What defects does this wafer show? (0 earlier turns)"
-    assert second.answer == "echo: where? (2 earlier turns)"  # the history travelled in the messages
+    # the history travelled in the messages; the question in the form the small model reads it (capitalised)
+    assert second.answer == "echo: Where? (2 earlier turns)"
     assert (failure.status, failure.code) == (500, wire.CODE_MODEL_ERROR) and failure.request_id
-    assert third.answer == "echo: still there? (4 earlier turns)"  # the failed turn was not stored
+    assert third.answer == "echo: Still there? (4 earlier turns)"  # the failed turn was not stored
     assert status.backend == "openai" and status.model == "echo-model"
     assert len(view.turns) == 6 and back_threads == 0
     # the back server got the front's prompt: the wafer image came through as a data URL and was re-read
-    assert echo.seen[1].wafer is not None and echo.seen[1].question == "where?"
+    assert echo.seen[1].wafer is not None and echo.seen[1].question == "Where?"
 
 
 def test_openai_backend_refuses_unreachable_or_wrong_engines(tmp_path):
