@@ -370,10 +370,16 @@ def check_answer(patterns: Iterable[str], language: str = "en", variant: int = 0
 # ---------------------------------------------------------------- yes / no
 
 
-def normal_answer(patterns: Iterable[str], language: str = "en") -> str:
-    """The answer to "is this wafer ok/normal?": yes only when no pattern is present, else no and the patterns."""
+def normal_answer(patterns: Iterable[str], language: str = "en", cautions: Sequence[str] = ()) -> str:
+    """The answer to "is this wafer ok/normal?": yes only when no pattern is present, else no and the patterns.
+
+    With `cautions` (what to double-check, e.g. `unrecognised_cluster_note`), a wafer without a
+    recognised pattern is not called normal: the answer says so and gives them instead."""
     _check_language(language)
     keys = canonical_set(patterns)
+    if not keys and cautions:
+        return (f"I can't call it normal. {' '.join(cautions)}" if language == "en"
+                else f"无法确认它正常。{''.join(cautions)}")
     if not keys:
         return ("Yes, this wafer looks normal: no defect pattern is present." if language == "en"
                 else "是的，这片晶圆正常，没有缺陷模式。")

@@ -77,18 +77,21 @@ def needs_recognition(question: str, answer: str) -> bool:
     return asks_if_normal(question) or yesno_pattern(question, answer) is not None
 
 
-def ground_yesno(question: str, answer: str, wafer: WaferMap | None, recognised: Sequence[str] | None) -> str:
+def ground_yesno(question: str, answer: str, wafer: WaferMap | None, recognised: Sequence[str] | None,
+                 cautions: Sequence[str] = ()) -> str:
     """`answer`, or the yes/no answer the recognised patterns give when it says the opposite of them.
 
     `recognised` holds the canonical pattern keys recognised on `wafer` (() for a normal wafer,
-    None when unknown: then nothing is checked).
+    None when unknown: then nothing is checked). `cautions`, in the question's language (the
+    findings' caveats), keep "is this wafer ok?" from being answered yes when no pattern was recognised.
     """
     if wafer is None or recognised is None:
         return answer
     if asks_if_normal(question):
-        if said_yes(answer) == (not recognised) and asked_pattern(question, answer) is None:
+        if said_yes(answer) == (not recognised) and asked_pattern(question, answer) is None and \
+                not (cautions and not recognised):
             return answer
-        return normal_answer(recognised, language_of(question))
+        return normal_answer(recognised, language_of(question), cautions)
     key = yesno_pattern(question, answer)
     if key is None or (key in recognised) == said_yes(answer):
         return answer

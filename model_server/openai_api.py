@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from data_tools.phrasing import language_of
 from data_tools.wafer_map import WaferMap
 from finetune.yesno import ground_yesno, needs_recognition
 from model_server import wire
 from model_server.backends.base import GenerationRequest, Turn
 from model_server.batching import ModelFailure, QueueFull
 from model_server.errors import ApiError, bad_request
-from model_server.findings import parse_patterns, recognition_question
+from model_server.findings import caveats_for, parse_patterns, recognition_question
 from model_server.state import REQUEST_ID, STATE, ServerState
 from model_server.threads_api import image_to_wafer, read_json, run_model
 
@@ -164,7 +165,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             # a yes/no answer about one pattern follows what the model recognises on the map (finetune/yesno.py)
             ask = GenerationRequest(recognition_question(), wafer, (), chat.max_new_tokens)
             recognised = parse_patterns((await run_model(state, [ask], request[REQUEST_ID]))[0])
-            answer = ground_yesno(chat.question, answer, wafer, recognised)
+            language = language_of(chat.question)
+            cautions = [c.text_in(language) for c in caveats_for(recognised, wafer.facts())]
+            answer = ground_yesno(chat.question, answer, wafer, recognised, cautions)
         return web.json_response({
             "id": completion_id,
             "object": "chat.completion",

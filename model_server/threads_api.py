@@ -20,6 +20,7 @@ import time
 
 from aiohttp import BodyPartReader, web
 
+from data_tools.phrasing import language_of
 from data_tools.wafer_map import WaferMap
 from finetune.yesno import ground_yesno
 from model_server import intake, wire
@@ -221,7 +222,8 @@ async def post_message(request: web.Request) -> web.Response:
             answers = await run_model(state, [GenerationRequest(question, wafer, history, max_new)],
                                       request[REQUEST_ID])
         findings = None if findings_json is None else wire.Findings.from_json(findings_json)
-        answer = ground_yesno(question, answers[0], wafer, recognised_patterns(findings))
+        cautions = findings.caveat_texts(language_of(question)) if findings is not None else []
+        answer = ground_yesno(question, answers[0], wafer, recognised_patterns(findings), cautions)
         model = state.info.name
         state.memory.record_exchange(thread_id, question, answer, image=new_image,
                                      findings=findings_json if new_image is not None else None, model=model,

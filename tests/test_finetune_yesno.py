@@ -115,3 +115,13 @@ def test_is_this_wafer_ok_is_answered_from_the_recognised_patterns():
 ])
 def test_a_right_answer_to_is_this_wafer_ok_is_kept(answer, recognised):
     assert ground_yesno("Is this wafer ok?", answer, WAFER, recognised) == answer
+
+
+def test_is_this_wafer_ok_is_not_answered_yes_while_the_findings_ask_to_check_the_map():
+    cluster = "The model found no defect pattern, but 120 failing dies form one connected cluster."
+    assert ground_yesno("Is this wafer ok?", "Yes, it looks normal.", WAFER, (), [cluster]) == \
+        f"I can't call it normal. {cluster}"
+    assert ground_yesno("这片晶圆正常吗？", "是的，正常。", WAFER, (), ["请人工核对。"]) == "无法确认它正常。请人工核对。"
+    # with patterns recognised the answer is no anyway; a caution changes nothing there
+    assert ground_yesno("Is this wafer ok?", "Yes, there is a Center pattern.", WAFER, ("Center",), [cluster]) == \
+        normal_answer(("Center",), "en")

@@ -108,7 +108,8 @@ class _SaysNormal(Backend):
         return BackendInfo("says-normal", "1", "test")
 
     def generate(self, requests):
-        return ["The wafer looks normal: no defect pattern." if r.question.isascii() else "晶圆正常，没有缺陷模式。"
+        return ["Yes, it is normal." if r.question.lower().startswith("is this wafer ok")
+                else "The wafer looks normal: no defect pattern." if r.question.isascii() else "晶圆正常，没有缺陷模式。"
                 for r in requests]
 
 
@@ -120,10 +121,15 @@ def test_the_server_returns_and_stores_the_caveat_with_the_thread(tmp_path):
                                               image=wafer_png("center"))
             follow = await client.send_message("C1:1700000000.0001", "这片晶圆有什么问题？")
             view = await client.get_thread("C1:1700000000.0001")
+            fine = await client.send_message("C1:1700000000.0001", "is this wafer ok")
             clean = await client.send_message("C1:1700000000.0002", "Anything wrong?", image=wafer_png("none"))
-            return first, follow, view, clean
+            clean_fine = await client.send_message("C1:1700000000.0002", "Is this wafer ok?")
+            return first, follow, view, clean, fine, clean_fine
 
-    first, follow, view, clean = asyncio.run(go())
+    first, follow, view, clean, fine, clean_fine = asyncio.run(go())
+    # "is this wafer ok?" is not answered yes while the findings ask to check a cluster; it is on a clean map
+    assert fine.answer == "I can't call it normal. " + first.findings.caveat_texts("en")[0]
+    assert clean_fine.answer == "Yes, it is normal."
     assert first.findings.class_name == "Normal"
     assert [c.code for c in first.findings.caveats] == [CAVEAT_CLUSTER_WITHOUT_PATTERN]
     assert follow.findings.caveats == first.findings.caveats == view.findings.caveats  # kept with the thread

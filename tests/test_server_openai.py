@@ -222,3 +222,24 @@ def test_chat_completion_yes_no_answer_follows_the_recognition_unless_streamed(t
                                  "Is there a scratch?"]
     assert no_map.choices[0].message.content == "Yes, there is a Scratch pattern."  # no map: nothing to check against
     assert "".join(p for p in pieces if p) == "Yes, there is a Scratch pattern."  # streamed as generated
+
+
+class _SeesNothing(_WrongYesNo):
+    """Recognises no pattern on any map, and says the wafer is fine when asked."""
+
+    def generate(self, requests):
+        self.questions += [r.question for r in requests]
+        return ["No defect pattern detected; this wafer is normal." if r.question == recognition_question()
+                else "Yes, it looks normal." for r in requests]
+
+
+def test_chat_completion_is_this_wafer_ok_gives_the_caveat_of_a_cluster_the_model_missed(tmp_path):
+    async def go():
+        async with running_server(_config(tmp_path), _SeesNothing()) as server:
+            client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+            done = await client.chat.completions.create(model="wrong-yes-no", messages=[_image_message("Is this wafer ok?")])
+            await client.close()
+            return done.choices[0].message.content
+
+    answer = asyncio.run(go())  # the map has a solid centre blob the model did not name
+    assert answer.startswith("I can't call it normal. The model found no defect pattern, but ")
