@@ -2,8 +2,9 @@
 
 The small model learned questions in the corpus's form: a capital first letter and closing
 punctuation ("What's wrong with this wafer?"). In Slack people write "whats wrong with this wafer"
-or "what defects do you see". The prompt builder puts every question in the corpus's form first
-(`data_tools.phrasing.question_as_written`); this script measures what that leaves: each phrasing
+or "what defects do you see? thanks!". The prompt builder puts every question in the corpus's form
+first (`data_tools.phrasing.question_as_written`: capital, closing mark, no emoji codes or closing
+thanks); this script measures what that leaves, including phrasings it cannot mend: each phrasing
 below is asked about the same maps (the held-out test split of a MixedWM38 file, or synthetic maps),
 the answers are parsed back to patterns (`finetune.answer_parser`), and the exact-match share is
 printed per phrasing, the corpus's own question first.
@@ -21,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-#: The corpus's question first, then chat-style phrasings (lowercase, no closing mark, loose wording).
+#: The corpus's question first, then chat-style phrasings: lowercase, no closing mark, a thanks or an emoji
+#: code after the question, loose wording, context the question does not need, a bare keyword.
 PHRASINGS = (
     "What's wrong with this wafer?",
     "whats wrong with this wafer",
@@ -29,9 +31,16 @@ PHRASINGS = (
     "what is wrong with this wafer?",
     "any defects on this one?",
     "can you check this wafer",
+    "what's wrong with this wafer? thanks!",
+    "can you take a look :eyes:",
+    "wafer map from lot 42, any pattern?",
+    "What is wrong with this wafer? We saw a yield drop on tool ETCH-04 yesterday.",
+    "defects?",
     "这片晶圆有什么问题？",
     "这片晶圆有什么缺陷",
     "有什么缺陷",
+    "这片晶圆有什么问题？谢谢",
+    "帮我看看这片晶圆",
 )
 
 

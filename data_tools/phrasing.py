@@ -37,12 +37,23 @@ def asks_if_normal(question: str) -> bool:
     return bool(_ASKS_IF_NORMAL.match(question))
 
 
+#: What chat adds around a question and a model trained on the banks never saw: Slack emoji codes
+#: (":eyes:") and a closing thanks ("… thanks!", "…谢谢").
+_EMOJI_CODE = re.compile(r":[a-z0-9_+'-]+:", re.IGNORECASE)
+_CLOSING_THANKS = re.compile(
+    r"(?<=[\s,.!?，。！？])[\s,.!，。！]*(?:thanks(?: a lot)?|thank you|thx|ty|cheers|谢谢(?:你|您)?|多谢|谢啦|麻烦了)[\s!.。！~]*$",
+    re.IGNORECASE,
+)
+
+
 def question_as_written(text: str) -> str:
-    """`text` as the question banks write questions: whitespace runs made single spaces, a lowercase
-    first letter capitalised, and a question mark (``？`` in Chinese) added when the text has no
-    closing punctuation. Chat users often type neither; the small model, trained on the banks'
-    forms, misreads such questions far more often. Words and language are left as they are."""
-    text = " ".join(text.split())
+    """`text` as the question banks write questions: Slack emoji codes and a closing thanks dropped,
+    whitespace runs made single spaces, a lowercase first letter capitalised, and a question mark
+    (``？`` in Chinese) added when the text has no closing punctuation. Chat users often type neither;
+    the small model, trained on the banks' forms, misreads such questions far more often. Words
+    and language are otherwise left as they are (a text that is nothing but thanks stays)."""
+    text = " ".join(_EMOJI_CODE.sub(" ", text).split()) or " ".join(text.split())
+    text = _CLOSING_THANKS.sub("", text).rstrip(" ,;，、；") or text
     if not text:
         return text
     if text[0].isascii() and text[0].islower():
@@ -50,6 +61,7 @@ def question_as_written(text: str) -> str:
     if text[-1] not in _SENTENCE_END:
         text += "？" if language_of(text) == "zh" else "?"
     return text
+
 
 Bank = Mapping[str, Sequence[str]]
 

@@ -408,6 +408,13 @@ def test_real_maps_recognition_answers_match_labels(real_mixedwm38, tmp_path):
     ("这片晶圆有什么缺陷", "这片晶圆有什么缺陷？"),
     ("良率是多少？", "良率是多少？"),
     ("état du wafer", "état du wafer?"),  # only an ASCII first letter is capitalised
+    ("what's wrong with this wafer? thanks!", "What's wrong with this wafer?"),
+    ("is it ok, thx", "Is it ok?"),
+    ("can you take a look :eyes:", "Can you take a look?"),
+    ("这片晶圆有什么问题？谢谢", "这片晶圆有什么问题？"),
+    ("良率多少，谢谢", "良率多少？"),
+    ("thanks", "Thanks?"),  # nothing but thanks: kept
+    ("Thank you for the list?", "Thank you for the list?"),
     ("   ", ""),
 ])
 def test_a_chat_question_is_put_in_the_corpus_form(typed, as_written):

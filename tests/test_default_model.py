@@ -121,7 +121,7 @@ def test_places_in_answers_are_the_ones_measured_on_the_map(backend, language):
 #: without a question mark, they were often misread (on these maps, an English question got a Chinese answer);
 #: `benchmarks/chat_phrasings.py` measures recognition for such phrasings.
 CHAT_TYPED = {"whats wrong with this wafer": "Whats wrong with this wafer?",
-              "what defects do you see": "What defects do you see?",
+              "what defects do you see? thanks! :eyes:": "What defects do you see?",
               "这片晶圆有什么缺陷": "这片晶圆有什么缺陷？"}
 
 
