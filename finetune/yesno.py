@@ -88,8 +88,8 @@ def ground_yesno(question: str, answer: str, wafer: WaferMap | None, recognised:
     if wafer is None or recognised is None:
         return answer
     if asks_if_normal(question):
-        if said_yes(answer) == (not recognised) and asked_pattern(question, answer) is None and \
-                not (cautions and not recognised):
+        normal = not recognised and not cautions  # a caution is no ground for "yes, it is normal"
+        if said_yes(answer) is normal and asked_pattern(question, answer) is None:
             return answer
         return normal_answer(recognised, language_of(question), cautions)
     key = yesno_pattern(question, answer)
