@@ -223,12 +223,13 @@ class ThreadMemory:
         )
 
     def image(self, sha256: str) -> StoredImage | None:
+        """The stored image as received, with its die grid (from `wafer`)."""
         with self._lock:
-            rows = list(self.db.query("SELECT sha256, data, grid FROM images WHERE sha256 = ?", [sha256]))
-        if not rows:
+            rows = list(self.db.query("SELECT data FROM images WHERE sha256 = ?", [sha256]))
+            wafer = self.wafer(sha256) if rows else None
+        if not rows or wafer is None:
             return None
-        grid = np.asarray(json.loads(rows[0]["grid"]), dtype=np.uint8)
-        return StoredImage(rows[0]["sha256"], bytes(rows[0]["data"]), grid)
+        return StoredImage(sha256, bytes(rows[0]["data"]), wafer.grid)
 
     def wafer(self, sha256: str) -> WaferMap | None:
         """The die grid read from the stored image `sha256` (decoded once, then from memory)."""
