@@ -168,11 +168,11 @@ async def run_setting(backend: Backend, db_dir: Path, batching: bool, levels: li
         await run_level(server.url, 1, 2, images, "warm", mode)
         for level in levels:
             metrics = server.state.metrics
-            calls_before, sizes_before = metrics.batch_size.count(), _batch_sum(metrics)
+            calls_before, sizes_before = metrics.batch_size.count(), metrics.batch_size.sum()
             row = await run_level(server.url, level, max(requests, level), images, f"b{int(batching)}-c{level}",
-                                  mode, lambda m=metrics: _histogram_sum(m.generate_seconds), clients_process)
+                                  mode, metrics.generate_seconds.sum, clients_process)
             calls = metrics.batch_size.count() - calls_before
-            row["mean_batch"] = (_batch_sum(metrics) - sizes_before) / calls if calls else 0.0
+            row["mean_batch"] = (metrics.batch_size.sum() - sizes_before) / calls if calls else 0.0
             row["batching"] = batching
             rows.append(row)
             print(f"  batching {'on ' if batching else 'off'} concurrency {level:>3}: "
@@ -180,14 +180,6 @@ async def run_setting(backend: Backend, db_dir: Path, batching: bool, levels: li
                   f"{row['throughput_rps']:7.2f} req/s  mean batch {row['mean_batch']:5.1f}  "
                   f"model busy {row['model_busy']:4.0%}  errors {row['errors']}", flush=True)
     return rows
-
-
-def _histogram_sum(histogram) -> float:  # sum of the values a histogram observed
-    return sum(total for _counts, total, _n in histogram._data.values())
-
-
-def _batch_sum(metrics) -> float:  # sum of observed batch sizes
-    return _histogram_sum(metrics.batch_size)
 
 
 def load_backend(args: argparse.Namespace, workdir: Path) -> Backend:

@@ -120,6 +120,10 @@ class Histogram(_Metric):
     def count(self, **labels: str) -> int:
         return self._data.get(self._key(labels), ([], 0.0, 0))[2]
 
+    def sum(self, **labels: str) -> float:
+        """The total of the values observed (with these labels)."""
+        return self._data.get(self._key(labels), ([], 0.0, 0))[1]
+
     def render(self) -> list[str]:
         lines = self.header()
         with self._lock:
