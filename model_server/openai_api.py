@@ -23,7 +23,7 @@ from model_server import wire
 from model_server.backends.base import GenerationRequest, Turn
 from model_server.batching import ModelFailure, QueueFull
 from model_server.errors import ApiError, bad_request
-from model_server.findings import caveats_for, parse_patterns, recognition_question
+from model_server.findings import build_findings, parse_patterns, recognition_question
 from model_server.state import REQUEST_ID, STATE, ServerState
 from model_server.threads_api import image_to_wafer, read_json, run_model
 
@@ -162,11 +162,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not chat.stream:
         answer = (await run_model(state, [gen], request[REQUEST_ID]))[0]
         if wafer is not None and needs_recognition(chat.question, answer):
-            # a yes/no answer about one pattern follows what the model recognises on the map (finetune/yesno.py)
+            # a yes/no answer (about one pattern, or "is this wafer ok?") follows what the model recognises on
+            # the map and the caveats of those findings, as on the thread API (finetune/yesno.py)
             ask = GenerationRequest(recognition_question(), wafer, (), chat.max_new_tokens)
             recognised = parse_patterns((await run_model(state, [ask], request[REQUEST_ID]))[0])
-            language = language_of(chat.question)
-            cautions = [c.text_in(language) for c in caveats_for(recognised, wafer.facts())]
+            cautions = build_findings(wafer, recognised).caveat_texts(language_of(chat.question))
             answer = ground_yesno(chat.question, answer, wafer, recognised, cautions)
         return web.json_response({
             "id": completion_id,

@@ -210,10 +210,6 @@ class Caveat:
     def to_json(self) -> dict:
         return {"code": self.code, "text": dict(self.text)}
 
-    def text_in(self, language: str) -> str:
-        """The text in `language` ("en" or "zh"), English where it lacks one."""
-        return self.text.get(language) or self.text.get("en", "")
-
     @classmethod
     def from_json(cls, data: Any) -> Caveat:
         where = "caveat"
@@ -266,7 +262,7 @@ class Findings:
 
     def caveat_texts(self, language: str) -> list[str]:
         """The caveats in `language` ("en" or "zh"), English where a text lacks it."""
-        return [c.text_in(language) for c in self.caveats]
+        return [c.text.get(language) or c.text.get("en", "") for c in self.caveats]
 
 
 @dataclass(frozen=True)
