@@ -4,11 +4,14 @@ Questions get the variety (answers are kept to a few structured templates in
 `data_tools.answers`). Every bank is a dict ``{"en": [...], "zh": [...]}``; templates with
 ``{p}`` take a pattern noun from `PATTERN_NOUNS`, ``{zone}`` a zone word, ``{nth}`` an ordinal.
 `RECOGNITION_QUESTIONS` is what the evaluator asks. `question_as_written` puts a question typed
-in chat ("whats wrong with this wafer") into the form of these banks before a model reads it.
+in chat ("whats wrong with this wafer") into the form of these banks before a model reads it;
+`as_typed_in_chat` goes the other way for training: a bank question with the context, greeting or
+loose wording that chat adds and that no rule can take off again.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Mapping, Sequence
 
@@ -25,16 +28,20 @@ _SENTENCE_END = "?.!？。！"
 #: "Is this wafer ok?", "Does the map look normal?", "这片晶圆正常吗？": whether the wafer as a whole is
 #: fine (yes means no defect pattern), not whether one pattern is there.
 _ASKS_IF_NORMAL = re.compile(
-    r"^\s*(?:is|does)\s+(?:(?:this|the|that|my)\s+(?:wafer(?:\s+map)?|map|one)|this|that|it)\s+"
+    r"\s*(?:is|does)\s+(?:(?:this|the|that|my)\s+(?:wafer(?:\s+map)?|map|one)|this|that|it)\s+"
     r"(?:look\s+|seem\s+)?(?:ok|okay|fine|good|normal|clean|healthy|alright|all\s+right)\b"
-    r"|^\s*(?:这片|这个|该|这张)?(?:晶圆图|晶圆|图|片子)?(?:是否正常|正常吗|正常么|正常不正常|正不正常)",
+    r"|\s*(?:这片|这个|该|这张)?(?:晶圆图|晶圆|图|片子)?(?:是否正常|正常吗|正常么|正常不正常|正不正常)",
     re.IGNORECASE,
 )
+#: Where a clause may start: the text's start, or after a sentence mark, comma, colon or semicolon
+#: ("Hey bot, is this wafer ok?", "Lot 42 came off CMP. Is it fine?").
+_CLAUSE_START = re.compile(r"^|(?<=[,.!?:;，。！？：；])")
 
 
 def asks_if_normal(question: str) -> bool:
-    """True when `question` asks whether the wafer is fine as a whole ("Is this wafer ok?", "这片晶圆正常吗？")."""
-    return bool(_ASKS_IF_NORMAL.match(question))
+    """True when `question` asks whether the wafer is fine as a whole ("Is this wafer ok?", "这片晶圆正常吗？"),
+    also after a greeting or context ("Hey, is this one ok?")."""
+    return any(_ASKS_IF_NORMAL.match(question, start.end()) for start in _CLAUSE_START.finditer(question))
 
 
 #: What chat adds around a question and a model trained on the banks never saw: Slack emoji codes
@@ -326,3 +333,63 @@ FOLLOW_NEXT: dict[str, list[str]] = {
     "en": ["And the {nth} one?", "What about the {nth} one?", "And the {nth}?", "Same for the {nth} one?"],
     "zh": ["那{nth}呢？", "{nth}呢？", "那{nth}怎么样？"],
 }
+
+
+# ---------------------------------------------------------------- chat-style variants (training only)
+
+#: Recognition questions as people dash them off in chat: a keyword, a request, a loose question.
+#: `benchmarks/chat_phrasings.py` asks other wordings, so it measures what training did not show.
+LOOSE_RECOGNITION: dict[str, list[str]] = {
+    "en": ["Any defects?", "Defect pattern?", "Patterns?", "What do you see?", "Thoughts on this map?",
+           "Anything wrong here?", "Anything off with this one?", "Check this wafer please.", "Can you look at this map?",
+           "Please classify.", "What's going on with this wafer?", "Verdict?", "Any issues on this map?",
+           "Failure pattern?", "What's the signature?", "Which pattern?", "Can you diagnose this?",
+           "Is something wrong with this one?", "Pattern check please.", "What am I looking at?"],
+    "zh": ["有缺陷吗？", "是哪种缺陷？", "看一下这张图。", "这片怎么了？", "这张图什么情况？", "帮忙分析一下。", "有没有问题？",
+           "什么模式？", "麻烦看下这片。", "这是啥缺陷？", "识别一下。", "这片晶圆有啥毛病？", "缺陷类型？", "这图咋回事？"],
+}
+
+#: Context people put before or after a question; it changes nothing in the answer. {lot}, {tool} and
+#: {slot} are filled with made-up lot numbers, tool names and wafer slots.
+CHAT_CONTEXT: dict[str, list[str]] = {
+    "en": ["This one is from lot {lot}.", "Came off {tool} this morning.", "Yield on lot {lot} is down.",
+           "Third wafer like this today.", "The customer flagged this lot.", "Probe results for slot {slot} of lot {lot}.",
+           "It went through {tool} after the PM.", "Seen on several wafers in this lot.", "Night shift sent it over.",
+           "Engineering wants an answer before the lot moves on.", "Lot {lot}, slot {slot}.",
+           "We changed the recipe on {tool} on Monday."],
+    "zh": ["这是{lot}批次的。", "今天早上从{tool}下来的。", "{lot}批次良率掉了。", "今天第三片这样的了。", "客户投诉了这一批。",
+           "这是{lot}批次第{slot}片的测试结果。", "{tool}保养后跑的。", "这一批好几片都这样。", "夜班发过来的。",
+           "批次{lot}，第{slot}片。", "{tool}周一改了配方。"],
+}
+#: Greetings and lead-ins before a question (the question then starts in lower case).
+CHAT_OPENERS: dict[str, list[str]] = {
+    "en": ["Hi, ", "Hey bot, ", "Quick one: ", "Morning! ", "Question: ", "Hello team, ", "Hey, ", "Sorry to bug you, "],
+    "zh": ["你好，", "麻烦问下，", "请教一下：", "早，", "问一下，", "打扰一下，"],
+}
+_TOOL_NAMES = ("ETCH", "CMP", "LITHO", "CVD", "IMP", "PVD", "DIFF", "WET")
+
+
+def _chat_context(language: str, rng: random.Random) -> str:
+    lot = rng.choice((f"{rng.randrange(10_000):04d}", f"A{rng.randrange(1000):03d}", f"LOT{rng.randrange(100, 1000)}"))
+    tool = f"{rng.choice(_TOOL_NAMES)}-{rng.randrange(1, 13):02d}"
+    return rng.choice(CHAT_CONTEXT[language]).format(lot=lot, tool=tool, slot=rng.randrange(1, 26))
+
+
+def as_typed_in_chat(question: str, rng: random.Random, recognition: bool = False) -> str:
+    """`question`, a bank question, as someone might type it in a Slack thread: with context after it
+    or before it, after a greeting, or (when it is a `recognition` question) in loose words of
+    `LOOSE_RECOGNITION`. The answer stays the same: a model trained on these reads the question in
+    the message, not the words around it. Same language as `question`; deterministic for a seeded `rng`."""
+    language = language_of(question)
+    if recognition and rng.random() < 0.4:
+        question = rng.choice(LOOSE_RECOGNITION[language])
+    gap = "" if language == "zh" else " "
+    form = rng.random()
+    if form < 0.4:
+        return f"{question}{gap}{_chat_context(language, rng)}"
+    if form < 0.65:
+        return f"{_chat_context(language, rng)}{gap}{question}"
+    if form < 0.9:
+        opener = rng.choice(CHAT_OPENERS[language])
+        return opener + (question[0].lower() + question[1:] if question[:2] != "I " else question)
+    return question

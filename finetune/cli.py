@@ -58,6 +58,9 @@ def _register_training(subcommands: argparse._SubParsersAction) -> None:
     train.add_argument("--count-varied", type=float, default=0.0, metavar="F",
                        help="share of those number questions asked about synthetic maps of random size (20-100 "
                        "dies a side), whose counts the image cannot tell: they teach copying from the facts (default 0)")
+    train.add_argument("--chat-style", type=float, default=0.0, metavar="F",
+                       help="share of all user turns dressed as typed in chat: context before or after the question, "
+                       "a greeting, loose words for a recognition question (default 0)")
     train.add_argument("--measured-facts", choices=("yes", "no"),
                        help="whether the prompts carry the line of measured facts (dies, failing, yield, zones, clusters) "
                        "before the question; 'no' makes prompts ~60 %% shorter (numbers and places are slots filled "
@@ -107,7 +110,7 @@ def _run_training(args: argparse.Namespace) -> int:
         data=Path(args.data), out=Path(args.out), lora=args.lora, base=Path(args.base) if args.base else None,
         quant=args.quant, steps=args.steps, batch_size=args.batch_size, micro_batches=args.micro_batches, lr=args.lr, warmup_steps=args.warmup_steps,
         seed=args.seed, eval_every=args.eval_every, eval_maps=args.eval_maps, save_every=args.save_every, log_every=args.log_every,
-        recognition_fraction=args.recognition_fraction, count_fraction=args.count_fraction, location_fraction=args.location_fraction, yesno_fraction=args.yesno_fraction, count_varied=args.count_varied, vision_steps=args.vision_steps,
+        recognition_fraction=args.recognition_fraction, count_fraction=args.count_fraction, location_fraction=args.location_fraction, yesno_fraction=args.yesno_fraction, count_varied=args.count_varied, chat_style=args.chat_style, vision_steps=args.vision_steps,
         vision_batch_size=args.vision_batch_size, vision_lr=args.vision_lr, max_length=args.max_length, vocab_size=args.vocab_size,
         model=model, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
         threads=args.threads, bf16=args.bf16, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,13 @@ from PIL import Image
 from data_tools.answers import count_answer, location_answer, other_language, recognition_answer
 from data_tools.dialogue import MapContext, yesno_turn
 from data_tools.locate import locate
-from data_tools.phrasing import COUNT_QUESTIONS, LOCATION_QUESTIONS, RECOGNITION_QUESTIONS, ZONE_NAMES
+from data_tools.phrasing import (
+    COUNT_QUESTIONS,
+    LOCATION_QUESTIONS,
+    RECOGNITION_QUESTIONS,
+    ZONE_NAMES,
+    as_typed_in_chat,
+)
 from data_tools.taxonomy import CLASSES, PATTERN_KEYS, from_multi_hot
 from data_tools.wafer_map import WaferMap
 from finetune.location_slots import has_location_slots
@@ -244,6 +250,20 @@ def yesno_example(grid: np.ndarray, labels: np.ndarray, rng: random.Random, augm
     return Example(wafer, (question, answer), patterns)
 
 
+_RECOGNITION_TEXTS = frozenset(q for bank in RECOGNITION_QUESTIONS.values() for q in bank)
+
+
+def typed_in_chat(example: Example, rng: random.Random, share: float) -> Example:
+    """`example` with each user turn, with probability `share`, as typed in chat: context before or after
+    it, a greeting, or loose words for a recognition question (`data_tools.phrasing.as_typed_in_chat`).
+    The answers stay as they are."""
+    texts = list(example.texts)
+    for i in range(0, len(texts), 2):
+        if rng.random() < share:
+            texts[i] = as_typed_in_chat(texts[i], rng, recognition=texts[i] in _RECOGNITION_TEXTS)
+    return replace(example, texts=tuple(texts))
+
+
 def varied_size_grid(rng: random.Random) -> np.ndarray:
     """A synthetic map of a random class and a random size (square or not): its die and failure counts
     cannot be guessed from the image as they can on same-sized maps, so questions about it must take
@@ -257,14 +277,15 @@ def varied_size_grid(rng: random.Random) -> np.ndarray:
 
 class ExampleSampler:
     """Draws training examples: shares of augmented recognition, number, location and yes/no questions, the
-    rest corpus conversations (all of them when the split has no maps)."""
+    rest corpus conversations (all of them when the split has no maps). A share `chat_style` of all user
+    turns is dressed as typed in chat (`typed_in_chat`)."""
 
     def __init__(self, corpus: Corpus, split: str = "train", recognition_fraction: float = 0.5, augment: bool = True,
                  count_fraction: float = 0.0, count_varied: float = 0.0, location_fraction: float = 0.0,
-                 yesno_fraction: float = 0.0):
+                 yesno_fraction: float = 0.0, chat_style: float = 0.0):
         for name, value in (("recognition_fraction", recognition_fraction), ("count_fraction", count_fraction),
                             ("count_varied", count_varied), ("location_fraction", location_fraction),
-                            ("yesno_fraction", yesno_fraction)):
+                            ("yesno_fraction", yesno_fraction), ("chat_style", chat_style)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if recognition_fraction + count_fraction + location_fraction + yesno_fraction > 1.0:
@@ -283,9 +304,14 @@ class ExampleSampler:
             shares = [share / total for share in shares] if total else [1.0, 0.0, 0.0, 0.0]
         self.recognition_fraction, self.count_fraction, self.location_fraction, self.yesno_fraction = shares
         self.count_varied = count_varied
+        self.chat_style = chat_style
         self.augment = augment
 
     def sample(self, rng: random.Random) -> Example:
+        example = self._sample(rng)
+        return typed_in_chat(example, rng, self.chat_style) if self.chat_style else example
+
+    def _sample(self, rng: random.Random) -> Example:
         draw = rng.random()
         counted = self.recognition_fraction + self.count_fraction
         if draw < counted + self.location_fraction + self.yesno_fraction:

@@ -77,6 +77,7 @@ class TrainConfig:
     location_fraction: float = 0.0
     yesno_fraction: float = 0.0
     count_varied: float = 0.0  # share of the number questions asked about synthetic maps of random size
+    chat_style: float = 0.0  # share of user turns dressed as typed in chat (context, greetings, loose words)
     max_length: int = 512
     vocab_size: int = 3000
     model: dict = field(default_factory=dict)  # SmallModelConfig overrides for a model from scratch
@@ -130,6 +131,8 @@ class TrainConfig:
                                 f"got {self.yesno_fraction}")
         if not 0.0 <= self.count_varied <= 1.0:
             raise TrainingError(f"--count-varied must be in [0, 1], got {self.count_varied}")
+        if not 0.0 <= self.chat_style <= 1.0:
+            raise TrainingError(f"--chat-style must be in [0, 1], got {self.chat_style}")
         unknown = set(self.model) - set(SmallModelConfig.__dataclass_fields__)
         if unknown:
             raise TrainingError(
@@ -609,7 +612,7 @@ def run_training(cfg: TrainConfig) -> Path:
     corpus = Corpus(cfg.data, splits=("train", "val"))
     sampler = ExampleSampler(corpus, "train", cfg.recognition_fraction, count_fraction=cfg.count_fraction,
                              location_fraction=cfg.location_fraction, yesno_fraction=cfg.yesno_fraction,
-                             count_varied=cfg.count_varied)
+                             count_varied=cfg.count_varied, chat_style=cfg.chat_style)
     cfg.out.mkdir(parents=True, exist_ok=True)
     model, processor = setup_model(cfg, corpus, accelerator)
     facts = uses_measured_facts(model) if cfg.measured_facts is None else cfg.measured_facts

@@ -234,6 +234,49 @@ def test_yes_no_questions_follow_the_map_half_of_them_about_a_missing_pattern(co
     assert 15 <= sum(answered) <= 45
 
 
+def test_chat_style_dresses_user_turns_and_keeps_the_answers(corpus_dir):
+    from data_tools.phrasing import RECOGNITION_QUESTIONS, language_of
+
+    corpus = Corpus(corpus_dir, splits=("train", "val"))
+
+    def texts(chat_style: float | None) -> list[tuple[str, ...]]:
+        shares = {} if chat_style is None else {"chat_style": chat_style}
+        return [e.texts for e in ExampleSampler(corpus, "train", 0.6, count_fraction=0.2, **shares).batch((0, 0, 5), 80)]
+
+    plain = texts(None)
+    assert plain == texts(0.0)  # off by default: earlier recipes draw the same batches
+    dressed = texts(1.0)
+    assert dressed == texts(1.0)
+    bank = {q for questions in RECOGNITION_QUESTIONS.values() for q in questions}
+    user_turns = [t for example in dressed for t in example[::2]]
+    assert sum(t not in bank and not any(q in t for q in bank) for t in user_turns) > 10  # loose words
+    assert sum(any(q in t and q != t for q in bank) for t in user_turns) > 10  # a bank question with context around
+    for example in dressed:
+        assert all(language_of(q) == language_of(a) for q, a in zip(example[::2], example[1::2]))
+    with pytest.raises(ValueError, match="chat_style must be in"):
+        ExampleSampler(corpus, "train", 0.5, chat_style=1.5)
+
+
+def test_the_chat_phrasings_benchmark_asks_wordings_training_does_not_show():
+    import importlib.util
+    import random
+
+    from data_tools.phrasing import RECOGNITION_QUESTIONS, as_typed_in_chat, question_as_written
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "chat_phrasings.py"
+    spec = importlib.util.spec_from_file_location("chat_phrasings", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    PHRASINGS = benchmark.PHRASINGS
+
+    shown = {question_as_written(as_typed_in_chat(q, random.Random(seed), recognition=True))
+             for seed in range(2000) for bank in RECOGNITION_QUESTIONS.values() for q in bank}
+    bank = set(RECOGNITION_QUESTIONS["en"] + RECOGNITION_QUESTIONS["zh"])
+    held_out = {question_as_written(p) for p in PHRASINGS} - bank  # not "what's wrong with this wafer? thanks!"
+    assert len(held_out) >= 12
+    assert not shown & held_out
+
+
 def test_stopped_and_resumed_run_ends_with_the_same_weights(full_run, corpus_dir, tmp_path, capsys):
     reference, _ = full_run
     out = tmp_path / "run"
@@ -413,6 +456,7 @@ def test_quantised_lora_without_cuda_is_a_clear_error(corpus_dir, tiny_model_dir
         (["--lora", "--base", "somewhere", "--measured-facts", "no"], "--measured-facts is for full training"),
         (["--recognition-fraction", "0.5", "--count-fraction", "0.6"], "--count-fraction must be in [0, 1 - recog"),
         (["--count-varied", "1.5"], "--count-varied must be in [0, 1]"),
+        (["--chat-style", "-0.1"], "--chat-style must be in [0, 1]"),
         (["--recognition-fraction", "0.5", "--count-fraction", "0.3", "--location-fraction", "0.3"],
          "--location-fraction must be in [0, 1 - recognition and count fractions]"),
         (["--recognition-fraction", "0.5", "--location-fraction", "0.3", "--yesno-fraction", "0.3"],

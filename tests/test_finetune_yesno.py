@@ -92,6 +92,8 @@ def test_the_rewritten_yes_says_an_edge_ring():
     ("Does the wafer map look normal?", True), ("Is it clean?", True), ("这片晶圆正常吗？", True), ("晶圆是否正常？", True),
     ("Is there a scratch?", False), ("Is the yield ok?", False), ("Is this a Center pattern?", False),
     ("这片晶圆有划痕吗？", False), ("What is wrong with this wafer?", False),
+    ("Hey bot, is this wafer ok?", True), ("Lot 42 came off CMP-03. Is it fine?", True), ("你好，这片晶圆正常吗？", True),
+    ("Hi, is there a scratch?", False), ("This is fine. What pattern is it?", False), ("Lot 7, yield is ok?", False),
 ])
 def test_a_question_about_the_wafer_as_a_whole_is_told_apart(question, expected):
     assert asks_if_normal(question) is expected
