@@ -37,6 +37,27 @@ def checkpoint_name(model_dir: Path, adapter_dir: Path | None = None) -> str:
     return model_dir.resolve().name + (f"+{adapter_dir.resolve().name}" if adapter_dir else "")
 
 
+def checkpoint_info(backend: str, model_dir: Path, adapter_dir: Path | None, *, dtype: str, device: str | None,
+                    quantization: str | None, architecture: str, **details: Any) -> BackendInfo:
+    """What `/health` and every reply say about a served local checkpoint: its name, the content hash
+    of its weights, and how it was loaded (plus the backend's own `details`)."""
+    from finetune.loading import loaded_dtype
+
+    return BackendInfo(
+        name=checkpoint_name(model_dir, adapter_dir),
+        version=checkpoint_version(model_dir, adapter_dir),
+        backend=backend,
+        details={
+            "model_dir": str(model_dir),
+            "adapter_dir": str(adapter_dir) if adapter_dir else None,
+            "dtype": loaded_dtype(dtype, device),
+            "quantization": quantization,
+            "architecture": architecture,
+            **details,
+        },
+    )
+
+
 class HFBackend(Backend):
     """Answers with a local transformers model; generation is serialised by the server's batcher."""
 
@@ -48,25 +69,17 @@ class HFBackend(Backend):
         quantization: str | None = None,
         device: str | None = None,
     ) -> None:
-        from finetune.loading import load_model, loaded_dtype
+        from finetune.loading import load_model
 
-        self.model_dir = Path(model_dir)
-        self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
+        self.model_dir = Path(model_dir).expanduser()
+        self.adapter_dir = Path(adapter_dir).expanduser() if adapter_dir is not None else None
         self.model, self.processor = load_model(
             self.model_dir, self.adapter_dir, dtype=dtype, quantization=quantization, device=device,
             channels_last=True,
         )
-        self._info = BackendInfo(
-            name=checkpoint_name(self.model_dir, self.adapter_dir),
-            version=checkpoint_version(self.model_dir, self.adapter_dir),
-            backend="hf",
-            details={
-                "model_dir": str(self.model_dir),
-                "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
-                "dtype": loaded_dtype(dtype, device),
-                "quantization": quantization,
-                "architecture": type(getattr(self.model, "base_model", self.model)).__name__,
-            },
+        self._info = checkpoint_info(
+            "hf", self.model_dir, self.adapter_dir, dtype=dtype, device=device, quantization=quantization,
+            architecture=type(getattr(self.model, "base_model", self.model)).__name__,
         )
         self._lock = threading.Lock()
 

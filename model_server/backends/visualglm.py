@@ -53,8 +53,8 @@ class VisualGLMBackend(Backend):
         measured_facts: bool | None = None,
     ) -> None:
         import finetune.visualglm  # noqa: F401  (registers VisualGLM, incl. the published "chatglm" config)
-        from finetune.loading import load_model, loaded_dtype
-        from model_server.backends.hf import checkpoint_name, checkpoint_version
+        from finetune.loading import load_model
+        from model_server.backends.hf import checkpoint_info
 
         self.model_dir = Path(model_dir).expanduser()
         self.adapter_dir = Path(adapter_dir).expanduser() if adapter_dir is not None else None
@@ -71,19 +71,10 @@ class VisualGLMBackend(Backend):
         self.measured_facts = (
             default_measured_facts(self.model_dir, self.adapter_dir) if measured_facts is None else measured_facts
         )
-        self._info = BackendInfo(
-            name=checkpoint_name(self.model_dir, self.adapter_dir),
-            version=checkpoint_version(self.model_dir, self.adapter_dir),
-            backend="visualglm",
-            details={
-                "model_dir": str(self.model_dir),
-                "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
-                "dtype": loaded_dtype(dtype, device),
-                "quantization": quantization,
-                "architecture": type(base).__name__,
-                "measured_facts": self.measured_facts,
-                "context": int(self.config.max_sequence_length),
-            },
+        self._info = checkpoint_info(
+            "visualglm", self.model_dir, self.adapter_dir, dtype=dtype, device=device, quantization=quantization,
+            architecture=type(base).__name__, measured_facts=self.measured_facts,
+            context=int(self.config.max_sequence_length),
         )
         self._lock = threading.Lock()
 
