@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: The corpus's question first, then chat-style phrasings: lowercase, no closing mark, a thanks or an emoji
-#: code after the question, loose wording, context the question does not need, a bare keyword.
+#: code after the question, loose wording, context the question does not need, a bare keyword, a greeting.
+#: None is a form `data_tools.phrasing.as_typed_in_chat` writes for training (a test checks).
 PHRASINGS = (
     "What's wrong with this wafer?",
     "whats wrong with this wafer",
@@ -36,11 +37,14 @@ PHRASINGS = (
     "wafer map from lot 42, any pattern?",
     "What is wrong with this wafer? We saw a yield drop on tool ETCH-04 yesterday.",
     "defects?",
+    "hi! what pattern is on this one?",
+    "Lot 7 just finished final test. What pattern is this?",
     "这片晶圆有什么问题？",
     "这片晶圆有什么缺陷",
     "有什么缺陷",
     "这片晶圆有什么问题？谢谢",
     "帮我看看这片晶圆",
+    "早上好，这片是什么缺陷？",
 )
 
 
