@@ -391,5 +391,5 @@ def as_typed_in_chat(question: str, rng: random.Random, recognition: bool = Fals
         return f"{_chat_context(language, rng)}{gap}{question}"
     if form < 0.9:
         opener = rng.choice(CHAT_OPENERS[language])
-        return opener + (question[0].lower() + question[1:] if question[:2] != "I " else question)
+        return opener + question[0].lower() + question[1:]
     return question
