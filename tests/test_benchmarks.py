@@ -86,7 +86,7 @@ def test_server_throughput_smoke_run_reports_both_settings(tmp_path):
     assert all(0 < r["model_busy"] <= 1.05 for r in rows)  # share of the timed run spent generating
 
 
-def test_vision_tower_probe_trains_a_padded_tower_and_scores_its_head(tmp_path, tiny_model_dir):
+def test_vision_tower_probe_trains_a_padded_tower_and_scores_its_head_on_each_split(tmp_path, tiny_model_dir):
     from defect_glm import main
 
     corpus = tmp_path / "corpus"
@@ -94,11 +94,13 @@ def test_vision_tower_probe_trains_a_padded_tower_and_scores_its_head(tmp_path, 
                  "--out", str(corpus), "--no-progress"]) == 0
     config = '{"image_size": 64, "vision_stem": 8, "vision_channels": [8, 16], "vision_depths": [1, 1]}'
     out = _run("benchmarks/vision_tower_probe.py", "--data", str(corpus), "--steps", "2", "--pad", "2",
-               "--batch", "4", "--threads", "1", "--config", config, "--tokenizer", str(tiny_model_dir))
+               "--batch", "4", "--threads", "1", "--config", config, "--tokenizer", str(tiny_model_dir),
+               "--train-maps", "3")
     figures = json.loads(out[out.index("{"):])
     assert figures["steps"] == 2 and figures["pad"] == 2 and figures["config"]["vision_channels"] == [8, 16]
     assert figures["seconds_per_step"] > 0 and figures["tower_parameters"] > 0
     assert figures["val_maps"] > 0 and 0 <= figures["val_exact_match"] <= 1
+    assert figures["train_maps"] == 3 and 0 <= figures["train_exact_match"] <= 1
 
 
 def test_chat_phrasings_scores_each_phrasing_as_the_model_reads_it(tiny_model_dir):
