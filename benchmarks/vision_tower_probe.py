@@ -17,6 +17,7 @@ model card's "Known limitations" were measured:
     python benchmarks/vision_tower_probe.py --data runs/corpus10 --steps 1500 --pad 2 --train-maps 2000
     python benchmarks/vision_tower_probe.py --data runs/corpus10 --steps 1500 --pad 2 --train-maps 2000 --config \
         '{"image_size": 224, "vision_stem": 16, "vision_channels": [16, 32, 64, 128], "vision_depths": [1, 2, 2, 2]}'
+    (and the same with --steps 3000)
 """
 
 from __future__ import annotations
