@@ -77,7 +77,7 @@ def main() -> None:
     scored = {split: corpus.map_indices(split) for split in ("val", "test")}
     if args.train_maps:
         chosen = np.random.default_rng(args.seed).choice(len(train), min(args.train_maps, len(train)), replace=False)
-        scored["train"] = np.asarray(train)[np.sort(chosen)]
+        scored["train"] = train[np.sort(chosen)]
     for split, maps in scored.items():
         figures[f"{split}_maps"] = len(maps)
         if len(maps):
