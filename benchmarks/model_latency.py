@@ -20,6 +20,8 @@ import time
 import numpy as np
 import torch
 
+from finetune.views import VIEW_TRANSFORMS
+
 
 def _maps(args: argparse.Namespace) -> np.ndarray:
     if args.mixedwm38:
@@ -42,6 +44,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="weights dtype, as the server's --dtype (default float32)")
+    parser.add_argument("--views", type=int, choices=tuple(VIEW_TRANSFORMS),
+                        help="views of each map to answer from (finetune/views.py; default: the checkpoint's)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
 
@@ -50,11 +54,12 @@ def main() -> None:
     from finetune.checkpoints import serving_model_dir
     from finetune.generation import generate_answers
     from finetune.loading import load_model
+    from finetune.views import answer_views
     from model_server.backends.base import GenerationRequest
 
     torch.set_num_threads(args.threads)
     model_dir = args.model or serving_model_dir()
-    model, processor = load_model(model_dir, dtype=args.dtype, channels_last=True)
+    model, processor = load_model(model_dir, dtype=args.dtype, channels_last=True, views=args.views)
     grids = _maps(args)
     requests = [
         GenerationRequest(RECOGNITION_QUESTIONS[("en", "zh")[i % 2]][0], WaferMap(g), max_new_tokens=64)
@@ -80,6 +85,7 @@ def main() -> None:
         "model": str(model_dir),
         "threads": args.threads,
         "dtype": args.dtype,
+        "views": answer_views(model),
         "maps": len(requests),
         "batch1_median_ms": round(statistics.median(single_ms), 1),
         "batch1_p95_ms": round(float(np.percentile(single_ms, 95)), 1),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from finetune.views import VIEW_TRANSFORMS
+
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     # Each block below belongs to one module; keep them independent.
@@ -215,6 +217,9 @@ def _register_evaluation(subcommands: argparse._SubParsersAction) -> None:
     ev.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "auto"),
                     help="weights' dtype, as `defect-glm serve --dtype` loads them (default float32; the server's "
                          "default is auto: bfloat16 where the CPU or GPU runs it natively)")
+    ev.add_argument("--views", type=int, choices=tuple(VIEW_TRANSFORMS),
+                    help="answer from this many rotated/mirrored views of each map (finetune/views.py; "
+                         "default: the checkpoint's setting, as the server answers)")
     ev.add_argument("--json", action="store_true", help="print the full result as JSON")
     ev.add_argument("--report", metavar="DIR", help="write confusion_matrix.png and report.md here")
     ev.set_defaults(handler=_run_evaluation)
@@ -233,7 +238,7 @@ def _run_evaluation(args: argparse.Namespace) -> int:
             args.model or serving_model_dir(), args.mixedwm38, adapter_dir=args.adapter, split=args.split,
             limit=args.limit, batch_size=args.batch_size, numbers=args.numbers, locations=args.locations, yesno=args.yesno,
             seed=args.seed,
-            report_dir=args.report, threads=args.threads, dtype=args.dtype,
+            report_dir=args.report, threads=args.threads, dtype=args.dtype, views=args.views,
         )
     except (EvaluationError, ModelLoadError) as exc:
         raise CommandError(str(exc)) from None

@@ -327,20 +327,24 @@ def evaluate_file(
     report_dir: str | Path | None = None,
     threads: int | None = None,
     dtype: str = "float32",
+    views: int | None = None,
 ) -> dict:
-    """Load a checkpoint (weights in `dtype`, as the server would with `--dtype`), evaluate it on a
-    MixedWM38 file, optionally write a report; returns the JSON dict."""
+    """Load a checkpoint (weights in `dtype`, as the server would with `--dtype`; answering from `views`
+    views of each map, None: the checkpoint's setting), evaluate it on a MixedWM38 file, optionally
+    write a report; returns the JSON dict."""
     import torch
 
     from finetune.loading import load_model, loaded_dtype
+    from finetune.views import answer_views
 
     if threads:
         torch.set_num_threads(threads)
     grids, labels = select_maps(mixedwm38, split, limit, seed)
-    model, processor = load_model(model_dir, adapter_dir=adapter_dir, dtype=dtype, channels_last=True)
+    model, processor = load_model(model_dir, adapter_dir=adapter_dir, dtype=dtype, channels_last=True, views=views)
     result: dict[str, Any] = {
         "model": str(model_dir),
         "dtype": loaded_dtype(dtype, None),
+        "views": answer_views(model),
         "adapter": None if adapter_dir is None else str(adapter_dir),
         "file": str(mixedwm38),
         "split": split,

@@ -19,6 +19,7 @@ import torch
 from finetune.location_slots import has_location_slots, named_patterns
 from finetune.number_slots import fill_from_map, fill_stream, has_slots, slot_answer
 from finetune.prompting import PromptTooLong, build_messages, fit_history, images_of, uses_measured_facts
+from finetune.views import answer_views, consensus, view_wafers
 from model_server.backends.base import GenerationRequest, Turn
 
 
@@ -48,16 +49,20 @@ def _encode(processor: Any, texts: list[str], images: list) -> dict:
     return processor(**kwargs)
 
 
-def prepare_prompt(model: Any, processor: Any, request: GenerationRequest) -> tuple[str, dict]:
-    """Prompt text and its encoding (a batch of one) for one request, oldest turns dropped (in pairs)
-    until prompt and answer fit the model's context."""
+def prepare_prompt(model: Any, processor: Any, request: GenerationRequest, views: int = 1) -> tuple[str, dict]:
+    """Prompt text (of the map as sent) and the encoding of one request, a row per view of its map
+    (`finetune.views`; left-padded), oldest turns dropped (in pairs) until every view's prompt and
+    the answer fit the model's context."""
 
     facts = uses_measured_facts(model)
+    pad_token_id = _tokenizer(processor).pad_token_id
 
     def encode(history: tuple[Turn, ...]) -> tuple[int, tuple[str, dict]]:
-        text, images = _prompt_text(processor, request, history, facts)
-        encoded = _encode(processor, [text], images)
-        return int(encoded["input_ids"].shape[1]), (text, encoded)
+        prompts = _prompt_texts(processor, request, history, facts, views)
+        encodings = [_encode(processor, [text], images) for text, images in prompts]
+        length = max(int(e["input_ids"].shape[1]) for e in encodings)
+        encoded = encodings[0] if len(encodings) == 1 else left_pad_batch(encodings, pad_token_id)
+        return length, (prompts[0][0], encoded)
 
     try:
         return fit_history(_prompt_history(processor, request), request.max_new_tokens, context_limit(model), encode)
@@ -65,10 +70,17 @@ def prepare_prompt(model: Any, processor: Any, request: GenerationRequest) -> tu
         raise GenerationError(str(exc)) from None
 
 
-def _prompt_text(processor: Any, request: GenerationRequest, history: tuple[Turn, ...], facts: bool) -> tuple[str, list]:
-    """The chat-template text of `request` with `history`, and the images its placeholders stand for."""
-    messages = build_messages(request.wafer, history, request.question, facts=facts)
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), images_of(messages)
+def _prompt_texts(
+    processor: Any, request: GenerationRequest, history: tuple[Turn, ...], facts: bool, views: int
+) -> list[tuple[str, list]]:
+    """For each view of the request's map, the chat-template text of `request` with `history` and the
+    images its placeholders stand for (one entry when there is no map)."""
+    prompts = []
+    for wafer in view_wafers(request.wafer, views):
+        messages = build_messages(wafer, history, request.question, facts=facts)
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompts.append((text, images_of(messages)))
+    return prompts
 
 
 def _prompt_history(processor: Any, request: GenerationRequest) -> tuple[Turn, ...]:
@@ -95,10 +107,10 @@ def _device_of(model: Any) -> torch.device:
 
 
 def left_pad_batch(encodings: Sequence[dict], pad_token_id: int) -> dict:
-    """One batch from single-row processor outputs: per-token tensors (shaped like `input_ids`) are
-    left-padded (`input_ids` with the pad token, the rest with 0, so the attention mask hides the
-    padding); every other tensor (pixel values, image sizes) is concatenated along the batch, in
-    request order (the order the model matches images to their placeholder tokens)."""
+    """One batch from processor outputs: per-token tensors (shaped like `input_ids`) are left-padded
+    (`input_ids` with the pad token, the rest with 0, so the attention mask hides the padding) and
+    stacked, rows in order; every other tensor (pixel values, image sizes) is concatenated along the
+    batch, in request order (the order the model matches images to their placeholder tokens)."""
     length = max(int(e["input_ids"].shape[1]) for e in encodings)
     batch: dict[str, Any] = {}
     for key in dict.fromkeys(k for e in encodings for k in e):  # a request without an image has no pixel values
@@ -109,40 +121,46 @@ def left_pad_batch(encodings: Sequence[dict], pad_token_id: int) -> dict:
             v.dim() == 2 and v.shape == e["input_ids"].shape for v, e in zip(values, encodings)
         ):
             fill = pad_token_id if key == "input_ids" else 0
-            batch[key] = torch.stack([
-                torch.nn.functional.pad(v[0], (length - v.shape[1], 0), value=fill) for v in values
+            batch[key] = torch.cat([
+                torch.nn.functional.pad(v, (length - v.shape[1], 0), value=fill) for v in values
             ])
         else:
             batch[key] = torch.cat(values)
     return batch
 
 
-def _encode_together(model: Any, processor: Any, requests: Sequence[GenerationRequest]) -> dict | None:
-    """The batch's prompts, whole history included, encoded in one processor call (left-padded), or None
-    when one of them must drop turns to fit the context (or the tokenizer pads on the right)."""
+def _encode_together(
+    model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int = 1
+) -> dict | None:
+    """The batch's prompts (a row per view of each map), whole history included, encoded in one
+    processor call (left-padded), or None when one of them must drop turns to fit the context (or
+    the tokenizer pads on the right)."""
     if _tokenizer(processor).padding_side != "left":
         return None
     facts = uses_measured_facts(model)
-    texts, images = [], []
+    texts, images, budgets = [], [], []
     for request in requests:
-        text, request_images = _prompt_text(processor, request, _prompt_history(processor, request), facts)
-        texts.append(text)
-        images.extend(request_images)
+        for text, request_images in _prompt_texts(processor, request, _prompt_history(processor, request), facts, views):
+            texts.append(text)
+            images.extend(request_images)
+            budgets.append(request.max_new_tokens)
     encoded = _encode(processor, texts, images)
     lengths = encoded["attention_mask"].sum(dim=1).tolist()
     limit = context_limit(model)
-    if any(length + request.max_new_tokens > limit for length, request in zip(lengths, requests)):
+    if any(length + budget > limit for length, budget in zip(lengths, budgets)):
         return None
     return dict(encoded)
 
 
-def _inputs(model: Any, processor: Any, requests: Sequence[GenerationRequest]) -> dict:
-    """Model inputs for a batch: the prompts encoded together when they all fit the context; otherwise
-    each request encoded once while fitting it (oldest turns dropped), then left-padded. Both give the
-    same tensors; one processor call for the batch is cheaper than one per request."""
-    inputs = _encode_together(model, processor, requests) if len(requests) > 1 else None
+def _inputs(model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int = 1) -> dict:
+    """Model inputs for a batch, a row per view of each request's map: the prompts encoded together
+    when they all fit the context; otherwise each request encoded once while fitting it (oldest
+    turns dropped), then left-padded. Both give the same tensors; one processor call for the batch
+    is cheaper than one per request."""
+    rows = sum(len(view_wafers(request.wafer, views)) for request in requests)
+    inputs = _encode_together(model, processor, requests, views) if rows > 1 else None
     if inputs is None:
-        encodings = [prepare_prompt(model, processor, request)[1] for request in requests]
+        encodings = [prepare_prompt(model, processor, request, views)[1] for request in requests]
         inputs = encodings[0] if len(encodings) == 1 else left_pad_batch(encodings, _tokenizer(processor).pad_token_id)
     device = _device_of(model)
     dtype = next(model.parameters()).dtype
@@ -175,21 +193,34 @@ def generate_answers(
     size = batch_size or len(requests)
     answers: list[str] = []
     tokenizer = _tokenizer(processor)
+    views = answer_views(model)
     for start in range(0, len(requests), size):
         chunk = requests[start : start + size]
-        inputs = _inputs(model, processor, chunk)
+        inputs = _inputs(model, processor, chunk, views)
         max_new = max(r.max_new_tokens for r in chunk)
         with torch.inference_mode():
             output = model.generate(**inputs, **generation_kwargs(processor, max_new))
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        for row, request in zip(new_tokens, chunk):
-            text = tokenizer.decode(row[: request.max_new_tokens], skip_special_tokens=True).strip()
-            answers.append(fill_from_map(text, request.wafer, request.earlier_answers) if fill_slots else text)
+        rows = iter(output[:, inputs["input_ids"].shape[1] :])
+        for request in chunk:
+            texts = [
+                tokenizer.decode(next(rows)[: request.max_new_tokens], skip_special_tokens=True).strip()
+                for _ in view_wafers(request.wafer, views)
+            ]
+            filled = [fill_from_map(text, request.wafer, request.earlier_answers) for text in texts]
+            chosen = consensus(filled) if len(filled) > 1 else 0
+            answers.append(filled[chosen] if fill_slots else texts[chosen])
     return answers
 
 
 def stream_answer(model: Any, processor: Any, request: GenerationRequest) -> Iterator[str]:
-    """Yield the greedy answer to one request piece by piece as it is generated (for SSE)."""
+    """Yield the greedy answer to one request piece by piece as it is generated (for SSE).
+
+    An answer chosen among several views of the map (`finetune.views`) is known only once all are
+    written: it comes as one piece."""
+    if len(view_wafers(request.wafer, answer_views(model))) > 1:
+        if answer := generate_answers(model, processor, [request])[0]:
+            yield answer
+        return
     inputs = _inputs(model, processor, [request])
     pieces = stream_generate(model, _tokenizer(processor), inputs, generation_kwargs(processor, request.max_new_tokens))
     if request.wafer is not None and has_slots(_tokenizer(processor)):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from finetune.precision import AUTO_DTYPE, resolve_dtype, slow_bf16_warning
+from finetune.views import VIEW_TRANSFORMS, set_answer_views
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZATIONS = ("4bit", "8bit")
@@ -108,6 +109,7 @@ def load_model(
     trainable: bool = False,
     with_processor: bool = True,
     channels_last: bool = False,
+    views: int | None = None,
 ) -> tuple[Any, Any]:
     """Load `(model, processor)` from a checkpoint directory, with an optional peft adapter on top.
 
@@ -121,12 +123,17 @@ def load_model(
     layout oneDNN's kernels want: the small model's convolutional vision tower runs about twice as
     fast in bf16 and ~20 % faster in fp32, with identical fp32 answers. Such weights cannot be saved
     with safetensors, so a model that will be saved again (merged, averaged) keeps the default layout.
+
+    `views` (1, 2, 4 or 8) sets how many dihedral views of the map generation answers from
+    (`finetune.views`); None keeps the checkpoint's setting.
     """
     from transformers import AutoModelForImageTextToText
 
     model_path = _check_dir(model_dir, "model checkpoint", "config.json")
     if dtype not in DTYPES and dtype != AUTO_DTYPE:
         raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)} or {AUTO_DTYPE}; got {dtype!r}")
+    if views is not None and views not in VIEW_TRANSFORMS:
+        raise ModelLoadError(f"views must be one of {', '.join(map(str, VIEW_TRANSFORMS))}; got {views!r}")
     device = resolve_device(device)
     torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     quant = quantization_config(quantization, torch_dtype)
@@ -157,6 +164,8 @@ def load_model(
         model.eval()
         if channels_last and device == "cpu" and quant is None:
             model.to(memory_format=torch.channels_last)
+    if views is not None:
+        set_answer_views(model, views)
     processor = load_processor(model_path, adapter_dir) if with_processor else None
     return model, processor
 

@@ -14,6 +14,7 @@ the one in docs/server.md are generated from it (`python -m model_server.config`
 | dtype | DEFECT_GLM_DTYPE | --dtype | auto | weights dtype: auto (bfloat16 where the CPU or GPU runs it natively: AMX, AVX512-BF16, CUDA from Ampere on; else float32, or float16 on an older GPU), float32, bfloat16 or float16 |
 | quantization | DEFECT_GLM_QUANTIZATION | --quantization | (none) | 4bit or 8bit through bitsandbytes (CUDA only) |
 | device | DEFECT_GLM_DEVICE | --device | (auto) | torch device, e.g. cpu or cuda:0 |
+| views | DEFECT_GLM_VIEWS | --views | (checkpoint's) | hf backend: answer from 1, 2, 4 or 8 rotated/mirrored views of the map at once (their mean next-token distribution): fewer recognition mistakes, slower answers; default: the checkpoint's setting (1 for the committed model) |
 | openai_url | DEFECT_GLM_OPENAI_URL | --openai-url | (none) | base URL of the OpenAI-compatible engine (openai backend), e.g. http://gpu-host:8000/v1 |
 | openai_model | DEFECT_GLM_OPENAI_MODEL | --openai-model | (engine's first model) | model name to request from the engine |
 | openai_api_key | DEFECT_GLM_OPENAI_API_KEY | --openai-api-key | (none) | bearer token for the engine |
@@ -50,6 +51,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from finetune.views import VIEW_TRANSFORMS
+
 BACKENDS = ("hf", "openai", "visualglm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("4bit", "8bit")
@@ -83,6 +86,7 @@ class ServerConfig:
     dtype: str = "auto"
     quantization: str | None = None
     device: str | None = None
+    views: int | None = None
     openai_url: str | None = None
     openai_model: str | None = None
     openai_api_key: str | None = None
@@ -151,6 +155,11 @@ def validate(cfg: ServerConfig) -> list[str]:
         cfg.quantization is None or cfg.quantization in QUANTIZATIONS,
         f"quantization must be 4bit or 8bit (or unset), got {cfg.quantization!r}",
     )
+    need(
+        cfg.views is None or cfg.views in VIEW_TRANSFORMS,
+        f"views must be one of {', '.join(map(str, VIEW_TRANSFORMS))} (or unset: the checkpoint's setting), got {cfg.views}",
+    )
+    need(cfg.views is None or cfg.backend == "hf", f"views is a setting of the hf backend, not of {cfg.backend}; unset it")
     need(
         cfg.backend != "openai" or bool(cfg.openai_url),
         "the openai backend needs openai_url (DEFECT_GLM_OPENAI_URL / --openai-url), e.g. http://127.0.0.1:8000/v1",
@@ -243,6 +252,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("quantization", "DEFECT_GLM_QUANTIZATION", _str, "(none)",
            "4bit or 8bit through bitsandbytes (CUDA only)", QUANTIZATIONS),
     Option("device", "DEFECT_GLM_DEVICE", _str, "(auto)", "torch device, e.g. cpu or cuda:0"),
+    Option("views", "DEFECT_GLM_VIEWS", _int, "(checkpoint's)",
+           "hf backend: answer from 1, 2, 4 or 8 rotated/mirrored views of the map at once (their mean next-token "
+           "distribution): fewer recognition mistakes, slower answers; default: the checkpoint's setting (1 for the "
+           "committed model)"),
     Option("openai_url", "DEFECT_GLM_OPENAI_URL", _str, "(none)",
            "base URL of the OpenAI-compatible engine (openai backend), e.g. http://gpu-host:8000/v1"),
     Option("openai_model", "DEFECT_GLM_OPENAI_MODEL", _str, "(engine's first model)",

@@ -66,6 +66,20 @@ def test_hf_bfloat16_answers_through_the_server(tmp_path, tiny_model_dir):
     backend.close()
 
 
+def test_hf_answers_from_the_configured_views_through_the_server(tmp_path, tiny_model_dir):
+    backend = load_backend(_config(tmp_path, "cfg", model=tiny_model_dir, dtype="float32", device="cpu", views=4))
+    assert backend.info.details["views"] == 4
+
+    async def go():
+        async with running_server(_config(tmp_path, "views"), backend) as server, \
+                ModelServerClient(server.url) as client:
+            return await client.send_message("v", "What defects does this wafer show?", image=wafer_png())
+
+    reply = asyncio.run(go())
+    assert isinstance(reply.answer, str) and reply.findings is not None
+    backend.close()
+
+
 def test_the_default_dtype_is_bfloat16_only_where_the_cpu_runs_it_natively(tmp_path, tiny_model_dir):
     config = _config(tmp_path, "auto", model=tiny_model_dir, device="cpu")
     assert config.dtype == "auto"

@@ -30,6 +30,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "dtype": ("bfloat16", "bfloat16"),
     "quantization": ("4bit", "4bit"),
     "device": ("cpu", "cpu"),
+    "views": ("4", 4),
     "openai_url": ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
     "openai_model": ("served", "served"),
     "openai_api_key": ("k", "k"),
@@ -97,6 +98,8 @@ def test_flags_override_the_environment_and_the_defaults_are_safe():
     ({"DEFECT_GLM_IMAGE_FORMATS": "PNG,TIFF"}, "TIFF"),
     ({"DEFECT_GLM_BACKEND": "openai"}, "openai_url"),
     ({"DEFECT_GLM_OPENAI_URL": "ftp://x"}, "openai_url"),
+    ({"DEFECT_GLM_VIEWS": "3"}, "views must be one of 1, 4, 8"),
+    ({"DEFECT_GLM_VIEWS": "4", "DEFECT_GLM_BACKEND": "visualglm"}, "views is a setting of the hf backend"),
 ])
 def test_bad_values_are_refused_by_name(environ, needle):
     with pytest.raises(ConfigError) as err:

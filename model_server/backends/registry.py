@@ -63,4 +63,4 @@ def load_backend(config: ServerConfig) -> Backend:
     from model_server.backends.hf import HFBackend
 
     return HFBackend(directory, config.adapter, dtype=config.dtype, quantization=config.quantization,
-                     device=config.device)
+                     device=config.device, views=config.views)

@@ -1,0 +1,85 @@
+"""Answering from several rotated/mirrored views of the map (finetune.views); generation with a tiny random checkpoint
+(the committed model's votes are checked in test_default_model.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data_tools.synthetic import generate
+from data_tools.wafer_map import WaferMap
+from finetune.generation import _encode_together, generate_answers, left_pad_batch, prepare_prompt, stream_answer
+from finetune.loading import ModelLoadError, load_model
+from finetune.views import VIEW_TRANSFORMS, answer_views, check_views, consensus, set_answer_views, view_wafers
+from model_server.backends.base import GenerationRequest, Turn
+
+
+@pytest.fixture(scope="module")
+def wafer() -> WaferMap:
+    return generate("Edge_Loc+Scratch", np.random.default_rng(3))
+
+
+@pytest.fixture(scope="module")
+def eight_views(tiny_model_dir):
+    return load_model(tiny_model_dir, views=8)
+
+
+def test_views_are_distinct_transforms_of_the_map_with_the_map_itself_first(wafer):
+    for count in VIEW_TRANSFORMS:
+        maps = view_wafers(wafer, count)
+        assert len(maps) == count and maps[0] is wafer
+        assert len({m.grid.tobytes() for m in maps}) == count  # this map has no symmetry
+        assert all(m.failing == wafer.failing for m in maps)
+    assert view_wafers(None, 8) == [None]  # a question without a map is asked once
+
+
+def test_unsupported_view_counts_are_refused_with_the_choices():
+    assert check_views(4) == 4
+    with pytest.raises(ValueError, match="one of 1, 4, 8; got 3"):
+        check_views(3)
+
+
+def test_the_answer_is_the_first_naming_the_patterns_most_views_name():
+    assert consensus(["Center.", "Center and Scratch.", "Scratch and Center.", "Center, Scratch"]) == 1
+    assert consensus(["中心缺陷。", "Center.", "Donut.", "环状缺陷。"]) == 0  # same reading in either language
+    assert consensus(["Center.", "Donut.", "Normal: no defects."]) == 0  # no majority: the map as sent
+    assert consensus(["The yield is 93.50%.", "Center.", "The yield is 93.50%."]) == 0  # naming none is a choice too
+    with pytest.raises(ValueError, match="no answers"):
+        consensus([])
+
+
+def test_the_setting_comes_from_the_checkpoint_and_loading_can_override_it(tiny_model_dir, tmp_path, eight_views):
+    plain, _ = load_model(tiny_model_dir)
+    assert answer_views(plain) == 1 and answer_views(eight_views[0]) == 8
+    set_answer_views(plain, 4)
+    plain.save_pretrained(tmp_path)
+    for name in ("preprocessor_config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "chat_template.jinja", "special_tokens_map.json"):
+        if (tiny_model_dir / name).exists():
+            (tmp_path / name).write_bytes((tiny_model_dir / name).read_bytes())
+    assert answer_views(load_model(tmp_path)[0]) == 4
+    assert answer_views(load_model(tmp_path, views=8)[0]) == 8
+    with pytest.raises(ModelLoadError, match="views must be one of 1, 4, 8; got 2"):
+        load_model(tiny_model_dir, views=2)
+
+
+def test_views_batch_like_single_requests_and_stream_the_same_text(eight_views, wafer):
+    model, processor = eight_views
+    other = generate("Donut", np.random.default_rng(4))
+    requests = [
+        GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=6),
+        GenerationRequest("hi", None, max_new_tokens=4),
+        GenerationRequest("And the yield?", other, history=(Turn("user", "What?"), Turn("assistant", "Donut.")),
+                          max_new_tokens=5),
+    ]
+    batched = generate_answers(model, processor, requests)
+    assert batched == [generate_answers(model, processor, [r])[0] for r in requests]
+    together = _encode_together(model, processor, requests, 8)
+    assert together is not None and together["input_ids"].shape[0] == 8 + 1 + 8  # no views of no map
+    expected = left_pad_batch([prepare_prompt(model, processor, r, 8)[1] for r in requests],
+                              processor.tokenizer.pad_token_id)
+    for key, tensor in expected.items():
+        assert torch.equal(together[key], tensor), key
+    assert "".join(stream_answer(model, processor, requests[0])).strip() == batched[0]  # one piece
+    assert "".join(stream_answer(model, processor, requests[1])).strip() == batched[1]  # streamed
