@@ -46,6 +46,8 @@ def main() -> None:
                         help="weights dtype, as the server's --dtype (default float32)")
     parser.add_argument("--views", type=int, choices=tuple(VIEW_TRANSFORMS),
                         help="views of each map to answer from (finetune/views.py; default: the checkpoint's)")
+    parser.add_argument("--views-below", type=float, metavar="P",
+                        help="ask the other views only below this sureness (1: always; default: the checkpoint's)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
 
@@ -54,12 +56,13 @@ def main() -> None:
     from finetune.checkpoints import serving_model_dir
     from finetune.generation import generate_answers
     from finetune.loading import load_model
-    from finetune.views import answer_views
+    from finetune.views import answer_views, views_below
     from model_server.backends.base import GenerationRequest
 
     torch.set_num_threads(args.threads)
     model_dir = args.model or serving_model_dir()
-    model, processor = load_model(model_dir, dtype=args.dtype, channels_last=True, views=args.views)
+    model, processor = load_model(model_dir, dtype=args.dtype, channels_last=True, views=args.views,
+                                  views_below=args.views_below)
     grids = _maps(args)
     requests = [
         GenerationRequest(RECOGNITION_QUESTIONS[("en", "zh")[i % 2]][0], WaferMap(g), max_new_tokens=64)
@@ -86,6 +89,7 @@ def main() -> None:
         "threads": args.threads,
         "dtype": args.dtype,
         "views": answer_views(model),
+        "views_below": views_below(model),
         "maps": len(requests),
         "batch1_median_ms": round(statistics.median(single_ms), 1),
         "batch1_p95_ms": round(float(np.percentile(single_ms, 95)), 1),

@@ -25,10 +25,12 @@ import torch
 from finetune.checkpoints import require_new_dir, save_new_checkpoint
 from finetune.loading import load_model
 from finetune.prompting import MEASURED_FACTS_ATTRIBUTE, uses_measured_facts
+from finetune.views import BELOW_ATTRIBUTE, VIEWS_ATTRIBUTE
 
 AVERAGED_FROM_FILE = "averaged_from.json"
-#: Config entries that may differ between checkpoints of one architecture (bookkeeping, not shape).
-_CONFIG_BOOKKEEPING = ("_name_or_path", "transformers_version", "name_or_path")
+#: Config entries that may differ between checkpoints of one architecture (bookkeeping and how it
+#: answers, not shape); the average keeps the first checkpoint's.
+_CONFIG_BOOKKEEPING = ("_name_or_path", "transformers_version", "name_or_path", VIEWS_ATTRIBUTE, BELOW_ATTRIBUTE)
 
 
 class AveragingError(ValueError):

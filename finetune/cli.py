@@ -220,6 +220,9 @@ def _register_evaluation(subcommands: argparse._SubParsersAction) -> None:
     ev.add_argument("--views", type=int, choices=tuple(VIEW_TRANSFORMS),
                     help="answer from this many rotated/mirrored views of each map (finetune/views.py; "
                          "default: the checkpoint's setting, as the server answers)")
+    ev.add_argument("--views-below", type=float, metavar="P",
+                    help="ask the other views only when the answer about the map as sent is less sure than P "
+                         "(its least likely token after the first; 1: always; default: the checkpoint's setting)")
     ev.add_argument("--json", action="store_true", help="print the full result as JSON")
     ev.add_argument("--report", metavar="DIR", help="write confusion_matrix.png and report.md here")
     ev.set_defaults(handler=_run_evaluation)
@@ -239,6 +242,7 @@ def _run_evaluation(args: argparse.Namespace) -> int:
             limit=args.limit, batch_size=args.batch_size, numbers=args.numbers, locations=args.locations, yesno=args.yesno,
             seed=args.seed,
             report_dir=args.report, threads=args.threads, dtype=args.dtype, views=args.views,
+            views_below=args.views_below,
         )
     except (EvaluationError, ModelLoadError) as exc:
         raise CommandError(str(exc)) from None

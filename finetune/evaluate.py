@@ -328,23 +328,27 @@ def evaluate_file(
     threads: int | None = None,
     dtype: str = "float32",
     views: int | None = None,
+    views_below: float | None = None,
 ) -> dict:
     """Load a checkpoint (weights in `dtype`, as the server would with `--dtype`; answering from `views`
-    views of each map, None: the checkpoint's setting), evaluate it on a MixedWM38 file, optionally
+    views of each map when less sure than `views_below`; None: the checkpoint's settings), evaluate it on a MixedWM38 file, optionally
     write a report; returns the JSON dict."""
     import torch
 
     from finetune.loading import load_model, loaded_dtype
     from finetune.views import answer_views
+    from finetune.views import views_below as views_below_of
 
     if threads:
         torch.set_num_threads(threads)
     grids, labels = select_maps(mixedwm38, split, limit, seed)
-    model, processor = load_model(model_dir, adapter_dir=adapter_dir, dtype=dtype, channels_last=True, views=views)
+    model, processor = load_model(model_dir, adapter_dir=adapter_dir, dtype=dtype, channels_last=True, views=views,
+                                  views_below=views_below)
     result: dict[str, Any] = {
         "model": str(model_dir),
         "dtype": loaded_dtype(dtype, None),
         "views": answer_views(model),
+        "views_below": views_below_of(model),
         "adapter": None if adapter_dir is None else str(adapter_dir),
         "file": str(mixedwm38),
         "split": split,

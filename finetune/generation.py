@@ -15,11 +15,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from finetune.location_slots import has_location_slots, named_patterns
 from finetune.number_slots import fill_from_map, fill_stream, has_slots, slot_answer
 from finetune.prompting import PromptTooLong, build_messages, fit_history, images_of, uses_measured_facts
-from finetune.views import answer_views, consensus, view_wafers
+from finetune.views import SurenessRecorder, answer_views, consensus, view_wafers, views_below
 from model_server.backends.base import GenerationRequest, Turn
 
 
@@ -191,25 +192,59 @@ def generate_answers(
     if not requests:
         return []
     size = batch_size or len(requests)
+    views, below = answer_views(model), views_below(model)
     answers: list[str] = []
-    tokenizer = _tokenizer(processor)
-    views = answer_views(model)
     for start in range(0, len(requests), size):
         chunk = requests[start : start + size]
-        inputs = _inputs(model, processor, chunk, views)
-        max_new = max(r.max_new_tokens for r in chunk)
-        with torch.inference_mode():
-            output = model.generate(**inputs, **generation_kwargs(processor, max_new))
-        rows = iter(output[:, inputs["input_ids"].shape[1] :])
-        for request in chunk:
-            texts = [
-                tokenizer.decode(next(rows)[: request.max_new_tokens], skip_special_tokens=True).strip()
-                for _ in view_wafers(request.wafer, views)
-            ]
+        if views > 1 and below is not None:
+            written = _answers_from_unsure_views(model, processor, chunk, views, below)
+        else:
+            written, _ = _generate_views(model, processor, chunk, views)
+        for request, texts in zip(chunk, written):
             filled = [fill_from_map(text, request.wafer, request.earlier_answers) for text in texts]
             chosen = consensus(filled) if len(filled) > 1 else 0
             answers.append(filled[chosen] if fill_slots else texts[chosen])
     return answers
+
+
+def _generate_views(
+    model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int
+) -> tuple[list[list[str]], list[float]]:
+    """One batch of greedy generation: for each request the answers about each view of its map, and
+    how sure the answer about the map as sent was (`SurenessRecorder.least_sure`)."""
+    tokenizer = _tokenizer(processor)
+    inputs = _inputs(model, processor, requests, views)
+    recorder = SurenessRecorder()
+    kwargs = generation_kwargs(processor, max(r.max_new_tokens for r in requests))
+    with torch.inference_mode():
+        output = model.generate(**inputs, **kwargs, logits_processor=LogitsProcessorList([recorder]))
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    sureness = iter(recorder.least_sure(new_tokens, tokenizer.pad_token_id))
+    rows = iter(new_tokens)
+    written, first_sureness = [], []
+    for request in requests:
+        texts = []
+        for _ in view_wafers(request.wafer, views):
+            texts.append(tokenizer.decode(next(rows)[: request.max_new_tokens], skip_special_tokens=True).strip())
+            row_sureness = next(sureness)
+            if len(texts) == 1:
+                first_sureness.append(row_sureness)
+        written.append(texts)
+    return written, first_sureness
+
+
+def _answers_from_unsure_views(
+    model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int, below: float
+) -> list[list[str]]:
+    """The answer about each map as sent, and for those less sure than `below` the answers about all
+    its views (`finetune.views`)."""
+    written, sureness = _generate_views(model, processor, requests, 1)
+    unsure = [i for i, (request, sure) in enumerate(zip(requests, sureness)) if request.wafer is not None and sure < below]
+    if unsure:
+        again, _ = _generate_views(model, processor, [requests[i] for i in unsure], views)
+        for i, texts in zip(unsure, again):
+            written[i] = texts
+    return written
 
 
 def stream_answer(model: Any, processor: Any, request: GenerationRequest) -> Iterator[str]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from finetune.precision import AUTO_DTYPE, resolve_dtype, slow_bf16_warning
-from finetune.views import VIEW_TRANSFORMS, set_answer_views
+from finetune.views import VIEW_TRANSFORMS, set_answer_views, set_views_below
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZATIONS = ("4bit", "8bit")
@@ -110,6 +110,7 @@ def load_model(
     with_processor: bool = True,
     channels_last: bool = False,
     views: int | None = None,
+    views_below: float | None = None,
 ) -> tuple[Any, Any]:
     """Load `(model, processor)` from a checkpoint directory, with an optional peft adapter on top.
 
@@ -124,8 +125,9 @@ def load_model(
     fast in bf16 and ~20 % faster in fp32, with identical fp32 answers. Such weights cannot be saved
     with safetensors, so a model that will be saved again (merged, averaged) keeps the default layout.
 
-    `views` (1, 2, 4 or 8) sets how many dihedral views of the map generation answers from
-    (`finetune.views`); None keeps the checkpoint's setting.
+    `views` (1, 4 or 8) sets how many rotated/mirrored views of the map generation answers from,
+    `views_below` (in (0, 1]; 1: always) the sureness under which it asks them (`finetune.views`);
+    None keeps the checkpoint's setting.
     """
     from transformers import AutoModelForImageTextToText
 
@@ -134,6 +136,8 @@ def load_model(
         raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)} or {AUTO_DTYPE}; got {dtype!r}")
     if views is not None and views not in VIEW_TRANSFORMS:
         raise ModelLoadError(f"views must be one of {', '.join(map(str, VIEW_TRANSFORMS))}; got {views!r}")
+    if views_below is not None and not 0 < views_below <= 1:
+        raise ModelLoadError(f"views_below must be a probability in (0, 1] (1: always ask every view); got {views_below!r}")
     device = resolve_device(device)
     torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     quant = quantization_config(quantization, torch_dtype)
@@ -166,6 +170,8 @@ def load_model(
             model.to(memory_format=torch.channels_last)
     if views is not None:
         set_answer_views(model, views)
+    if views_below is not None:
+        set_views_below(model, views_below)
     processor = load_processor(model_path, adapter_dir) if with_processor else None
     return model, processor
 

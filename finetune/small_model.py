@@ -26,11 +26,14 @@ from transformers import (
 )
 
 from finetune.tokenizer import CHAT_TEMPLATE, EOS, IMAGE, SPECIAL_TOKENS
+from finetune.views import check_below, check_views, set_answer_views, set_views_below
 
 
 @dataclass(frozen=True)
 class SmallModelConfig:
-    """Sizes of the small model. `(image_size / stride)` squared is the number of image tokens."""
+    """Sizes of the small model (`(image_size / stride)` squared is the number of image tokens) and how
+    it answers: from `answer_views` views of the map when less sure than `answer_views_below`
+    (`finetune.views`; saved in its config, so the server and the evaluator answer the same way)."""
 
     image_size: int = 112
     vision_stem: int = 32
@@ -42,6 +45,8 @@ class SmallModelConfig:
     text_kv_heads: int = 2
     text_intermediate: int = 512
     max_positions: int = 1024
+    answer_views: int = 4
+    answer_views_below: float | None = 0.99
 
     def __post_init__(self) -> None:  # JSON overrides arrive as lists
         object.__setattr__(self, "vision_channels", tuple(self.vision_channels))
@@ -69,6 +74,9 @@ class SmallModelConfig:
         if self.text_heads % self.text_kv_heads:
             raise ValueError(f"text_heads {self.text_heads} must be a multiple of text_kv_heads {self.text_kv_heads}")
 
+        check_views(self.answer_views)
+        check_below(self.answer_views_below)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -79,6 +87,7 @@ DEFAULT_CONFIG = SmallModelConfig()
 TINY_CONFIG = SmallModelConfig(
     image_size=32, vision_stem=8, vision_channels=(8, 16, 16), vision_depths=(1, 1, 1),
     text_hidden=32, text_layers=1, text_heads=2, text_kv_heads=1, text_intermediate=64, max_positions=2048,
+    answer_views=1, answer_views_below=None,  # a random model is never sure: one view keeps tests quick
 )
 
 
@@ -139,6 +148,8 @@ def build_model(tokenizer: PreTrainedTokenizerBase, config: SmallModelConfig, se
     )
     torch.manual_seed(seed)
     model = FastVlmForConditionalGeneration(fast_vlm)
+    set_answer_views(model, config.answer_views)
+    set_views_below(model, config.answer_views_below)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from data_tools.wafer_map import WaferMap
 from finetune.answer_parser import parse_answer
 
 VIEWS_ATTRIBUTE = "answer_views"
+BELOW_ATTRIBUTE = "answer_views_below"
 #: The transforms (k × 90° counter-clockwise, then mirrored left-right) of each view count, identity first.
 VIEW_TRANSFORMS: dict[int, tuple[tuple[int, bool], ...]] = {
     1: ((0, False),),
@@ -49,6 +51,26 @@ def set_answer_views(model: object, views: int) -> None:
     setattr(model.config, VIEWS_ATTRIBUTE, check_views(views))  # type: ignore[attr-defined]
 
 
+def views_below(model: object) -> float | None:
+    """The sureness under which `model` asks the other views (its config's `answer_views_below`);
+    None (absent): it always asks them."""
+    value = getattr(getattr(model, "config", None), BELOW_ATTRIBUTE, None)
+    return None if value is None else float(value)
+
+
+def check_below(below: float | None) -> float | None:
+    """`below` when it is None or a probability in (0, 1]; otherwise a ValueError saying so."""
+    if below is not None and not 0 < below <= 1:
+        raise ValueError(f"the sureness under which other views are asked must be in (0, 1], got {below!r}")
+    return below
+
+
+def set_views_below(model: object, below: float | None) -> None:
+    """Make `model` ask the other views only for answers less sure than `below` (None, 1: always)."""
+    below = check_below(below)
+    setattr(model.config, BELOW_ATTRIBUTE, None if below is None or below >= 1 else below)  # type: ignore[attr-defined]
+
+
 def view_wafers(wafer: WaferMap | None, views: int) -> list[WaferMap | None]:
     """The maps of each view of `wafer`, the map itself first (one entry, `wafer`, when there is no map)."""
     if wafer is None:
@@ -64,3 +86,25 @@ def consensus(answers: Sequence[str]) -> int:
     readings = [None if (keys := parse_answer(answer)) is None else frozenset(keys) for answer in answers]
     votes = Counter(readings)
     return next(i for i, reading in enumerate(readings) if votes[reading] == max(votes.values()))
+
+
+class SurenessRecorder:
+    """Logits processor that changes nothing and records, at each step, each row's highest next-token probability."""
+
+    def __init__(self) -> None:
+        self.steps: list = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        self.steps.append(scores.float().softmax(dim=-1).amax(dim=-1))
+        return scores
+
+    def least_sure(self, new_tokens: Any, pad_token_id: int | None) -> list[float]:
+        """Per row of `new_tokens` (the generated tokens, padded), the lowest probability of a token it
+        wrote after its first (the first picks among equivalent wordings; 1.0 for shorter answers)."""
+        import torch
+
+        if len(self.steps) < 2 or new_tokens.shape[1] < 2:
+            return [1.0] * len(new_tokens)
+        sureness = torch.stack(self.steps, dim=1)[:, 1 : new_tokens.shape[1]]
+        written = (new_tokens[:, 1 : 1 + sureness.shape[1]] != pad_token_id).to(sureness.device)
+        return sureness.masked_fill(~written, 1.0).amin(dim=1).tolist()

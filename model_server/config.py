@@ -14,7 +14,8 @@ the one in docs/server.md are generated from it (`python -m model_server.config`
 | dtype | DEFECT_GLM_DTYPE | --dtype | auto | weights dtype: auto (bfloat16 where the CPU or GPU runs it natively: AMX, AVX512-BF16, CUDA from Ampere on; else float32, or float16 on an older GPU), float32, bfloat16 or float16 |
 | quantization | DEFECT_GLM_QUANTIZATION | --quantization | (none) | 4bit or 8bit through bitsandbytes (CUDA only) |
 | device | DEFECT_GLM_DEVICE | --device | (auto) | torch device, e.g. cpu or cuda:0 |
-| views | DEFECT_GLM_VIEWS | --views | (checkpoint's) | hf backend: answer from 1, 2, 4 or 8 rotated/mirrored views of the map at once (their mean next-token distribution): fewer recognition mistakes, slower answers; default: the checkpoint's setting (1 for the committed model) |
+| views | DEFECT_GLM_VIEWS | --views | (checkpoint's) | hf backend: answer from 1, 4 or 8 rotated/mirrored views of the map, with the patterns most of them name: fewer recognition mistakes, more compute; default: the checkpoint's setting (4 for the committed model) |
+| views_below | DEFECT_GLM_VIEWS_BELOW | --views-below | (checkpoint's) | hf backend: ask the other views only when the answer about the map as sent is less sure than this (its least likely token after the first): about the accuracy of all views for little more than the time of one; 1: always ask them; default: the checkpoint's setting (0.99 for the committed model) |
 | openai_url | DEFECT_GLM_OPENAI_URL | --openai-url | (none) | base URL of the OpenAI-compatible engine (openai backend), e.g. http://gpu-host:8000/v1 |
 | openai_model | DEFECT_GLM_OPENAI_MODEL | --openai-model | (engine's first model) | model name to request from the engine |
 | openai_api_key | DEFECT_GLM_OPENAI_API_KEY | --openai-api-key | (none) | bearer token for the engine |
@@ -87,6 +88,7 @@ class ServerConfig:
     quantization: str | None = None
     device: str | None = None
     views: int | None = None
+    views_below: float | None = None
     openai_url: str | None = None
     openai_model: str | None = None
     openai_api_key: str | None = None
@@ -159,7 +161,13 @@ def validate(cfg: ServerConfig) -> list[str]:
         cfg.views is None or cfg.views in VIEW_TRANSFORMS,
         f"views must be one of {', '.join(map(str, VIEW_TRANSFORMS))} (or unset: the checkpoint's setting), got {cfg.views}",
     )
-    need(cfg.views is None or cfg.backend == "hf", f"views is a setting of the hf backend, not of {cfg.backend}; unset it")
+    need(
+        cfg.views_below is None or 0 < cfg.views_below <= 1,
+        f"views_below must be a probability in (0, 1] (1: always ask every view), got {cfg.views_below}",
+    )
+    for name in ("views", "views_below"):
+        need(getattr(cfg, name) is None or cfg.backend == "hf",
+             f"{name} is a setting of the hf backend, not of {cfg.backend}; unset it")
     need(
         cfg.backend != "openai" or bool(cfg.openai_url),
         "the openai backend needs openai_url (DEFECT_GLM_OPENAI_URL / --openai-url), e.g. http://127.0.0.1:8000/v1",
@@ -253,9 +261,12 @@ OPTIONS: tuple[Option, ...] = (
            "4bit or 8bit through bitsandbytes (CUDA only)", QUANTIZATIONS),
     Option("device", "DEFECT_GLM_DEVICE", _str, "(auto)", "torch device, e.g. cpu or cuda:0"),
     Option("views", "DEFECT_GLM_VIEWS", _int, "(checkpoint's)",
-           "hf backend: answer from 1, 2, 4 or 8 rotated/mirrored views of the map at once (their mean next-token "
-           "distribution): fewer recognition mistakes, slower answers; default: the checkpoint's setting (1 for the "
-           "committed model)"),
+           "hf backend: answer from 1, 4 or 8 rotated/mirrored views of the map, with the patterns most of them name: "
+           "fewer recognition mistakes, more compute; default: the checkpoint's setting (4 for the committed model)"),
+    Option("views_below", "DEFECT_GLM_VIEWS_BELOW", _float, "(checkpoint's)",
+           "hf backend: ask the other views only when the answer about the map as sent is less sure than this "
+           "(its least likely token after the first): about the accuracy of all views for little more than the time "
+           "of one; 1: always ask them; default: the checkpoint's setting (0.99 for the committed model)"),
     Option("openai_url", "DEFECT_GLM_OPENAI_URL", _str, "(none)",
            "base URL of the OpenAI-compatible engine (openai backend), e.g. http://gpu-host:8000/v1"),
     Option("openai_model", "DEFECT_GLM_OPENAI_MODEL", _str, "(engine's first model)",

@@ -113,3 +113,14 @@ def test_a_config_without_the_facts_setting_averages_with_one_that_says_on_but_n
     without_facts = _copy_with_measured_facts(other_tiny_dir, tmp_path / "no-facts", False)
     with pytest.raises(AveragingError, match="another architecture or settings"):
         average_checkpoints([older, without_facts], tmp_path / "refused")
+
+
+def test_checkpoints_that_answer_from_other_views_average_and_keep_the_firsts_setting(tiny_model_dir, other_tiny_dir,
+                                                                                       tmp_path):
+    four = tmp_path / "four"
+    shutil.copytree(other_tiny_dir, four)
+    config = json.loads((four / "config.json").read_text())
+    (four / "config.json").write_text(json.dumps({**config, "answer_views": 4, "answer_views_below": 0.99}))
+    soup = average_checkpoints([four, tiny_model_dir], tmp_path / "soup")
+    saved = json.loads((soup / "config.json").read_text())
+    assert (saved["answer_views"], saved["answer_views_below"]) == (4, 0.99)

@@ -11,7 +11,20 @@ from data_tools.synthetic import generate
 from data_tools.wafer_map import WaferMap
 from finetune.generation import _encode_together, generate_answers, left_pad_batch, prepare_prompt, stream_answer
 from finetune.loading import ModelLoadError, load_model
-from finetune.views import VIEW_TRANSFORMS, answer_views, check_views, consensus, set_answer_views, view_wafers
+from finetune.small_model import DEFAULT_CONFIG, SmallModelConfig
+from finetune.views import (
+    VIEW_TRANSFORMS,
+    SurenessRecorder,
+    answer_views,
+    check_below,
+    check_views,
+    consensus,
+    set_answer_views,
+    set_views_below,
+    view_wafers,
+    views_below,
+)
+from finetune.vision_pretrain import vision_tower
 from model_server.backends.base import GenerationRequest, Turn
 
 
@@ -83,3 +96,48 @@ def test_views_batch_like_single_requests_and_stream_the_same_text(eight_views, 
         assert torch.equal(together[key], tensor), key
     assert "".join(stream_answer(model, processor, requests[0])).strip() == batched[0]  # one piece
     assert "".join(stream_answer(model, processor, requests[1])).strip() == batched[1]  # streamed
+
+
+def test_sureness_is_the_least_likely_token_written_after_the_first():
+    recorder = SurenessRecorder()
+    for scores in ([[0.0, 0.0, 5.0], [1.0, 1.0, 1.0]], [[0.0, 0.0, 0.0], [9.0, 0.0, 0.0]], [[5.0, 0.0, 0.0], [0.0, 0.0, 0.0]]):
+        assert torch.equal(recorder(None, torch.tensor(scores)), torch.tensor(scores))  # scores pass unchanged
+    pad = 0
+    # row 0 wrote one token after its first (then padding): its probability 1/3 counts, the padding does not
+    assert recorder.least_sure(torch.tensor([[2, 1, pad], [pad, pad, pad]]), pad) == pytest.approx([1 / 3, 1.0])
+    assert recorder.least_sure(torch.tensor([[2, 1, 1], [3, 4, 4]]), pad) == pytest.approx([1 / 3, 1 / 3])
+    assert SurenessRecorder().least_sure(torch.tensor([[2]]), pad) == [1.0]
+
+
+def test_the_sureness_setting_is_checked_and_one_means_always():
+    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
+        check_below(0.0)
+    with pytest.raises(ValueError, match="answer views must be one of 1, 4, 8"):
+        SmallModelConfig(answer_views=2).validate()
+    assert (DEFAULT_CONFIG.answer_views, DEFAULT_CONFIG.answer_views_below) == (4, 0.99)
+
+
+def _rows_seen_by_the_vision_tower(model, processor, requests) -> list[int]:
+    seen: list[int] = []
+    handle = vision_tower(model).register_forward_hook(lambda module, args, output: seen.append(len(args[0])))
+    try:
+        generate_answers(model, processor, requests)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_only_unsure_answers_ask_the_other_views(tiny_model_dir, wafer):
+    model, processor = load_model(tiny_model_dir, views=4)
+    requests = [GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=4),
+                GenerationRequest("hi", None, max_new_tokens=3),
+                GenerationRequest("Any scratch?", wafer.transformed(1), max_new_tokens=4)]
+    assert _rows_seen_by_the_vision_tower(model, processor, requests) == [8]  # always: 4 views of 2 maps
+    set_views_below(model, 1e-9)  # sure enough, always: one view each
+    assert _rows_seen_by_the_vision_tower(model, processor, requests) == [2]
+    set_views_below(model, 0.999999)  # a random model is never this sure: both maps are asked again, all views
+    assert _rows_seen_by_the_vision_tower(model, processor, requests) == [2, 8]
+    set_views_below(model, 1.0)
+    assert views_below(model) is None
+    with pytest.raises(ModelLoadError, match="views_below must be a probability"):
+        load_model(tiny_model_dir, views_below=1.5)

@@ -31,6 +31,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "quantization": ("4bit", "4bit"),
     "device": ("cpu", "cpu"),
     "views": ("4", 4),
+    "views_below": ("0.9", 0.9),
     "openai_url": ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
     "openai_model": ("served", "served"),
     "openai_api_key": ("k", "k"),
@@ -100,6 +101,7 @@ def test_flags_override_the_environment_and_the_defaults_are_safe():
     ({"DEFECT_GLM_OPENAI_URL": "ftp://x"}, "openai_url"),
     ({"DEFECT_GLM_VIEWS": "3"}, "views must be one of 1, 4, 8"),
     ({"DEFECT_GLM_VIEWS": "4", "DEFECT_GLM_BACKEND": "visualglm"}, "views is a setting of the hf backend"),
+    ({"DEFECT_GLM_VIEWS_BELOW": "1.5"}, "views_below must be a probability in (0, 1]"),
 ])
 def test_bad_values_are_refused_by_name(environ, needle):
     with pytest.raises(ConfigError) as err:

@@ -69,19 +69,22 @@ class HFBackend(Backend):
         quantization: str | None = None,
         device: str | None = None,
         views: int | None = None,
+        views_below: float | None = None,
     ) -> None:
         from finetune.loading import load_model
         from finetune.views import answer_views
+        from finetune.views import views_below as views_below_of
 
         self.model_dir = Path(model_dir).expanduser()
         self.adapter_dir = Path(adapter_dir).expanduser() if adapter_dir is not None else None
         self.model, self.processor = load_model(
             self.model_dir, self.adapter_dir, dtype=dtype, quantization=quantization, device=device,
-            channels_last=True, views=views,
+            channels_last=True, views=views, views_below=views_below,
         )
         self._info = checkpoint_info(
             "hf", self.model_dir, self.adapter_dir, dtype=dtype, device=device, quantization=quantization,
             architecture=type(getattr(self.model, "base_model", self.model)).__name__, views=answer_views(self.model),
+            views_below=views_below_of(self.model),
         )
         self._lock = threading.Lock()
 

@@ -63,4 +63,4 @@ def load_backend(config: ServerConfig) -> Backend:
     from model_server.backends.hf import HFBackend
 
     return HFBackend(directory, config.adapter, dtype=config.dtype, quantization=config.quantization,
-                     device=config.device, views=config.views)
+                     device=config.device, views=config.views, views_below=config.views_below)
