@@ -193,7 +193,7 @@ def load_backend(args: argparse.Namespace, workdir: Path) -> Backend:
         model = build_tiny_checkpoint(workdir / "tiny")
     cfg = ServerConfig(model=model, adapter=args.adapter, dtype=args.dtype, device=args.device, db=workdir / "x",
                        image_readers=args.image_readers, torch_threads=args.torch_threads,
-                       model_process=args.model_process == "yes")
+                       model_process=args.model_process == "yes", views=args.views, views_below=args.views_below)
     use_torch_threads(cfg)  # a model process sets its own
     print(f"torch threads {torch_threads_for(cfg)}, image reader processes {args.image_readers}, "
           f"model {'in a process of its own' if cfg.model_process else 'in the server process'}", flush=True)
@@ -209,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="weights dtype (default auto, the server's: bfloat16 where native, else float32)")
     parser.add_argument("--device", default=None, help="torch device (default: CUDA when present)")
+    parser.add_argument("--views", type=int, default=None,
+                        help="views of each map the model answers from, as the server's --views (default: the checkpoint's)")
+    parser.add_argument("--views-below", type=float, default=None,
+                        help="sureness under which the other views are asked, as the server's --views-below "
+                             "(default: the checkpoint's)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts (default 1,8,32)")
     parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level (default 64)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per answer (default 32)")
