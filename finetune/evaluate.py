@@ -331,8 +331,8 @@ def evaluate_file(
     views_below: float | None = None,
 ) -> dict:
     """Load a checkpoint (weights in `dtype`, as the server would with `--dtype`; answering from `views`
-    views of each map when less sure than `views_below`; None: the checkpoint's settings), evaluate it on a MixedWM38 file, optionally
-    write a report; returns the JSON dict."""
+    views of each map when less sure than `views_below`, None: the checkpoint's settings), evaluate
+    it on a MixedWM38 file, optionally write a report; returns the JSON dict."""
     import torch
 
     from finetune.loading import load_model, loaded_dtype

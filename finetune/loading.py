@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from finetune.precision import AUTO_DTYPE, resolve_dtype, slow_bf16_warning
-from finetune.views import VIEW_TRANSFORMS, set_answer_views, set_views_below
+from finetune.views import check_below, check_views, set_answer_views, set_views_below
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZATIONS = ("4bit", "8bit")
@@ -134,10 +134,11 @@ def load_model(
     model_path = _check_dir(model_dir, "model checkpoint", "config.json")
     if dtype not in DTYPES and dtype != AUTO_DTYPE:
         raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)} or {AUTO_DTYPE}; got {dtype!r}")
-    if views is not None and views not in VIEW_TRANSFORMS:
-        raise ModelLoadError(f"views must be one of {', '.join(map(str, VIEW_TRANSFORMS))}; got {views!r}")
-    if views_below is not None and not 0 < views_below <= 1:
-        raise ModelLoadError(f"views_below must be a probability in (0, 1] (1: always ask every view); got {views_below!r}")
+    try:
+        check_views(views if views is not None else 1)
+        check_below(views_below)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
     device = resolve_device(device)
     torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     quant = quantization_config(quantization, torch_dtype)

@@ -9,9 +9,14 @@ views agree on, the map as sent first among equals. The model writes numbers and
 slots, filled afterwards from the map as sent, so an answer written about a rotated view reads
 right for the original. More compute per answer, fewer recognition mistakes.
 
-The setting is saved in the checkpoint's config (`answer_views`, absent: 1) so the server and the
-evaluator answer the same way; `defect-glm eval --views` and the server's `DEFECT_GLM_VIEWS`
-override it.
+With `answer_views_below` set, the model is first asked about the map as sent alone, and about the
+other views only when that answer is unsure: a token after its first (which picks among
+equivalent wordings) had a probability under the setting (`SurenessRecorder`). That keeps most
+of the gain at little more than one view's cost for a lone request.
+
+Both settings are saved in the checkpoint's config (absent: one view; every view whenever more
+are asked) so the server and the evaluator answer the same way; `defect-glm eval --views
+--views-below` and the server's `DEFECT_GLM_VIEWS` and `DEFECT_GLM_VIEWS_BELOW` override them.
 """
 
 from __future__ import annotations

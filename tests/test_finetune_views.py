@@ -139,5 +139,5 @@ def test_only_unsure_answers_ask_the_other_views(tiny_model_dir, wafer):
     assert _rows_seen_by_the_vision_tower(model, processor, requests) == [2, 8]
     set_views_below(model, 1.0)
     assert views_below(model) is None
-    with pytest.raises(ModelLoadError, match="views_below must be a probability"):
+    with pytest.raises(ModelLoadError, match=r"other views are asked must be in \(0, 1\], got 1.5"):
         load_model(tiny_model_dir, views_below=1.5)
