@@ -261,12 +261,14 @@ OPTIONS: tuple[Option, ...] = (
            "4bit or 8bit through bitsandbytes (CUDA only)", QUANTIZATIONS),
     Option("device", "DEFECT_GLM_DEVICE", _str, "(auto)", "torch device, e.g. cpu or cuda:0"),
     Option("views", "DEFECT_GLM_VIEWS", _int, "(checkpoint's)",
-           "hf backend: answer from 1, 4 or 8 rotated/mirrored views of the map, with the patterns most of them name: "
-           "fewer recognition mistakes, more compute (1: the map as sent only); default: the checkpoint's setting (1 for the committed model)"),
+           "hf backend: answer from 1, 4 or 8 rotated/mirrored views of the map, with the patterns most of them "
+           "name: fewer recognition mistakes, more compute (1: the map as sent only); default: the checkpoint's "
+           "setting (1 for the committed model)"),
     Option("views_below", "DEFECT_GLM_VIEWS_BELOW", _float, "(checkpoint's)",
            "hf backend: ask the other views only when the answer about the map as sent is less sure than this "
            "(its least likely token after the first): about the accuracy of all views for little more than the time "
-           "of one for a lone request (a loaded server's throughput about halves); 1: always ask them; default: the checkpoint's setting (0.99 for the committed model)"),
+           "of one for a lone request (a loaded server's throughput about halves); 1: always ask them; default: "
+           "the checkpoint's setting (0.99 for the committed model)"),
     Option("openai_url", "DEFECT_GLM_OPENAI_URL", _str, "(none)",
            "base URL of the OpenAI-compatible engine (openai backend), e.g. http://gpu-host:8000/v1"),
     Option("openai_model", "DEFECT_GLM_OPENAI_MODEL", _str, "(engine's first model)",
