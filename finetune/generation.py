@@ -20,7 +20,7 @@ from transformers import LogitsProcessorList
 from finetune.location_slots import has_location_slots, named_patterns
 from finetune.number_slots import fill_from_map, fill_stream, has_slots, slot_answer
 from finetune.prompting import PromptTooLong, build_messages, fit_history, images_of, uses_measured_facts
-from finetune.views import SurenessRecorder, answer_views, consensus, view_wafers, views_below
+from finetune.views import SurenessRecorder, answer_views, consensus, view_count, view_wafers, views_below
 from model_server.backends.base import GenerationRequest, Turn
 
 
@@ -158,7 +158,7 @@ def _inputs(model: Any, processor: Any, requests: Sequence[GenerationRequest], v
     when they all fit the context; otherwise each request encoded once while fitting it (oldest
     turns dropped), then left-padded. Both give the same tensors; one processor call for the batch
     is cheaper than one per request."""
-    rows = sum(len(view_wafers(request.wafer, views)) for request in requests)
+    rows = sum(view_count(request.wafer, views) for request in requests)
     inputs = _encode_together(model, processor, requests, views) if rows > 1 else None
     if inputs is None:
         encodings = [prepare_prompt(model, processor, request, views)[1] for request in requests]
@@ -201,36 +201,35 @@ def generate_answers(
         else:
             written, _ = _generate_views(model, processor, chunk, views)
         for request, texts in zip(chunk, written):
-            filled = [fill_from_map(text, request.wafer, request.earlier_answers) for text in texts]
+            filled = texts  # the vote below reads answers as the user would: slots filled from the map as sent
+            if fill_slots or len(texts) > 1:
+                filled = [fill_from_map(text, request.wafer, request.earlier_answers) for text in texts]
             chosen = consensus(filled) if len(filled) > 1 else 0
             answers.append(filled[chosen] if fill_slots else texts[chosen])
     return answers
 
 
 def _generate_views(
-    model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int
+    model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int, sureness: bool = False
 ) -> tuple[list[list[str]], list[float]]:
     """One batch of greedy generation: for each request the answers about each view of its map, and
-    how sure the answer about the map as sent was (`SurenessRecorder.least_sure`)."""
+    with `sureness` how sure each batch row's answer was (`SurenessRecorder.least_sure`; else [])."""
     tokenizer = _tokenizer(processor)
     inputs = _inputs(model, processor, requests, views)
-    recorder = SurenessRecorder()
     kwargs = generation_kwargs(processor, max(r.max_new_tokens for r in requests))
+    recorder = SurenessRecorder() if sureness else None
+    if recorder is not None:
+        kwargs["logits_processor"] = LogitsProcessorList([recorder])
     with torch.inference_mode():
-        output = model.generate(**inputs, **kwargs, logits_processor=LogitsProcessorList([recorder]))
+        output = model.generate(**inputs, **kwargs)
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
-    sureness = iter(recorder.least_sure(new_tokens, tokenizer.pad_token_id))
     rows = iter(new_tokens)
-    written, first_sureness = [], []
-    for request in requests:
-        texts = []
-        for _ in view_wafers(request.wafer, views):
-            texts.append(tokenizer.decode(next(rows)[: request.max_new_tokens], skip_special_tokens=True).strip())
-            row_sureness = next(sureness)
-            if len(texts) == 1:
-                first_sureness.append(row_sureness)
-        written.append(texts)
-    return written, first_sureness
+    written = [
+        [tokenizer.decode(next(rows)[: request.max_new_tokens], skip_special_tokens=True).strip()
+         for _ in range(view_count(request.wafer, views))]
+        for request in requests
+    ]
+    return written, [] if recorder is None else recorder.least_sure(new_tokens, tokenizer.pad_token_id)
 
 
 def _answers_from_unsure_views(
@@ -238,7 +237,7 @@ def _answers_from_unsure_views(
 ) -> list[list[str]]:
     """The answer about each map as sent, and for those less sure than `below` the answers about all
     its views (`finetune.views`)."""
-    written, sureness = _generate_views(model, processor, requests, 1)
+    written, sureness = _generate_views(model, processor, requests, 1, sureness=True)  # a row per request
     unsure = [i for i, (request, sure) in enumerate(zip(requests, sureness)) if request.wafer is not None and sure < below]
     if unsure:
         again, _ = _generate_views(model, processor, [requests[i] for i in unsure], views)
@@ -252,7 +251,7 @@ def stream_answer(model: Any, processor: Any, request: GenerationRequest) -> Ite
 
     An answer chosen among several views of the map (`finetune.views`) is known only once all are
     written: it comes as one piece."""
-    if len(view_wafers(request.wafer, answer_views(model))) > 1:
+    if view_count(request.wafer, answer_views(model)) > 1:
         if answer := generate_answers(model, processor, [request])[0]:
             yield answer
         return

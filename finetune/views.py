@@ -76,6 +76,11 @@ def set_views_below(model: object, below: float | None) -> None:
     setattr(model.config, BELOW_ATTRIBUTE, None if below is None or below >= 1 else below)  # type: ignore[attr-defined]
 
 
+def view_count(wafer: WaferMap | None, views: int) -> int:
+    """How many views a request about `wafer` is asked in: `views`, or 1 when there is no map."""
+    return 1 if wafer is None else views
+
+
 def view_wafers(wafer: WaferMap | None, views: int) -> list[WaferMap | None]:
     """The maps of each view of `wafer`, the map itself first (one entry, `wafer`, when there is no map)."""
     if wafer is None:

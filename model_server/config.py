@@ -52,7 +52,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from finetune.views import VIEW_TRANSFORMS
+from finetune.views import check_below, check_views
 
 BACKENDS = ("hf", "openai", "visualglm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -157,17 +157,15 @@ def validate(cfg: ServerConfig) -> list[str]:
         cfg.quantization is None or cfg.quantization in QUANTIZATIONS,
         f"quantization must be 4bit or 8bit (or unset), got {cfg.quantization!r}",
     )
-    need(
-        cfg.views is None or cfg.views in VIEW_TRANSFORMS,
-        f"views must be one of {', '.join(map(str, VIEW_TRANSFORMS))} (or unset: the checkpoint's setting), got {cfg.views}",
-    )
-    need(
-        cfg.views_below is None or 0 < cfg.views_below <= 1,
-        f"views_below must be a probability in (0, 1] (1: always ask every view), got {cfg.views_below}",
-    )
-    for name in ("views", "views_below"):
-        need(getattr(cfg, name) is None or cfg.backend == "hf",
-             f"{name} is a setting of the hf backend, not of {cfg.backend}; unset it")
+    for name, check in (("views", check_views), ("views_below", check_below)):
+        value = getattr(cfg, name)
+        if value is None:
+            continue  # the checkpoint's setting
+        try:
+            check(value)
+        except ValueError as exc:
+            p.append(f"{name}: {exc}")
+        need(cfg.backend == "hf", f"{name} is a setting of the hf backend, not of {cfg.backend}; unset it")
     need(
         cfg.backend != "openai" or bool(cfg.openai_url),
         "the openai backend needs openai_url (DEFECT_GLM_OPENAI_URL / --openai-url), e.g. http://127.0.0.1:8000/v1",

@@ -99,9 +99,9 @@ def test_flags_override_the_environment_and_the_defaults_are_safe():
     ({"DEFECT_GLM_IMAGE_FORMATS": "PNG,TIFF"}, "TIFF"),
     ({"DEFECT_GLM_BACKEND": "openai"}, "openai_url"),
     ({"DEFECT_GLM_OPENAI_URL": "ftp://x"}, "openai_url"),
-    ({"DEFECT_GLM_VIEWS": "3"}, "views must be one of 1, 4, 8"),
+    ({"DEFECT_GLM_VIEWS": "3"}, "views: answer views must be one of 1, 4, 8; got 3"),
     ({"DEFECT_GLM_VIEWS": "4", "DEFECT_GLM_BACKEND": "visualglm"}, "views is a setting of the hf backend"),
-    ({"DEFECT_GLM_VIEWS_BELOW": "1.5"}, "views_below must be a probability in (0, 1]"),
+    ({"DEFECT_GLM_VIEWS_BELOW": "1.5"}, "views_below: the sureness under which other views are asked must be in (0, 1], got 1.5"),
 ])
 def test_bad_values_are_refused_by_name(environ, needle):
     with pytest.raises(ConfigError) as err:
