@@ -50,16 +50,18 @@ def _encode(processor: Any, texts: list[str], images: list) -> dict:
     return processor(**kwargs)
 
 
-def prepare_prompt(model: Any, processor: Any, request: GenerationRequest, views: int = 1) -> tuple[str, dict]:
-    """Prompt text (of the map as sent) and the encoding of one request, a row per view of its map
-    (`finetune.views`; left-padded), oldest turns dropped (in pairs) until every view's prompt and
-    the answer fit the model's context."""
+def prepare_prompt(
+    model: Any, processor: Any, request: GenerationRequest, views: int = 1, others_only: bool = False
+) -> tuple[str, dict]:
+    """Prompt text (of the first view) and the encoding of one request, a row per view of its map
+    (`finetune.views`, the map as sent first unless `others_only`; left-padded), oldest turns dropped
+    (in pairs) until every view's prompt and the answer fit the model's context."""
 
     facts = uses_measured_facts(model)
     pad_token_id = _tokenizer(processor).pad_token_id
 
     def encode(history: tuple[Turn, ...]) -> tuple[int, tuple[str, dict]]:
-        prompts = _prompt_texts(processor, request, history, facts, views)
+        prompts = _prompt_texts(processor, request, history, facts, views, others_only)
         encodings = [_encode(processor, [text], images) for text, images in prompts]
         length = max(int(e["input_ids"].shape[1]) for e in encodings)
         encoded = encodings[0] if len(encodings) == 1 else left_pad_batch(encodings, pad_token_id)
@@ -72,12 +74,14 @@ def prepare_prompt(model: Any, processor: Any, request: GenerationRequest, views
 
 
 def _prompt_texts(
-    processor: Any, request: GenerationRequest, history: tuple[Turn, ...], facts: bool, views: int
+    processor: Any, request: GenerationRequest, history: tuple[Turn, ...], facts: bool, views: int,
+    others_only: bool = False,
 ) -> list[tuple[str, list]]:
-    """For each view of the request's map, the chat-template text of `request` with `history` and the
-    images its placeholders stand for (one entry when there is no map)."""
+    """For each view of the request's map (but the map as sent with `others_only`), the chat-template
+    text of `request` with `history` and the images its placeholders stand for (one entry when there
+    is no map)."""
     prompts = []
-    for wafer in view_wafers(request.wafer, views):
+    for wafer in view_wafers(request.wafer, views, others_only):
         messages = build_messages(wafer, history, request.question, facts=facts)
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prompts.append((text, images_of(messages)))
@@ -131,9 +135,9 @@ def left_pad_batch(encodings: Sequence[dict], pad_token_id: int) -> dict:
 
 
 def _encode_together(
-    model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int = 1
+    model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int = 1, others_only: bool = False
 ) -> dict | None:
-    """The batch's prompts (a row per view of each map), whole history included, encoded in one
+    """The batch's prompts (a row per view of each map, as `_prompt_texts`), whole history included, encoded in one
     processor call (left-padded), or None when one of them must drop turns to fit the context (or
     the tokenizer pads on the right)."""
     if _tokenizer(processor).padding_side != "left":
@@ -141,7 +145,8 @@ def _encode_together(
     facts = uses_measured_facts(model)
     texts, images, budgets = [], [], []
     for request in requests:
-        for text, request_images in _prompt_texts(processor, request, _prompt_history(processor, request), facts, views):
+        history = _prompt_history(processor, request)
+        for text, request_images in _prompt_texts(processor, request, history, facts, views, others_only):
             texts.append(text)
             images.extend(request_images)
             budgets.append(request.max_new_tokens)
@@ -153,15 +158,17 @@ def _encode_together(
     return dict(encoded)
 
 
-def _inputs(model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int = 1) -> dict:
-    """Model inputs for a batch, a row per view of each request's map: the prompts encoded together
+def _inputs(
+    model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int = 1, others_only: bool = False
+) -> dict:
+    """Model inputs for a batch, a row per view of each request's map (as `_prompt_texts`): the prompts encoded together
     when they all fit the context; otherwise each request encoded once while fitting it (oldest
     turns dropped), then left-padded. Both give the same tensors; one processor call for the batch
     is cheaper than one per request."""
-    rows = sum(view_count(request.wafer, views) for request in requests)
-    inputs = _encode_together(model, processor, requests, views) if rows > 1 else None
+    rows = sum(view_count(request.wafer, views, others_only) for request in requests)
+    inputs = _encode_together(model, processor, requests, views, others_only) if rows > 1 else None
     if inputs is None:
-        encodings = [prepare_prompt(model, processor, request, views)[1] for request in requests]
+        encodings = [prepare_prompt(model, processor, request, views, others_only)[1] for request in requests]
         inputs = encodings[0] if len(encodings) == 1 else left_pad_batch(encodings, _tokenizer(processor).pad_token_id)
     device = _device_of(model)
     dtype = next(model.parameters()).dtype
@@ -210,12 +217,14 @@ def generate_answers(
 
 
 def _generate_views(
-    model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int, sureness: bool = False
+    model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int, sureness: bool = False,
+    others_only: bool = False,
 ) -> tuple[list[list[str]], list[float]]:
-    """One batch of greedy generation: for each request the answers about each view of its map, and
-    with `sureness` how sure each batch row's answer was (`SurenessRecorder.least_sure`; else [])."""
+    """One batch of greedy generation: for each request the answers about each view of its map (but
+    the map as sent with `others_only`), and with `sureness` how sure each batch row's answer was
+    (`SurenessRecorder.least_sure`; else [])."""
     tokenizer = _tokenizer(processor)
-    inputs = _inputs(model, processor, requests, views)
+    inputs = _inputs(model, processor, requests, views, others_only)
     kwargs = generation_kwargs(processor, max(r.max_new_tokens for r in requests))
     recorder = SurenessRecorder() if sureness else None
     if recorder is not None:
@@ -226,7 +235,7 @@ def _generate_views(
     rows = iter(new_tokens)
     written = [
         [tokenizer.decode(next(rows)[: request.max_new_tokens], skip_special_tokens=True).strip()
-         for _ in range(view_count(request.wafer, views))]
+         for _ in range(view_count(request.wafer, views, others_only))]
         for request in requests
     ]
     return written, [] if recorder is None else recorder.least_sure(new_tokens, tokenizer.pad_token_id)
@@ -236,13 +245,13 @@ def _answers_from_unsure_views(
     model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int, below: float
 ) -> list[list[str]]:
     """The answer about each map as sent, and for those less sure than `below` the answers about all
-    its views (`finetune.views`)."""
+    its views (`finetune.views`): the other views are asked in a second batch."""
     written, sureness = _generate_views(model, processor, requests, 1, sureness=True)  # a row per request
     unsure = [i for i, (request, sure) in enumerate(zip(requests, sureness)) if request.wafer is not None and sure < below]
     if unsure:
-        again, _ = _generate_views(model, processor, [requests[i] for i in unsure], views)
-        for i, texts in zip(unsure, again):
-            written[i] = texts
+        others, _ = _generate_views(model, processor, [requests[i] for i in unsure], views, others_only=True)
+        for i, texts in zip(unsure, others):
+            written[i] = written[i] + texts
     return written
 
 

@@ -76,16 +76,19 @@ def set_views_below(model: object, below: float | None) -> None:
     setattr(model.config, BELOW_ATTRIBUTE, None if below is None or below >= 1 else below)  # type: ignore[attr-defined]
 
 
-def view_count(wafer: WaferMap | None, views: int) -> int:
-    """How many views a request about `wafer` is asked in: `views`, or 1 when there is no map."""
-    return 1 if wafer is None else views
+def view_count(wafer: WaferMap | None, views: int, others_only: bool = False) -> int:
+    """How many views a request about `wafer` is asked in: `views` (less the map as sent with
+    `others_only`), or 1 when there is no map."""
+    return 1 if wafer is None else views - others_only
 
 
-def view_wafers(wafer: WaferMap | None, views: int) -> list[WaferMap | None]:
-    """The maps of each view of `wafer`, the map itself first (one entry, `wafer`, when there is no map)."""
+def view_wafers(wafer: WaferMap | None, views: int, others_only: bool = False) -> list[WaferMap | None]:
+    """The maps of each view of `wafer`, the map itself first unless `others_only` (one entry, `wafer`,
+    when there is no map)."""
     if wafer is None:
         return [None]
-    return [wafer.transformed(k, flip) if (k, flip) != (0, False) else wafer for k, flip in VIEW_TRANSFORMS[views]]
+    transforms = VIEW_TRANSFORMS[views][1 if others_only else 0 :]
+    return [wafer.transformed(k, flip) if (k, flip) != (0, False) else wafer for k, flip in transforms]
 
 
 def consensus(answers: Sequence[str]) -> int:

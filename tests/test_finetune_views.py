@@ -21,6 +21,7 @@ from finetune.views import (
     consensus,
     set_answer_views,
     set_views_below,
+    view_count,
     view_wafers,
     views_below,
 )
@@ -44,7 +45,11 @@ def test_views_are_distinct_transforms_of_the_map_with_the_map_itself_first(wafe
         assert len(maps) == count and maps[0] is wafer
         assert len({m.grid.tobytes() for m in maps}) == count  # this map has no symmetry
         assert all(m.failing == wafer.failing for m in maps)
+        others = view_wafers(wafer, count, others_only=True)
+        assert [m.grid.tobytes() for m in others] == [m.grid.tobytes() for m in maps[1:]]
+        assert view_count(wafer, count, others_only=True) == count - 1
     assert view_wafers(None, 8) == [None]  # a question without a map is asked once
+    assert view_wafers(None, 8, others_only=True) == [None] and view_count(None, 8, others_only=True) == 1
 
 
 def test_unsupported_view_counts_are_refused_with_the_choices():
@@ -133,10 +138,12 @@ def test_only_unsure_answers_ask_the_other_views(tiny_model_dir, wafer):
                 GenerationRequest("hi", None, max_new_tokens=3),
                 GenerationRequest("Any scratch?", wafer.transformed(1), max_new_tokens=4)]
     assert _rows_seen_by_the_vision_tower(model, processor, requests) == [8]  # always: 4 views of 2 maps
+    always = generate_answers(model, processor, requests)
     set_views_below(model, 1e-9)  # sure enough, always: one view each
     assert _rows_seen_by_the_vision_tower(model, processor, requests) == [2]
-    set_views_below(model, 0.999999)  # a random model is never this sure: both maps are asked again, all views
-    assert _rows_seen_by_the_vision_tower(model, processor, requests) == [2, 8]
+    set_views_below(model, 0.999999)  # a random model is never this sure: both maps are asked again,
+    assert _rows_seen_by_the_vision_tower(model, processor, requests) == [2, 6]  # about their three other views
+    assert generate_answers(model, processor, requests) == always  # the first answer stands for the map as sent
     set_views_below(model, 1.0)
     assert views_below(model) is None
     with pytest.raises(ModelLoadError, match=r"other views are asked must be in \(0, 1\], got 1.5"):
