@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList
 
+from finetune.answer_parser import parse_answer
 from finetune.location_slots import has_location_slots, named_patterns
 from finetune.number_slots import fill_from_map, fill_stream, has_slots, slot_answer
 from finetune.prompting import PromptTooLong, build_messages, fit_history, images_of, uses_measured_facts
@@ -244,10 +245,15 @@ def _generate_views(
 def _answers_from_unsure_views(
     model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int, below: float
 ) -> list[list[str]]:
-    """The answer about each map as sent, and for those less sure than `below` the answers about all
-    its views (`finetune.views`): the other views are asked in a second batch."""
+    """The answer about each map as sent, and for those less sure than `below` that name patterns (or
+    none: a normal map) the answers about all its views (`finetune.views`): the other views are asked
+    in a second batch. An answer that names no pattern set (a yield, a count) has nothing to vote on."""
     written, sureness = _generate_views(model, processor, requests, 1, sureness=True)  # a row per request
-    unsure = [i for i, (request, sure) in enumerate(zip(requests, sureness)) if request.wafer is not None and sure < below]
+    unsure = [
+        i for i, (request, texts, sure) in enumerate(zip(requests, written, sureness))
+        if request.wafer is not None and sure < below
+        and parse_answer(fill_from_map(texts[0], request.wafer, request.earlier_answers)) is not None
+    ]
     if unsure:
         others, _ = _generate_views(model, processor, [requests[i] for i in unsure], views, others_only=True)
         for i, texts in zip(unsure, others):

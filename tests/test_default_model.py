@@ -155,3 +155,21 @@ def test_the_other_views_outvote_a_mistake_about_the_map_as_sent(backend, four_v
     (answer,) = four_views.generate([request])
     assert set(parse_answer(answer) or ()) == truth
     assert "".join(four_views.generate_stream(request)).strip() == answer
+
+
+def test_only_unsure_answers_that_name_patterns_ask_the_other_views():
+    """Asked again about the other three rotations: the recognition answers (unsure at this bar), not the
+    yield answer (no pattern set to vote on) nor a question without a map; the first answer stands for
+    the map as sent, so each map asked again adds three images, not four."""
+    from test_finetune_views import rows_seen_by_the_vision_tower
+
+    unsure = HFBackend(DEFAULT_MODEL, views=4, views_below=0.999999)
+    wafer = WaferMap(generate_grid("Center+Edge_Loc+Loc", np.random.default_rng(3)))
+    requests = [GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=48),
+                GenerationRequest("What is the yield?", wafer, max_new_tokens=48),
+                GenerationRequest("hi", None, max_new_tokens=8),
+                GenerationRequest("这片晶圆有哪些缺陷？", wafer.transformed(1), max_new_tokens=48)]
+    assert rows_seen_by_the_vision_tower(unsure.model, unsure.processor, requests) == [3, 6]
+    always = HFBackend(DEFAULT_MODEL, views=4, views_below=1)
+    assert rows_seen_by_the_vision_tower(always.model, always.processor, requests) == [12]
+    assert unsure.generate(requests) == always.generate(requests)  # the same vote, one image fewer per map

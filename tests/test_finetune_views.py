@@ -122,7 +122,8 @@ def test_the_sureness_setting_is_checked_and_one_means_always():
     assert (DEFAULT_CONFIG.answer_views, DEFAULT_CONFIG.answer_views_below) == (1, 0.99)  # 4 views: unsure only
 
 
-def _rows_seen_by_the_vision_tower(model, processor, requests) -> list[int]:
+def rows_seen_by_the_vision_tower(model, processor, requests) -> list[int]:
+    """How many images the vision tower reads in each forward pass while `requests` are answered."""
     seen: list[int] = []
     handle = vision_tower(model).register_forward_hook(lambda module, args, output: seen.append(len(args[0])))
     try:
@@ -137,13 +138,11 @@ def test_only_unsure_answers_ask_the_other_views(tiny_model_dir, wafer):
     requests = [GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=4),
                 GenerationRequest("hi", None, max_new_tokens=3),
                 GenerationRequest("Any scratch?", wafer.transformed(1), max_new_tokens=4)]
-    assert _rows_seen_by_the_vision_tower(model, processor, requests) == [8]  # always: 4 views of 2 maps
-    always = generate_answers(model, processor, requests)
+    assert rows_seen_by_the_vision_tower(model, processor, requests) == [8]  # always: 4 views of 2 maps
     set_views_below(model, 1e-9)  # sure enough, always: one view each
-    assert _rows_seen_by_the_vision_tower(model, processor, requests) == [2]
-    set_views_below(model, 0.999999)  # a random model is never this sure: both maps are asked again,
-    assert _rows_seen_by_the_vision_tower(model, processor, requests) == [2, 6]  # about their three other views
-    assert generate_answers(model, processor, requests) == always  # the first answer stands for the map as sent
+    assert rows_seen_by_the_vision_tower(model, processor, requests) == [2]
+    set_views_below(model, 0.999999)  # a random model is never this sure, but its answers name no pattern:
+    assert rows_seen_by_the_vision_tower(model, processor, requests) == [2]  # nothing to vote on, not asked again
     set_views_below(model, 1.0)
     assert views_below(model) is None
     with pytest.raises(ModelLoadError, match=r"other views are asked must be in \(0, 1\], got 1.5"):
