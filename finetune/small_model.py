@@ -45,8 +45,8 @@ class SmallModelConfig:
     text_kv_heads: int = 2
     text_intermediate: int = 512
     max_positions: int = 1024
-    answer_views: int = 1
-    answer_views_below: float | None = 0.99
+    answer_views: int = 4
+    answer_views_below: float | None = 0.9
 
     def __post_init__(self) -> None:  # JSON overrides arrive as lists
         object.__setattr__(self, "vision_channels", tuple(self.vision_channels))

@@ -14,8 +14,8 @@ the one in docs/server.md are generated from it (`python -m model_server.config`
 | dtype | DEFECT_GLM_DTYPE | --dtype | auto | weights dtype: auto (bfloat16 where the CPU or GPU runs it natively: AMX, AVX512-BF16, CUDA from Ampere on; else float32, or float16 on an older GPU), float32, bfloat16 or float16 |
 | quantization | DEFECT_GLM_QUANTIZATION | --quantization | (none) | 4bit or 8bit through bitsandbytes (CUDA only) |
 | device | DEFECT_GLM_DEVICE | --device | (auto) | torch device, e.g. cpu or cuda:0 |
-| views | DEFECT_GLM_VIEWS | --views | (checkpoint's) | hf backend: answer from 1, 4 or 8 rotated/mirrored views of the map, with the patterns most of them name: fewer recognition mistakes, more compute (1: the map as sent only); default: the checkpoint's setting (1 for the committed model) |
-| views_below | DEFECT_GLM_VIEWS_BELOW | --views-below | (checkpoint's) | hf backend: ask the other views only when the answer about the map as sent is less sure than this (its least likely token after the first): about the accuracy of all views for little more than the time of one for a lone request (a loaded server's throughput about halves); 1: always ask them; default: the checkpoint's setting (0.99 for the committed model) |
+| views | DEFECT_GLM_VIEWS | --views | (checkpoint's) | hf backend: answer from 1, 4 or 8 rotated/mirrored views of the map, with the patterns most of them name: fewer recognition mistakes, more compute (1: the map as sent only); default: the checkpoint's setting (4 for the committed model) |
+| views_below | DEFECT_GLM_VIEWS_BELOW | --views-below | (checkpoint's) | hf backend: ask the other views only when the answer about the map as sent is less sure than this (its least likely token after the first): most of the accuracy of all views for little more than the time of one (an answer that names no pattern set is never asked again); 1: always ask them; default: the checkpoint's setting (0.9 for the committed model) |
 | openai_url | DEFECT_GLM_OPENAI_URL | --openai-url | (none) | base URL of the OpenAI-compatible engine (openai backend), e.g. http://gpu-host:8000/v1 |
 | openai_model | DEFECT_GLM_OPENAI_MODEL | --openai-model | (engine's first model) | model name to request from the engine |
 | openai_api_key | DEFECT_GLM_OPENAI_API_KEY | --openai-api-key | (none) | bearer token for the engine |
@@ -261,12 +261,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("views", "DEFECT_GLM_VIEWS", _int, "(checkpoint's)",
            "hf backend: answer from 1, 4 or 8 rotated/mirrored views of the map, with the patterns most of them "
            "name: fewer recognition mistakes, more compute (1: the map as sent only); default: the checkpoint's "
-           "setting (1 for the committed model)"),
+           "setting (4 for the committed model)"),
     Option("views_below", "DEFECT_GLM_VIEWS_BELOW", _float, "(checkpoint's)",
            "hf backend: ask the other views only when the answer about the map as sent is less sure than this "
-           "(its least likely token after the first): about the accuracy of all views for little more than the time "
-           "of one for a lone request (a loaded server's throughput about halves); 1: always ask them; default: "
-           "the checkpoint's setting (0.99 for the committed model)"),
+           "(its least likely token after the first): most of the accuracy of all views for little more than the "
+           "time of one (an answer that names no pattern set is never asked again); 1: always ask them; default: "
+           "the checkpoint's setting (0.9 for the committed model)"),
     Option("openai_url", "DEFECT_GLM_OPENAI_URL", _str, "(none)",
            "base URL of the OpenAI-compatible engine (openai backend), e.g. http://gpu-host:8000/v1"),
     Option("openai_model", "DEFECT_GLM_OPENAI_MODEL", _str, "(engine's first model)",

@@ -119,7 +119,7 @@ def test_the_sureness_setting_is_checked_and_one_means_always():
         check_below(0.0)
     with pytest.raises(ValueError, match="answer views must be one of 1, 4, 8"):
         SmallModelConfig(answer_views=2).validate()
-    assert (DEFAULT_CONFIG.answer_views, DEFAULT_CONFIG.answer_views_below) == (1, 0.99)  # 4 views: unsure only
+    assert (DEFAULT_CONFIG.answer_views, DEFAULT_CONFIG.answer_views_below) == (4, 0.9)  # 4 views: unsure only
 
 
 def rows_seen_by_the_vision_tower(model, processor, requests) -> list[int]:
