@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from finetune.location_slots import has_location_slots, named_patterns
 from finetune.number_slots import fill_from_map, fill_stream, has_slots, slot_answer
 from finetune.prompting import PromptTooLong, build_messages, fit_history, images_of, uses_measured_facts
 from finetune.views import SurenessRecorder, answer_views, consensus, view_count, view_wafers, views_below
-from model_server.backends.base import GenerationRequest, Turn
+from model_server.backends.base import GenerationRequest, Turn, Unfinished
 
 
 class GenerationError(RuntimeError):
@@ -193,40 +194,91 @@ def generate_answers(
     model: Any, processor: Any, requests: list[GenerationRequest], batch_size: int | None = None,
     fill_slots: bool = True,
 ) -> list[str]:
-    """Greedy answers to `requests`, in order; `batch_size` splits a long list into batches.
+    """Greedy answers to `requests`, in order; `batch_size` splits a long list into batches (each
+    followed by a second, smaller one when some answers are asked again about their map's other views).
 
     `fill_slots=False` leaves number and location slots as generated (the evaluator counts them).
     """
-    if not requests:
-        return []
-    size = batch_size or len(requests)
-    views, below = answer_views(model), views_below(model)
     answers: list[str] = []
+    size = batch_size or len(requests) or 1
     for start in range(0, len(requests), size):
         chunk = requests[start : start + size]
-        if views > 1 and below is not None:
-            written = _answers_from_unsure_views(model, processor, chunk, views, below)
-        else:
-            written, _ = _generate_views(model, processor, chunk, views)
-        for request, texts in zip(chunk, written):
-            filled = texts  # the vote below reads answers as the user would: slots filled from the map as sent
-            if fill_slots or len(texts) > 1:
-                filled = [fill_from_map(text, request.wafer, request.earlier_answers) for text in texts]
-            chosen = consensus(filled) if len(filled) > 1 else 0
-            answers.append(filled[chosen] if fill_slots else texts[chosen])
+        written, _ = _views_round(model, processor, chunk, ())
+        unsure = [(i, w) for i, w in enumerate(written) if isinstance(w, UnsureAnswer)]
+        if unsure:
+            _, others = _views_round(model, processor, [], [w for _, w in unsure])
+            for (i, w), texts in zip(unsure, others):
+                written[i] = [w.first, *texts]
+        answers.extend(_chosen(request, texts, fill_slots) for request, texts in zip(chunk, written))  # type: ignore[arg-type]
     return answers
 
 
-def _generate_views(
-    model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int, sureness: bool = False,
-    others_only: bool = False,
-) -> tuple[list[list[str]], list[float]]:
-    """One batch of greedy generation: for each request the answers about each view of its map (but
-    the map as sent with `others_only`), and with `sureness` how sure each batch row's answer was
-    (`SurenessRecorder.least_sure`; else [])."""
+@dataclass(frozen=True)
+class UnsureAnswer(Unfinished):
+    """A request whose answer about the map as sent (`first`, as generated) was unsure: the other views
+    of its map are still to be asked (`answer_round`)."""
+
+    request: GenerationRequest
+    first: str
+
+
+def answer_round(
+    model: Any, processor: Any, requests: Sequence[GenerationRequest], unsure: Sequence[UnsureAnswer] = ()
+) -> tuple[list[str | UnsureAnswer], list[str]]:
+    """One generate call for a server's batch: the answers to `requests`, except an `UnsureAnswer` for
+    each that must also be asked about its map's other views (`finetune.views`), and the answers to
+    `unsure` (left so by an earlier round), asked about those views in the same call. The server's
+    batcher passes the unsure ones on to its next batch, so asking again costs no generate call of its own."""
+    written, others = _views_round(model, processor, requests, unsure)
+    answers = [w if isinstance(w, UnsureAnswer) else _chosen(r, w, True) for r, w in zip(requests, written)]
+    finished = [_chosen(u.request, [u.first, *texts], True) for u, texts in zip(unsure, others)]
+    return answers, finished
+
+
+def _chosen(request: GenerationRequest, texts: list[str], fill_slots: bool) -> str:
+    """The answer among `texts` (one per view) most views agree on; slots filled unless `fill_slots` is False."""
+    filled = texts  # the vote reads answers as the user would: slots filled from the map as sent
+    if fill_slots or len(texts) > 1:
+        filled = [fill_from_map(text, request.wafer, request.earlier_answers) for text in texts]
+    chosen = consensus(filled) if len(filled) > 1 else 0
+    return filled[chosen] if fill_slots else texts[chosen]
+
+
+def _views_round(
+    model: Any, processor: Any, requests: Sequence[GenerationRequest], unsure: Sequence[UnsureAnswer]
+) -> tuple[list[list[str] | UnsureAnswer], list[list[str]]]:
+    """One generate call: each request's answers (one per view the model answers from; with
+    `answer_views_below` set, the answer about the map as sent alone, or an `UnsureAnswer` when it is less
+    sure than that and names a pattern set, or none: a normal map), and the answers about the other
+    views of each `unsure` one's map. An answer naming no pattern set (a yield, a count) has nothing to vote on."""
+    views, below = answer_views(model), views_below(model)
+    ask_when_unsure = views > 1 and below is not None
+    groups = [(requests, 1 if ask_when_unsure else views, False), ([u.request for u in unsure], views, True)]
+    (written, others), sureness = _generate_groups(model, processor, groups, sureness=ask_when_unsure and bool(requests))
+    if not ask_when_unsure:
+        return list(written), others
+    return [
+        UnsureAnswer(request, texts[0])
+        if request.wafer is not None and sure < below
+        and parse_answer(fill_from_map(texts[0], request.wafer, request.earlier_answers)) is not None
+        else texts
+        for request, texts, sure in zip(requests, written, sureness)  # the requests' rows come first, one each
+    ], others
+
+
+def _generate_groups(
+    model: Any, processor: Any, groups: Sequence[tuple[Sequence[GenerationRequest], int, bool]], sureness: bool = False
+) -> tuple[list[list[list[str]]], list[float]]:
+    """One batch of greedy generation for groups of (requests, views, others_only): for each group, for
+    each request the answers about each view of its map (but the map as sent with `others_only`); with
+    `sureness` how sure each batch row's answer was, rows in order (`SurenessRecorder.least_sure`; else [])."""
+    asked = [(requests, views, others_only) for requests, views, others_only in groups if requests]
+    if not asked:
+        return [[] for _ in groups], []
     tokenizer = _tokenizer(processor)
-    inputs = _inputs(model, processor, requests, views, others_only)
-    kwargs = generation_kwargs(processor, max(r.max_new_tokens for r in requests))
+    encodings = [_inputs(model, processor, *group) for group in asked]
+    inputs = encodings[0] if len(encodings) == 1 else left_pad_batch(encodings, tokenizer.pad_token_id)
+    kwargs = generation_kwargs(processor, max(r.max_new_tokens for requests, _, _ in asked for r in requests))
     recorder = SurenessRecorder() if sureness else None
     if recorder is not None:
         kwargs["logits_processor"] = LogitsProcessorList([recorder])
@@ -235,30 +287,12 @@ def _generate_views(
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     rows = iter(new_tokens)
     written = [
-        [tokenizer.decode(next(rows)[: request.max_new_tokens], skip_special_tokens=True).strip()
-         for _ in range(view_count(request.wafer, views, others_only))]
-        for request in requests
+        [[tokenizer.decode(next(rows)[: request.max_new_tokens], skip_special_tokens=True).strip()
+          for _ in range(view_count(request.wafer, views, others_only))]
+         for request in requests]
+        for requests, views, others_only in groups
     ]
     return written, [] if recorder is None else recorder.least_sure(new_tokens, tokenizer.pad_token_id)
-
-
-def _answers_from_unsure_views(
-    model: Any, processor: Any, requests: Sequence[GenerationRequest], views: int, below: float
-) -> list[list[str]]:
-    """The answer about each map as sent, and for those less sure than `below` that name patterns (or
-    none: a normal map) the answers about all its views (`finetune.views`): the other views are asked
-    in a second batch. An answer that names no pattern set (a yield, a count) has nothing to vote on."""
-    written, sureness = _generate_views(model, processor, requests, 1, sureness=True)  # a row per request
-    unsure = [
-        i for i, (request, texts, sure) in enumerate(zip(requests, written, sureness))
-        if request.wafer is not None and sure < below
-        and parse_answer(fill_from_map(texts[0], request.wafer, request.earlier_answers)) is not None
-    ]
-    if unsure:
-        others, _ = _generate_views(model, processor, [requests[i] for i in unsure], views, others_only=True)
-        for i, texts in zip(unsure, others):
-            written[i] = written[i] + texts
-    return written
 
 
 def stream_answer(model: Any, processor: Any, request: GenerationRequest) -> Iterator[str]:

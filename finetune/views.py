@@ -11,8 +11,10 @@ right for the original. More compute per answer, fewer recognition mistakes.
 
 With `answer_views_below` set, the model is first asked about the map as sent alone, and about the
 other views only when that answer is unsure: a token after its first (which picks among
-equivalent wordings) had a probability under the setting (`SurenessRecorder`). That keeps most
-of the gain at little more than one view's cost for a lone request.
+equivalent wordings) had a probability under the setting (`SurenessRecorder`), and it names a
+pattern set (a yield or a count has nothing to vote on). The first answer stands for the map as
+sent in the vote. That keeps most of the gain at little more than one view's cost; the server
+asks the other views beside its next batch (`finetune.generation.answer_round`).
 
 Both settings are saved in the checkpoint's config (absent: one view; every view whenever more
 are asked) so the server and the evaluator answer the same way; `defect-glm eval --views

@@ -6,9 +6,13 @@ worker thread, so the model is only ever used by one call at a time. A full queu
 work with `QueueFull` (the server answers 429 with Retry-After). Streaming requests run alone
 on the same worker, their pieces handed to the event loop as they come.
 
+A batch runs as one `Backend.generate_round`: an answer the backend leaves unfinished (the hf
+backend's other views of an unsure map) is handed back with the next batch, formed at once from
+what is waiting (or alone when nothing is), so a second pass costs no generate call of its own.
+
 `swap_backend` replaces the model between batches: the batch running keeps the old backend,
 the next one uses the new, and the old one is closed after the running batch finishes, so a
-reload drops no request.
+reload drops no request (an answer the old one left unfinished is asked afresh of the new).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from model_server.backends.base import Backend, BackendError, GenerationRequest
+from model_server.backends.base import Backend, BackendError, GenerationRequest, Unfinished
 from model_server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,8 @@ class Batcher:
         self._seconds_per_batch = 0.5  # running estimate, for Retry-After
         self.in_flight = 0
         self._pending_stream: _Item | None = None
+        self._unfinished: list[tuple[_Item, Unfinished]] = []  # to finish with the next batch
+        self._unfinished_by: Backend | None = None  # the backend that left them unfinished
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -93,11 +99,13 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        unfinished, self._unfinished = [item for item, _ in self._unfinished], []
         if self._queue is not None:
             while not self._queue.empty():
-                item = self._queue.get_nowait()
-                if not item.future.done():
-                    item.future.set_exception(ModelFailure("the server is shutting down"))
+                unfinished.append(self._queue.get_nowait())
+        for item in unfinished:
+            if not item.future.done():
+                item.future.set_exception(ModelFailure("the server is shutting down"))
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
     @property
@@ -151,14 +159,18 @@ class Batcher:
         return StreamHandle(item, None if timeout is None else loop.time() + timeout)
 
     # ------------------------------------------------------------------ the collector
-    async def _next_batch(self) -> list[_Item]:
+    async def _next_batch(self, wait: bool = True) -> list[_Item]:
+        """The next batch from the queue: waits for its first request (not when `wait` is False: then
+        only what is queued now, maybe nothing), then up to `max_wait_ms` for more."""
         assert self._queue is not None
+        if not wait and self._queue.empty():
+            return []
         first = await self._queue.get()
         if first.stream is not None:
             return [first]
         batch = [first]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_s
+        deadline = loop.time() + (self.max_wait_s if wait else 0.0)
         while len(batch) < self.max_batch_size:
             try:
                 if self._queue.empty():
@@ -181,38 +193,47 @@ class Batcher:
         while True:
             if self._pending_stream is not None:
                 batch, self._pending_stream = [self._pending_stream], None
-            else:
-                batch = await self._next_batch()
-            batch = [i for i in batch if not i.cancelled.is_set() and not i.future.done()]
-            if not batch:
+            else:  # with answers to finish, the next batch is what is waiting now
+                batch = await self._next_batch(wait=not self._unfinished)
+            batch = [i for i in batch if _live(i)]
+            unfinished: list[tuple[_Item, Unfinished]] = []
+            if not batch or batch[0].stream is None:
+                unfinished, self._unfinished = [(i, u) for i, u in self._unfinished if _live(i)], []
+            if not batch and not unfinished:
                 continue
-            self.in_flight = len(batch)
+            self.in_flight = len(batch) + len(unfinished)
             try:
-                if batch[0].stream is not None:
+                if batch and batch[0].stream is not None:
                     await self._run_stream(batch[0])
                 else:
-                    await self._run_batch(batch)
+                    await self._run_batch(batch, unfinished)
             except asyncio.CancelledError:
-                for item in batch:
+                for item in [*batch, *(i for i, _ in unfinished)]:
                     if not item.future.done():
                         item.future.set_exception(ModelFailure("the server is shutting down"))
                 raise
             finally:
                 self.in_flight = 0
 
-    async def _run_batch(self, batch: list[_Item]) -> None:
+    async def _run_batch(self, batch: list[_Item], unfinished: list[tuple[_Item, Unfinished]]) -> None:
         loop = asyncio.get_running_loop()
         backend = self.backend
+        if unfinished and self._unfinished_by is not backend:  # reloaded since: ask the new model afresh
+            batch, unfinished = [*(i for i, _ in unfinished), *batch], []
+        everyone = [*batch, *(i for i, _ in unfinished)]
         started = time.perf_counter()
         try:
-            answers = await loop.run_in_executor(self._executor, backend.generate, [i.request for i in batch])
-            if len(answers) != len(batch):
-                raise BackendError(f"the backend returned {len(answers)} answers for {len(batch)} requests")
+            answers, finished = await loop.run_in_executor(
+                self._executor, backend.generate_round, [i.request for i in batch], [u for _, u in unfinished]
+            )
+            if len(answers) != len(batch) or len(finished) != len(unfinished):
+                raise BackendError(f"the backend returned {len(answers)} answers for {len(batch)} requests and "
+                                   f"{len(finished)} for {len(unfinished)} unfinished ones")
         except Exception as exc:  # the model failed: every request of the batch gets a 500, the server goes on
-            log.exception("generate failed for a batch of %d", len(batch))
+            log.exception("generate failed for a batch of %d", len(everyone))
             if self.metrics:
                 self.metrics.model_errors.inc()
-            for item in batch:
+            for item in everyone:
                 if not item.future.done():
                     failure = ModelFailure(f"{type(exc).__name__}: {exc}")
                     failure.__cause__ = exc
@@ -222,9 +243,15 @@ class Batcher:
             elapsed = time.perf_counter() - started
             self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * elapsed
             if self.metrics:
-                self.metrics.batch_size.observe(len(batch))
+                self.metrics.batch_size.observe(len(everyone))
                 self.metrics.generate_seconds.observe(elapsed)
         for item, answer in zip(batch, answers):
+            if isinstance(answer, Unfinished):
+                self._unfinished.append((item, answer))
+            elif not item.future.done():
+                item.future.set_result(answer)
+        self._unfinished_by = backend
+        for (item, _), answer in zip(unfinished, finished):
             if not item.future.done():
                 item.future.set_result(answer)
 
@@ -292,6 +319,11 @@ class StreamHandle:
                 yield piece
         finally:
             self.cancel()
+
+
+def _live(item: _Item) -> bool:
+    """Whether anyone still waits for `item`'s answer."""
+    return not item.cancelled.is_set() and not item.future.done()
 
 
 def _close_quietly(backend: Backend) -> None:

@@ -28,15 +28,16 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
-from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest
+from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest, Unfinished
 from model_server.config import ServerConfig
 from model_server.image_readers import follow_parent
 
 log = logging.getLogger(__name__)
 
-# Messages, parent → child: ("generate", [request, ...]), ("stream", request), ("cancel",) while a stream
-# runs, ("close",). Child → parent: ("ready", info, max_history_turns) or ("failed", message) once after
-# loading; then ("answers", [str, ...]), ("piece", str) ... ("end",), or ("error", message) per call.
+# Messages, parent → child: ("generate", [request, ...]), ("round", [request, ...], [unfinished, ...]),
+# ("stream", request), ("cancel",) while a stream runs, ("close",). Child → parent: ("ready", info,
+# max_history_turns) or ("failed", message) once after loading; then ("answers", [str, ...]), ("round",
+# ([str | unfinished, ...], [str, ...])), ("piece", str) ... ("end",), or ("error", message) per call.
 
 
 def _describe(exc: BaseException) -> str:
@@ -65,6 +66,11 @@ def _child_main(conn: Connection, config: ServerConfig, parent_pid: int) -> None
             if message[0] == "generate":
                 try:
                     conn.send(("answers", backend.generate(message[1])))
+                except Exception as exc:
+                    conn.send(("error", _describe(exc)))
+            elif message[0] == "round":
+                try:
+                    conn.send(("round", backend.generate_round(message[1], message[2])))
                 except Exception as exc:
                     conn.send(("error", _describe(exc)))
             elif message[0] == "stream":
@@ -192,6 +198,14 @@ class ModelProcess(Backend):
     def generate(self, requests: list[GenerationRequest]) -> list[str]:
         with self._lock:
             return self._call(("generate", list(requests)))
+
+    def generate_round(
+        self, requests: list[GenerationRequest], unfinished: list[Unfinished]
+    ) -> tuple[list[str | Unfinished], list[str]]:
+        """The child's backend's round (unfinished answers are plain data: a new child finishes them too)."""
+        with self._lock:
+            answers, finished = self._call(("round", list(requests), list(unfinished)))
+            return list(answers), list(finished)
 
     def generate_stream(self, request: GenerationRequest) -> Iterator[str]:
         with self._lock:

@@ -173,3 +173,30 @@ def test_only_unsure_answers_that_name_patterns_ask_the_other_views():
     always = HFBackend(DEFAULT_MODEL, views=4, views_below=1)
     assert rows_seen_by_the_vision_tower(always.model, always.processor, requests) == [12]
     assert unsure.generate(requests) == always.generate(requests)  # the same vote, one image fewer per map
+
+
+def test_a_round_leaves_unsure_answers_unfinished_and_finishes_them_beside_the_next_batch(backend):
+    """What the server's batcher does with a round (`HFBackend.generate_round`): the answer unsure about
+    this map comes back unfinished, and is finished in the next call beside a new request, its three other
+    views and the new map read by the vision tower in one pass, with the answer a lone request gets."""
+    from finetune.generation import UnsureAnswer
+    from finetune.vision_pretrain import vision_tower
+
+    wafer = WaferMap(generate_grid("Center+Edge_Loc+Loc", np.random.default_rng(3)))
+    unsure_request = GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=48)
+    yield_request = GenerationRequest("What is the yield?", wafer, max_new_tokens=48)
+    answers, finished = backend.generate_round([unsure_request, yield_request], [])
+    assert isinstance(answers[0], UnsureAnswer) and isinstance(answers[1], str) and finished == []
+    assert answers[1] == backend.generate([yield_request])[0]
+    donut = WaferMap(generate_grid("Donut", np.random.default_rng(0)))
+    new_request = GenerationRequest("What defects does this wafer show?", donut, max_new_tokens=48)
+    seen: list[int] = []
+    hook = vision_tower(backend.model).register_forward_hook(lambda module, args, output: seen.append(len(args[0])))
+    try:
+        next_answers, finished = backend.generate_round([new_request], [answers[0]])
+    finally:
+        hook.remove()
+    assert seen == [4]  # the new map and the unsure map's three other views, one call
+    assert finished == backend.generate([unsure_request])
+    assert set(parse_answer(finished[0]) or ()) == {"Center", "Edge_Loc", "Loc"}
+    assert next_answers == backend.generate([new_request])

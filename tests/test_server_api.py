@@ -41,9 +41,9 @@ class _Recording(HFBackend):
         super().__init__(*args, **kwargs)
         self.seen: list[GenerationRequest] = []
 
-    def generate(self, requests):
+    def generate_round(self, requests, unfinished):  # what the server's batcher calls
         self.seen.extend(requests)
-        return super().generate(requests)
+        return super().generate_round(requests, unfinished)
 
 
 def test_conversation_with_follow_up_from_memory(tmp_path, tiny_model_dir):
@@ -209,12 +209,12 @@ def test_every_limit_answers_a_clear_4xx(tmp_path, backend):
 
 
 class _FailingOn(HFBackend):
-    """The real tiny model, except that a question containing BOOM makes generate raise."""
+    """The real tiny model, except that a question containing BOOM makes the server's generate call raise."""
 
-    def generate(self, requests):
+    def generate_round(self, requests, unfinished):
         if any("BOOM" in r.question for r in requests):
             raise RuntimeError("simulated CUDA out of memory")
-        return super().generate(requests)
+        return super().generate_round(requests, unfinished)
 
 
 def test_model_error_is_500_with_request_id_and_server_keeps_serving(tmp_path, tiny_model_dir):

@@ -4,7 +4,8 @@ Batching off (max batch size 1) runs one request per generate call; on, requests
 together share a call up to the maximum and each caller gets its own answer; `max_wait_ms`
 lets a lone request wait for company; a failing batch fails only its own requests; a backend
 swapped in (reload) serves the next batch while the running one finishes on the old backend,
-which is closed afterwards.
+which is closed afterwards. An answer the backend leaves unfinished is finished in the next
+generate call, beside the requests waiting then (or alone), never in a call of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 
 import pytest
 
-from model_server.backends.base import Backend, BackendInfo, GenerationRequest
+from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest, Unfinished
 from model_server.batching import Batcher, ModelFailure, QueueFull
 
 
@@ -136,3 +137,99 @@ def test_swap_backend_between_batches_drops_nothing():
     during, after, closed_while_running, old_closed, new_closed = asyncio.run(go())
     assert during == ["old: during"] and after == ["new: after"]
     assert not closed_while_running and old_closed and not new_closed
+
+
+class _Again(Unfinished):
+    def __init__(self, question: str) -> None:
+        self.question = question
+
+
+class _TwoPass(_Counting):
+    """Like _Counting, but a question with AGAIN is left unfinished in its first round; records each
+    round's (questions, unfinished questions)."""
+
+    def __init__(self, name: str = "a", gate: threading.Event | None = None) -> None:
+        super().__init__(name, gate)
+        self.rounds: list[tuple[list[str], list[str]]] = []
+
+    def generate_round(self, requests, unfinished):
+        self.rounds.append(([r.question for r in requests], [u.question for u in unfinished]))
+        answers = self.generate(requests) if requests else []
+        answers = [_Again(r.question) if "AGAIN" in r.question else a for r, a in zip(requests, answers)]
+        return answers, [f"{self.name}: {u.question} (twice)" for u in unfinished]
+
+
+def test_an_unfinished_answer_is_finished_beside_the_next_batch():
+    gate = threading.Event()
+    backend = _TwoPass(gate=gate)
+
+    async def go():
+        batcher = Batcher(backend, max_batch_size=4, max_wait_ms=0, max_queue=64)
+        await batcher.start()
+        first = asyncio.create_task(batcher.generate([_req("AGAIN q0"), _req("q1")]))
+        await _started(backend)
+        later = asyncio.create_task(batcher.generate([_req("q2")]))  # waits while the first batch runs
+        while batcher.depth < 1:
+            await asyncio.sleep(0.005)
+        gate.set()
+        result = (await first, await later)
+        alone = await batcher.generate([_req("AGAIN q3")])  # nothing else waiting: finished in a call of its own
+        await batcher.stop()
+        return result, alone
+
+    (first, later), alone = asyncio.run(go())
+    assert first == ["a: AGAIN q0 (twice)", "a: q1"] and later == ["a: q2"] and alone == ["a: AGAIN q3 (twice)"]
+    assert backend.rounds == [(["AGAIN q0", "q1"], []), (["q2"], ["AGAIN q0"]), (["AGAIN q3"], []), ([], ["AGAIN q3"])]
+
+
+def test_an_answer_left_unfinished_by_a_reloaded_model_is_asked_afresh():
+    gate = threading.Event()
+    old, new = _TwoPass("old", gate=gate), _TwoPass("new")
+
+    async def go():
+        batcher = Batcher(old, max_batch_size=4, max_wait_ms=0, max_queue=64)
+        await batcher.start()
+        running = asyncio.create_task(batcher.generate([_req("AGAIN q0")]))
+        await _started(old)
+        swap = asyncio.create_task(batcher.swap_backend(new))
+        await asyncio.sleep(0.05)
+        gate.set()
+        await swap
+        answered = await running
+        await batcher.stop()
+        return answered
+
+    assert asyncio.run(go()) == ["new: AGAIN q0 (twice)"]
+    assert old.rounds == [(["AGAIN q0"], [])]
+    assert new.rounds == [(["AGAIN q0"], []), ([], ["AGAIN q0"])]
+
+
+def test_a_failing_call_fails_the_unfinished_answers_it_was_finishing():
+    gate = threading.Event()
+    backend = _TwoPass(gate=gate)
+
+    async def go():
+        batcher = Batcher(backend, max_batch_size=4, max_wait_ms=0, max_queue=64)
+        await batcher.start()
+        unfinished = asyncio.create_task(batcher.generate([_req("AGAIN q0")]))
+        await _started(backend)
+        failing = asyncio.create_task(batcher.generate([_req("BOOM")]))
+        while batcher.depth < 1:
+            await asyncio.sleep(0.005)
+        gate.set()
+        outcomes = await asyncio.gather(unfinished, failing, return_exceptions=True)
+        after = await batcher.generate([_req("fine")])
+        await batcher.stop()
+        return outcomes, after
+
+    outcomes, after = asyncio.run(go())
+    assert all(isinstance(o, ModelFailure) and "simulated failure" in str(o) for o in outcomes)
+    assert after == ["a: fine"]
+    assert backend.rounds[:2] == [(["AGAIN q0"], []), (["BOOM"], ["AGAIN q0"])]
+
+
+def test_a_backend_that_answers_in_one_pass_refuses_unfinished_answers():
+    backend = _Counting()
+    assert backend.generate_round([_req("q")], []) == (["a: q"], [])
+    with pytest.raises(BackendError, match="leaves no answer unfinished"):
+        backend.generate_round([], [_Again("q")])

@@ -201,9 +201,9 @@ class _Recording(HFBackend):
         super().__init__(*args, **kwargs)
         self.seen: list[GenerationRequest] = []
 
-    def generate(self, requests: list[GenerationRequest]) -> list[str]:
-        self.seen.extend(requests)
-        return super().generate(requests)
+    def generate_round(self, requests: list[GenerationRequest], unfinished: list) -> tuple[list, list[str]]:
+        self.seen.extend(requests)  # what the server's batcher calls
+        return super().generate_round(requests, unfinished)
 
 
 def test_server_puts_at_most_max_history_turns_in_the_prompt(tmp_path, tiny_model_dir):

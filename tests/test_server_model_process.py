@@ -67,6 +67,21 @@ def test_the_child_answers_as_the_model_in_this_process(child, in_process):
     assert "".join(child.generate_stream(request)) == in_process.generate([request])[0]
 
 
+def test_a_round_with_unsure_answers_to_finish_goes_through_the_child(tmp_path, tiny_model_dir):
+    from finetune.generation import UnsureAnswer
+
+    child = create_backend(_config(tmp_path, tiny_model_dir, views=4, views_below=0.5))
+    here = HFBackend(tiny_model_dir, views=4, views_below=0.5)
+    unsure = [UnsureAnswer(_requests()[0], "Center.")]  # the first answer about the map as sent, as if unsure
+    try:
+        answers, finished = child.generate_round(_requests(), unsure)
+        assert (answers, finished) == here.generate_round(_requests(), unsure)
+        assert len(answers) == 3 and len(finished) == 1 and all(isinstance(a, str) for a in answers + finished)
+    finally:
+        child.close()
+        here.close()
+
+
 def test_a_stream_closed_early_and_a_model_error_leave_the_child_serving(child, in_process):
     pieces = child.generate_stream(_requests()[0])
     next(pieces)

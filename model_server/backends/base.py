@@ -2,7 +2,8 @@
 
 The server hands a backend a batch of `GenerationRequest`s — each with the wafer map
 already read into a die grid, the earlier turns of the thread and the new question —
-and gets one answer string per request back, in order. Backends build their own
+and gets one answer string per request back, in order (`generate_round`: or an
+`Unfinished` answer to finish in the next call). Backends build their own
 prompt (their model decides what it needs to see) and render the map the way their
 model was trained on. `generate` is synchronous and may be slow; the server calls it
 from a worker thread and batches concurrent requests into one call.
@@ -51,6 +52,10 @@ class BackendInfo:
     details: dict = field(default_factory=dict)
 
 
+class Unfinished:
+    """An answer that needs one more generate call (`Backend.generate_round`); what it holds is the backend's."""
+
+
 class BackendError(RuntimeError):
     """The model failed to answer; the server replies 500 with a request id and keeps serving."""
 
@@ -65,6 +70,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def generate(self, requests: list[GenerationRequest]) -> list[str]:
         """Answer every request (one batch); answers in the same order. Raises BackendError."""
+
+    def generate_round(
+        self, requests: list[GenerationRequest], unfinished: list[Unfinished]
+    ) -> tuple[list[str | Unfinished], list[str]]:
+        """One generate call that answers `requests` and finishes `unfinished` (left so by an earlier
+        round): each request's answer, or an `Unfinished` to hand back in a later round, and each
+        unfinished one's answer. The server's batcher hands them back with its next batch, so an
+        answer that needs a second pass (the hf backend's other views of an unsure map) costs no call
+        of its own. The default answers in one pass and leaves nothing unfinished. Raises BackendError."""
+        if unfinished:
+            raise BackendError(f"{type(self).__name__} leaves no answer unfinished, got {len(unfinished)} back")
+        return list(self.generate(requests)), []
 
     def generate_stream(self, request: GenerationRequest) -> Iterator[str]:
         """Answer one request as pieces of text as they are produced (for SSE streaming).

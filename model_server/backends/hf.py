@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest
+from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest, Unfinished
 
 
 def checkpoint_version(model_dir: Path, adapter_dir: Path | None = None) -> str:
@@ -59,7 +59,8 @@ def checkpoint_info(backend: str, model_dir: Path, adapter_dir: Path | None, *, 
 
 
 class HFBackend(Backend):
-    """Answers with a local transformers model; generation is serialised by the server's batcher."""
+    """Answers with a local transformers model; generation is serialised by the server's batcher,
+    which calls `generate_round` (`generate` answers a batch in full, for the other callers)."""
 
     def __init__(
         self,
@@ -100,6 +101,22 @@ class HFBackend(Backend):
                 return generate_answers(self.model, self.processor, requests)
         except Exception as exc:
             raise BackendError(f"the model failed to answer: {type(exc).__name__}: {exc}") from exc
+
+    def generate_round(
+        self, requests: list[GenerationRequest], unfinished: list[Unfinished]
+    ) -> tuple[list[str | Unfinished], list[str]]:
+        """Answers, with those unsure about a map left `Unfinished` (`finetune.generation.answer_round`):
+        their other views are asked in the next call, beside the next batch's requests."""
+        from finetune.generation import UnsureAnswer, answer_round
+
+        if not all(isinstance(u, UnsureAnswer) for u in unfinished):
+            raise BackendError("the hf backend finishes only the unsure answers it left unfinished")
+        try:
+            with self._lock:
+                answers, finished = answer_round(self.model, self.processor, requests, unfinished)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise BackendError(f"the model failed to answer: {type(exc).__name__}: {exc}") from exc
+        return list(answers), finished
 
     def generate_stream(self, request: GenerationRequest) -> Iterator[str]:
         from finetune.generation import stream_answer
