@@ -162,51 +162,39 @@ def test_swap_backend_between_batches_drops_nothing():
     assert new.rounds == [(["AGAIN q0", "after"], []), ([], ["AGAIN q0"])]
 
 
-def test_an_unfinished_answer_is_finished_beside_the_next_batch():
+async def _while_the_first_runs(batcher: Batcher, backend: _Counting, gate: threading.Event,
+                                first: list[str], queued: list[str]) -> list:
+    """Ask `first`; while the model holds it (at `gate`), queue `queued`; open the gate. Answers or exceptions."""
+    running = asyncio.create_task(batcher.generate([_req(q) for q in first]))
+    await _started(backend)
+    waiting = asyncio.create_task(batcher.generate([_req(q) for q in queued]))
+    while batcher.depth < len(queued):
+        await asyncio.sleep(0.005)
+    gate.set()
+    return await asyncio.gather(running, waiting, return_exceptions=True)
+
+
+@pytest.mark.parametrize("next_batch", ["q2", "BOOM"])
+def test_an_unfinished_answer_is_finished_beside_the_next_batch_and_fails_with_it(next_batch):
     gate = threading.Event()
     backend = _TwoPass(gate=gate)
 
     async def go():
         batcher = Batcher(backend, max_batch_size=4, max_wait_ms=0, max_queue=64)
         await batcher.start()
-        first = asyncio.create_task(batcher.generate([_req("AGAIN q0"), _req("q1")]))
-        await _started(backend)
-        later = asyncio.create_task(batcher.generate([_req("q2")]))  # waits while the first batch runs
-        while batcher.depth < 1:
-            await asyncio.sleep(0.005)
-        gate.set()
-        result = (await first, await later)
+        result = await _while_the_first_runs(batcher, backend, gate, ["AGAIN q0", "q1"], [next_batch])
         alone = await batcher.generate([_req("AGAIN q3")])  # nothing else waiting: finished in a call of its own
         await batcher.stop()
         return result, alone
 
     (first, later), alone = asyncio.run(go())
-    assert first == ["a: AGAIN q0 (twice)", "a: q1"] and later == ["a: q2"] and alone == ["a: AGAIN q3 (twice)"]
-    assert backend.rounds == [(["AGAIN q0", "q1"], []), (["q2"], ["AGAIN q0"]), (["AGAIN q3"], []), ([], ["AGAIN q3"])]
-
-
-def test_a_failing_call_fails_the_unfinished_answers_it_was_finishing():
-    gate = threading.Event()
-    backend = _TwoPass(gate=gate)
-
-    async def go():
-        batcher = Batcher(backend, max_batch_size=4, max_wait_ms=0, max_queue=64)
-        await batcher.start()
-        unfinished = asyncio.create_task(batcher.generate([_req("AGAIN q0")]))
-        await _started(backend)
-        failing = asyncio.create_task(batcher.generate([_req("BOOM")]))
-        while batcher.depth < 1:
-            await asyncio.sleep(0.005)
-        gate.set()
-        outcomes = await asyncio.gather(unfinished, failing, return_exceptions=True)
-        after = await batcher.generate([_req("fine")])
-        await batcher.stop()
-        return outcomes, after
-
-    outcomes, after = asyncio.run(go())
-    assert all(isinstance(o, ModelFailure) and "simulated failure" in str(o) for o in outcomes)
-    assert after == ["a: fine"]
-    assert backend.rounds[:2] == [(["AGAIN q0"], []), (["BOOM"], ["AGAIN q0"])]
+    assert backend.rounds == [(["AGAIN q0", "q1"], []), ([next_batch], ["AGAIN q0"]), (["AGAIN q3"], []),
+                              ([], ["AGAIN q3"])]
+    assert alone == ["a: AGAIN q3 (twice)"]  # the server goes on after a failure
+    if next_batch == "BOOM":  # the call that was to finish q0 failed: q0's caller gets the failure too
+        assert all(isinstance(o, ModelFailure) and "simulated failure" in str(o) for o in (first, later))
+    else:
+        assert first == ["a: AGAIN q0 (twice)", "a: q1"] and later == ["a: q2"]
 
 
 def test_a_backend_that_answers_in_one_pass_refuses_unfinished_answers():
