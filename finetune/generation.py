@@ -5,7 +5,9 @@ user gets. Prompts come from `finetune.prompting.build_messages`; batches are le
 oldest history turns are dropped when a conversation would not fit the model's context. For a
 checkpoint trained with number slots (`finetune.number_slots`), the measured numbers in history
 answers are shown as slots, as in training, and the slots of a new answer are filled with the
-numbers measured from the request's map.
+numbers measured from the request's map. A model that answers from several views of the map
+(`finetune.views`) answers by vote: `generate_answers` asks an unsure answer's other views in a
+second batch; `answer_round` hands it back unfinished, for the server to ask beside its next batch.
 """
 
 from __future__ import annotations
