@@ -6,8 +6,8 @@ oldest history turns are dropped when a conversation would not fit the model's c
 checkpoint trained with number slots (`finetune.number_slots`), the measured numbers in history
 answers are shown as slots, as in training, and the slots of a new answer are filled with the
 numbers measured from the request's map. A model that answers from several views of the map
-(`finetune.views`) answers by vote: `generate_answers` asks an unsure answer's other views in a
-second batch; `answer_round` hands it back unfinished, for the server to ask beside its next batch.
+(`finetune.views`) answers by vote, an unsure answer's other views asked beside the next batch:
+`generate_answers` does so itself; `answer_round` hands it back unfinished, for the server's batcher.
 """
 
 from __future__ import annotations
@@ -196,22 +196,28 @@ def generate_answers(
     model: Any, processor: Any, requests: list[GenerationRequest], batch_size: int | None = None,
     fill_slots: bool = True,
 ) -> list[str]:
-    """Greedy answers to `requests`, in order; `batch_size` splits a long list into batches (each
-    followed by a second, smaller one when some answers are asked again about their map's other views).
+    """Greedy answers to `requests`, in order; `batch_size` splits a long list into batches. An answer
+    asked again about its map's other views (`finetune.views`) is asked beside the next batch, and
+    after the last in a batch of its own, as the server does.
 
     `fill_slots=False` leaves number and location slots as generated (the evaluator counts them).
     """
-    answers: list[str] = []
+    answers: list[str] = [""] * len(requests)
     size = batch_size or len(requests) or 1
-    for start in range(0, len(requests), size):
+    carried: list[tuple[int, UnsureAnswer]] = []
+    for start in [*range(0, len(requests), size), len(requests)]:  # the last, empty batch finishes what is carried
         chunk = requests[start : start + size]
-        written, _ = _views_round(model, processor, chunk, ())
-        unsure = [(i, w) for i, w in enumerate(written) if isinstance(w, UnsureAnswer)]
-        if unsure:
-            _, others = _views_round(model, processor, [], [w for _, w in unsure])
-            for (i, w), texts in zip(unsure, others):
-                written[i] = [w.first, *texts]
-        answers.extend(_chosen(request, texts, fill_slots) for request, texts in zip(chunk, written))  # type: ignore[arg-type]
+        if not chunk and not carried:
+            break
+        written, others = _views_round(model, processor, chunk, [u for _, u in carried])
+        for (i, unsure), texts in zip(carried, others):
+            answers[i] = _chosen(unsure.request, [unsure.first, *texts], fill_slots)
+        carried = []
+        for i, (request, texts) in enumerate(zip(chunk, written), start):
+            if isinstance(texts, UnsureAnswer):
+                carried.append((i, texts))
+            else:
+                answers[i] = _chosen(request, texts, fill_slots)
     return answers
 
 

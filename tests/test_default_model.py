@@ -22,6 +22,7 @@ from data_tools.synthetic import generate_grid
 from data_tools.wafer_map import WaferMap
 from finetune.answer_parser import parse_answer
 from finetune.evaluate import sectors_named
+from finetune.generation import generate_answers
 from model_server.backends.base import GenerationRequest, Turn
 from model_server.backends.hf import HFBackend
 
@@ -170,9 +171,12 @@ def test_only_unsure_answers_that_name_patterns_ask_the_other_views():
                 GenerationRequest("hi", None, max_new_tokens=8),
                 GenerationRequest("这片晶圆有哪些缺陷？", wafer.transformed(1), max_new_tokens=48)]
     assert rows_seen_by_the_vision_tower(unsure.model, unsure.processor, requests) == [3, 6]
+    # in batches of two, the first batch's unsure map is asked again beside the second, the second's after it
+    assert rows_seen_by_the_vision_tower(unsure.model, unsure.processor, requests, batch_size=2) == [2, 4, 3]
     always = HFBackend(DEFAULT_MODEL, views=4, views_below=1)
     assert rows_seen_by_the_vision_tower(always.model, always.processor, requests) == [12]
     assert unsure.generate(requests) == always.generate(requests)  # the same vote, one image fewer per map
+    assert generate_answers(unsure.model, unsure.processor, requests, batch_size=2) == always.generate(requests)
 
 
 def test_a_round_leaves_unsure_answers_unfinished_and_finishes_them_beside_the_next_batch(backend):

@@ -122,12 +122,12 @@ def test_the_sureness_setting_is_checked_and_one_means_always():
     assert (DEFAULT_CONFIG.answer_views, DEFAULT_CONFIG.answer_views_below) == (4, 0.9)  # 4 views: unsure only
 
 
-def rows_seen_by_the_vision_tower(model, processor, requests) -> list[int]:
+def rows_seen_by_the_vision_tower(model, processor, requests, **generate_options) -> list[int]:
     """How many images the vision tower reads in each forward pass while `requests` are answered."""
     seen: list[int] = []
     handle = vision_tower(model).register_forward_hook(lambda module, args, output: seen.append(len(args[0])))
     try:
-        generate_answers(model, processor, requests)
+        generate_answers(model, processor, requests, **generate_options)
     finally:
         handle.remove()
     return seen
