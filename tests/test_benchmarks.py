@@ -110,3 +110,22 @@ def test_chat_phrasings_scores_each_phrasing_as_the_model_reads_it(tiny_model_di
     assert rows["what defects do you see"]["as_the_model_reads_it"] == "What defects do you see?"
     assert rows["这片晶圆有什么缺陷"]["as_the_model_reads_it"] == "这片晶圆有什么缺陷？"
     assert all(r["maps"] == 2 and 0 <= r["exact_match"] <= 1 for r in rows.values())
+
+
+def test_plain_cnn_reference_compares_a_cnn_and_the_model_on_the_real_test_maps(tmp_path, tiny_model_dir):
+    from defect_glm import main
+
+    real = tmp_path / "mixedwm38.npz"
+    assert main(["data", "synth", "--per-class", "1", "--out", str(real), "--no-progress"]) == 0
+    corpus = tmp_path / "corpus"
+    assert main(["data", "build", "--mixedwm38", str(real), "--synthetic", "1", "-k", "1", "--val-fraction", "0.2",
+                 "--test-fraction", "0.3", "--out", str(corpus), "--no-progress"]) == 0
+    out = _run("benchmarks/plain_cnn_reference.py", "--data", str(corpus), "--mixedwm38", str(real),
+               "--model", str(tiny_model_dir), "--steps", "2", "--width", "4", "--probe-steps", "2",
+               "--threads", "1", "--json")
+    figures = json.loads(out[out.index("{"):])
+    n = figures["test_real_distinct_maps"]
+    assert 0 < n < 76  # the real file's test maps only, not the synthetic ones the corpus added
+    assert all(0 <= figures[k] <= n for k in ("cnn_one_view", "cnn_eight_views", "model_right",
+                                             "frozen_tower_probe_right", "both_wrong", "either_right"))
+    assert figures["either_right"] + figures["both_wrong"] == n
