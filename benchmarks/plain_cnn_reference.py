@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -73,13 +72,13 @@ def dihedral(grids: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
 
 
 def train_cnn(grids: np.ndarray, labels: np.ndarray, steps: int, width: int, seed: int, bf16: bool) -> PlainCNN:
+    from finetune.vision_pretrain import warmup_cosine  # the stage-1 tower's schedule
+
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = PlainCNN(width)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else
-                                                  0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, steps))
     targets = torch.from_numpy(labels.astype(np.float32))
     for _ in range(steps):
         chosen = rng.integers(len(grids), size=128)
@@ -155,15 +154,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from data_tools.wafer_map import WaferMap
     from finetune.checkpoints import default_model_dir
     from finetune.dataset import Corpus
     from finetune.loading import load_model
     from finetune.train import bf16_autocast_allowed
 
     corpus = Corpus(args.data)
-    real = {grid.astype(np.uint8).tobytes() for grid in np.load(args.mixedwm38)["arr_0"]}
+    real = {WaferMap(grid).content_hash for grid in np.load(args.mixedwm38)["arr_0"]}  # how the corpus names maps
     train = corpus.map_indices("train")
-    test = np.array([i for i in corpus.map_indices("test") if corpus.grids[i].tobytes() in real])
+    test = np.array([i for i in corpus.map_indices("test") if corpus.hashes[i] in real])
     grids, labels = corpus.grids[test], corpus.labels[test]
 
     started = time.perf_counter()

@@ -135,7 +135,8 @@ def load_model(
     if dtype not in DTYPES and dtype != AUTO_DTYPE:
         raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)} or {AUTO_DTYPE}; got {dtype!r}")
     try:
-        check_views(views if views is not None else 1)
+        if views is not None:
+            check_views(views)
         check_below(views_below)
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from None

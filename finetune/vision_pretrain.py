@@ -64,6 +64,14 @@ def pixel_batch(processor: Any, grids: np.ndarray, rng: random.Random, augment: 
     return processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
 
+def warmup_cosine(step: int, steps: int) -> float:
+    """Learning-rate factor at `step` of `steps`: linear warm-up over the first twentieth, then cosine to 0."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
 def pretrain_vision(
     model: Any,
     processor: Any,
@@ -91,14 +99,7 @@ def pretrain_vision(
     head = PatternHead(model.config.vision_config.hidden_size).to(device)
     params = [*tower.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, steps))
     targets_all = torch.as_tensor(np.asarray(labels), dtype=torch.float32, device=device)
     was_training = tower.training
     tower.train()
