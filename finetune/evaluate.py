@@ -9,7 +9,7 @@ ms per map, a number check (failing dies and yield asked on a sample, compared w
 within ±1 die / ±0.5 %) and a location check (on maps with a pattern that sits in a sector —
 Edge-Loc, Loc, Scratch — the sectors named in the answer to "where are the defects?" against those
 measured from the map for its true patterns, `data_tools.locate`). `--report DIR` adds a
-confusion-matrix PNG and a Markdown report.
+confusion-matrix PNG, a gallery of the maps answered wrong and a Markdown report.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from data_tools.answers import cluster_place, location_answer
+from data_tools.loaders import WaferDataset
 from data_tools.locate import locate
 from data_tools.phrasing import (
     COUNT_QUESTIONS,
@@ -100,10 +101,12 @@ def score(truth: list[tuple[str, ...]], predicted: list[tuple[str, ...] | None])
 
 def recognition_scores(
     model: Any, processor: Any, grids: np.ndarray, labels: np.ndarray, batch_size: int = 32, seed: int = 0,
-    max_new_tokens: int = 48, keep_predictions: bool = False,
+    max_new_tokens: int = 48, keep_predictions: bool = False, rows: np.ndarray | None = None,
 ) -> dict:
     """Ask each map a recognition question, parse the answers and score them (plus timing and samples).
 
+    `missed` lists every map answered wrong: `map` (its position in `grids`), `row` (`rows[map]`: the
+    file's `index` entry for it; `map` without `rows`), `truth` and `parsed` (what its answer was read as).
     `keep_predictions` adds `predicted`: each map's parsed pattern keys (None: unparseable), in map order."""
     from finetune.generation import generate_answers
 
@@ -128,11 +131,17 @@ def recognition_scores(
     result["ms_per_map"] = round(1000 * elapsed / max(1, len(grids)), 2)
     result["batch_size"] = batch_size
     result["confusion"] = dict(Counter((class_label(t), class_label(p)) for t, p in zip(truth, predicted)))
+    missed = [i for i, (t, p) in enumerate(zip(truth, predicted)) if p is None or set(p) != set(t)]
     result["mistakes"] = [
-        {"question": r.question, "answer": a, "truth": class_label(t), "parsed": class_label(p)}
-        for r, a, t, p in zip(requests, answers, truth, predicted)
-        if p is None or set(p) != set(t)
-    ][:20]
+        {"question": requests[i].question, "answer": answers[i], "truth": class_label(truth[i]),
+         "parsed": class_label(predicted[i])}
+        for i in missed[:20]
+    ]
+    result["missed"] = [
+        {"map": i, "row": i if rows is None else int(rows[i]), "truth": class_label(truth[i]),
+         "parsed": class_label(predicted[i])}
+        for i in missed
+    ]
     if keep_predictions:
         result["predicted"] = [None if p is None else list(p) for p in predicted]
     return result
@@ -285,6 +294,13 @@ def yesno_scores(model: Any, processor: Any, grids: np.ndarray, labels: np.ndarr
 def select_maps(path: str | Path, split: str = "all", limit: int | None = None, seed: int = 0,
                 val_fraction: float = 0.05, test_fraction: float = 0.10) -> tuple[np.ndarray, np.ndarray]:
     """Grids and labels of a MixedWM38 file, restricted to a corpus split (by content hash) and a limit."""
+    maps = select_dataset(path, split, limit, seed, val_fraction, test_fraction)
+    return maps.grids, maps.labels
+
+
+def select_dataset(path: str | Path, split: str = "all", limit: int | None = None, seed: int = 0,
+                   val_fraction: float = 0.05, test_fraction: float = 0.10) -> WaferDataset:
+    """`select_maps` as a labelled `WaferDataset`, which keeps each map's row in the file (`index`)."""
     from data_tools.loaders import DataFormatError, load_mixedwm38
 
     try:
@@ -310,7 +326,7 @@ def select_maps(path: str | Path, split: str = "all", limit: int | None = None, 
             indices = np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))
     if not len(indices):
         raise EvaluationError(f"no maps of split {split!r} in {path}")
-    return data.grids[indices], data.labels[indices]
+    return data.subset(indices)
 
 
 def evaluate_file(
@@ -341,7 +357,8 @@ def evaluate_file(
 
     if threads:
         torch.set_num_threads(threads)
-    grids, labels = select_maps(mixedwm38, split, limit, seed)
+    maps = select_dataset(mixedwm38, split, limit, seed)
+    grids, labels = maps.grids, maps.labels
     model, processor = load_model(model_dir, adapter_dir=adapter_dir, dtype=dtype, channels_last=True, views=views,
                                   views_below=views_below)
     result: dict[str, Any] = {
@@ -355,7 +372,8 @@ def evaluate_file(
         "limit": limit,
         "torch_threads": torch.get_num_threads(),
     }
-    result.update(recognition_scores(model, processor, grids, labels, batch_size=batch_size, seed=seed))
+    result.update(recognition_scores(model, processor, grids, labels, batch_size=batch_size, seed=seed,
+                                     rows=maps.index))
     if numbers:
         result["numbers"] = number_scores(model, processor, grids[:numbers], batch_size=batch_size, seed=seed)
     if locations:
@@ -366,7 +384,7 @@ def evaluate_file(
     if report_dir is not None:
         from finetune.report import write_report
 
-        result["report"] = str(write_report(result, Path(report_dir)))
+        result["report"] = str(write_report(result, Path(report_dir), grids=grids))
     return result
 
 

@@ -1,4 +1,5 @@
-"""The evaluation report: a confusion-matrix PNG and a Markdown summary of an `evaluate_file` result."""
+"""The evaluation report: a confusion-matrix PNG, a gallery of the maps answered wrong and a Markdown
+summary of an `evaluate_file` result."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import numpy as np
 from data_tools.taxonomy import CLASS_NAMES
 
 INVALID = "unparsed/invalid"
+#: Most maps the gallery of mistakes shows (the first ones in file order; the report lists them all).
+GALLERY_MAPS = 64
+GALLERY_COLUMNS = 8
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -44,6 +48,12 @@ def confusion_png(confusion: list[dict], path: Path) -> Path:
         if value and r != c:
             ax.text(c, r, int(value), ha="center", va="center", fontsize=6, color="red")
     fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
@@ -51,7 +61,31 @@ def confusion_png(confusion: list[dict], path: Path) -> Path:
     return path
 
 
-def markdown(result: dict, image_name: str) -> str:
+def mistakes_png(missed: list[dict], grids: np.ndarray, path: Path, most: int = GALLERY_MAPS) -> Path:
+    """The first `most` maps answered wrong (the fab palette: green good dies, red failing), each titled with its
+    row in the file, its true class and what its answer was read as: to tell a model's slip from a
+    map whose label is arguable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from data_tools.render import render
+
+    shown = missed[:most]
+    columns = min(GALLERY_COLUMNS, max(1, len(shown)))
+    rows = max(1, -(-len(shown) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.1 * columns, 2.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, miss in zip(axes.flat, shown):
+        ax.imshow(render(grids[miss["map"]], palette="fab", size=156))
+        ax.set_title(f"row {miss['row']}\ntrue: {miss['truth']}\nread: {miss['parsed']}", fontsize=6)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def markdown(result: dict, image_name: str, gallery_name: str | None = None) -> str:
     lines = [
         "# Defect-GLM evaluation",
         "",
@@ -90,6 +124,15 @@ def markdown(result: dict, image_name: str) -> str:
     for name, v in result["per_class"].items():
         lines.append(f"| {name} | {v['n']} | {100 * v['exact_match']:.2f}% |")
     lines += ["", "## Confusion matrix", "", f"![confusion matrix]({image_name})", ""]
+    missed = result.get("missed") or []
+    if missed:
+        shown = f"the first {GALLERY_MAPS} of {len(missed)}" if len(missed) > GALLERY_MAPS else f"all {len(missed)}"
+        lines += ["## Maps answered wrong", ""]
+        if gallery_name:
+            lines += [f"Drawn in `{gallery_name}` ({shown}):", "", f"![maps answered wrong]({gallery_name})", ""]
+        lines += ["| row (the file's index) | truth | read as |", "| --- | --- | --- |"]
+        lines += [f"| {m['row']} | {m['truth']} | {m['parsed']} |" for m in missed]
+        lines.append("")
     if result.get("mistakes"):
         lines += ["## Some mistakes", "", "| truth | parsed | answer |", "| --- | --- | --- |"]
         for m in result["mistakes"]:
@@ -98,10 +141,14 @@ def markdown(result: dict, image_name: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: dict, out_dir: Path) -> Path:
-    """Write confusion_matrix.png and report.md into `out_dir`; returns the Markdown path."""
+def write_report(result: dict, out_dir: Path, grids: np.ndarray | None = None) -> Path:
+    """Write confusion_matrix.png and report.md into `out_dir`, and mistakes.png when the evaluated
+    `grids` are given and some were answered wrong; returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     confusion_png(result["confusion"], out_dir / "confusion_matrix.png")
+    gallery = None
+    if grids is not None and result.get("missed"):
+        gallery = mistakes_png(result["missed"], grids, out_dir / "mistakes.png").name
     path = out_dir / "report.md"
-    _atomic_write_text(path, markdown(result, "confusion_matrix.png"))
+    _atomic_write_text(path, markdown(result, "confusion_matrix.png", gallery))
     return path

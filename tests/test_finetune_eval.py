@@ -76,6 +76,14 @@ def test_eval_json_has_exact_scores_for_a_model_of_known_answers(maps, says_norm
     with Image.open(tmp_path / "report" / "confusion_matrix.png") as image:
         assert image.format == "PNG"
 
+    # every map answered wrong, by its row in the file, listed and drawn for a person to judge
+    assert result["missed"] == [{"map": 1, "row": 1, "truth": "Center", "parsed": "Normal"},
+                                {"map": 2, "row": 2, "truth": "Random", "parsed": "Normal"}]
+    assert "| 1 | Center | Normal |" in text and "| 2 | Random | Normal |" in text
+    assert "![maps answered wrong](mistakes.png)" in text and "(all 2)" in text
+    with Image.open(tmp_path / "report" / "mistakes.png") as image:
+        assert image.format == "PNG" and image.width > image.height  # two maps side by side
+
 
 def test_eval_of_the_tiny_random_model_is_consistent(maps, tiny_model_dir, capsys):
     result = _eval_json(capsys, "--model", str(tiny_model_dir), "--mixedwm38", str(maps), "--limit", "2",
@@ -88,6 +96,15 @@ def test_eval_of_the_tiny_random_model_is_consistent(maps, tiny_model_dir, capsy
         assert all(0.0 <= values[k] <= 1.0 for k in ("precision", "recall", "f1"))
     assert sum(v["n"] for v in result["per_class"].values()) == 2
     assert result["model"] == str(tiny_model_dir) and result["adapter"] is None and result["dtype"] == "float32"
+
+
+def test_a_map_answered_wrong_is_named_by_its_row_in_the_file(maps, says_normal, tmp_path, capsys):
+    result = _eval_json(capsys, "--model", str(says_normal), "--mixedwm38", str(maps), "--numbers", "0",
+                        "--limit", "2", "--seed", "0", "--report", str(tmp_path))
+    rows = {"Center": 1, "Random": 2}  # their rows in the file; seed 0 draws rows 1 and 2
+    assert result["missed"] and all(m["row"] == rows[m["truth"]] for m in result["missed"])
+    assert any(m["map"] != m["row"] for m in result["missed"])  # a position among the maps evaluated
+    assert f"| {result['missed'][0]['row']} | {result['missed'][0]['truth']} | Normal |" in Path(result["report"]).read_text()
 
 
 def test_eval_in_bfloat16_reports_the_dtype_and_scores_the_same_maps(maps, says_normal, capsys):
