@@ -57,8 +57,10 @@ def question_as_written(text: str) -> str:
     """`text` as the question banks write questions: Slack emoji codes and a closing thanks dropped,
     whitespace runs made single spaces, a lowercase first letter capitalised, and a question mark
     (``？`` in Chinese) added when the text has no closing punctuation. Chat users often type neither;
-    the small model, trained on the banks' forms, misreads such questions far more often. Words
-    and language are otherwise left as they are (a text that is nothing but thanks stays)."""
+    the small model, trained on the banks' forms, misreads such questions far more often. A text that
+    is nothing but a topic ("defects?", "yield", "causes?", "原因？") becomes the banks' first question
+    on that topic in its language (`bare_topic_question`). Words and language are otherwise left as
+    they are (a text that is nothing but thanks stays)."""
     text = " ".join(_EMOJI_CODE.sub(" ", text).split()) or " ".join(text.split())
     text = _CLOSING_THANKS.sub("", text).rstrip(" ,;，、；") or text
     if not text:
@@ -67,7 +69,22 @@ def question_as_written(text: str) -> str:
         text = text[0].upper() + text[1:]
     if text[-1] not in _SENTENCE_END:
         text += "？" if language_of(text) == "zh" else "?"
-    return text
+    return bare_topic_question(text) or text
+
+
+def bare_topic_question(text: str) -> str | None:
+    """The banks' first question on the topic `text` names when it names nothing else ("Defects?",
+    "the yield", "next steps?", "良率？", "原因", "这片是什么缺陷？"), also after a greeting ("hi, defects?"):
+    such short questions are common in chat, and the small model read many of them as another question
+    ("defects?" got the yield, "causes?" a zone's count, "原因？" the patterns, "这片是什么缺陷？" the yield).
+    None for any other text, a bare pattern name included ("Scratch?" may ask whether there is one)."""
+    bare = text.strip().rstrip(_SENTENCE_END + " ").strip()
+    greeting = _GREETING.match(bare)
+    bare = bare[greeting.end():] if greeting else bare
+    for pattern, bank in _BARE_TOPICS:
+        if pattern.fullmatch(bare):
+            return bank[language_of(bare)][0]
+    return None
 
 
 Bank = Mapping[str, Sequence[str]]
@@ -333,6 +350,37 @@ FOLLOW_NEXT: dict[str, list[str]] = {
     "en": ["And the {nth} one?", "What about the {nth} one?", "And the {nth}?", "Same for the {nth} one?"],
     "zh": ["那{nth}呢？", "{nth}呢？", "那{nth}怎么样？"],
 }
+
+
+#: What may stand before a Chinese topic word without asking anything more: "这片是什么缺陷？", "这是什么缺陷？",
+#: "这片晶圆有什么缺陷？", "这片良率？" (a short form the small model answered with the yield or with places).
+_ZH_THIS = "(?:这|这个|这片|这张|该)?(?:晶圆图|晶圆|图|片子)?(?:是|有)?(?:什么|哪种|哪些|哪类|哪一种|啥)?"
+#: A greeting before the topic ("hi, defects?", "早上好，这片是什么缺陷？"), dropped when the rest is a topic.
+_GREETING = re.compile(
+    r"(?:hi|hello|hey|good\s+morning|morning|good\s+afternoon|早上好|上午好|下午好|晚上好|你好|您好|嗨|哈喽|早)"
+    r"(?:\s+(?:team|all|bot|there|everyone))?[\s,，!！.。~～]+",
+    re.IGNORECASE,
+)
+#: One-word topics and the bank whose first question they stand for (`bare_topic_question`).
+_BARE_TOPICS: tuple[tuple[re.Pattern[str], Bank], ...] = tuple(
+    (re.compile(f"(?:the\\s+)?{_ZH_THIS}(?:{words})(?:\\s+(?:please|pls))?", re.IGNORECASE), bank)
+    for words, bank in (
+        (r"defects?|defect\s+(?:patterns?|types?|class(?:es)?)|(?:failure|fail)\s+(?:patterns?|signatures?|modes?)"
+         r"|patterns?|signature|classification|diagnosis|缺陷|缺陷模式|缺陷类型|缺陷分类|失效模式|模式|分类",
+         RECOGNITION_QUESTIONS),
+        (r"where|locations?|positions?|(?:defect|failure)\s+locations?|位置|在哪|在哪里|在哪儿|缺陷位置|失效位置",
+         LOCATION_QUESTIONS),
+        (r"(?:(?:likely|root|possible|probable)\s+)?causes?|why|原因|根因|根本原因|可能原因|为什么", CAUSE_QUESTIONS),
+        (r"next\s+steps?|actions?|what\s+to\s+check|checks?|recommendations?|suggestions?|troubleshooting"
+         r"|建议|下一步|措施|怎么办|怎么查|排查|检查什么", CHECK_QUESTIONS),
+        (r"(?:die\s+|wafer\s+)?yield|良率|良品率|合格率|成品率", COUNT_QUESTIONS["yield"]),
+        (r"(?:failing|failed|bad|defective)\s+dies|fail\s+count|failure\s+count|失效数|失效数量|失效芯片|不良芯片|坏芯片",
+         COUNT_QUESTIONS["failing"]),
+        (r"(?:good|passing)\s+dies|良品数|良品数量", COUNT_QUESTIONS["good"]),
+        (r"(?:total\s+)?die\s+count|total\s+dies|芯片总数|总芯片数", COUNT_QUESTIONS["dies"]),
+        (r"clusters?|失效团", COUNT_QUESTIONS["clusters"]),
+    )
+)
 
 
 # ---------------------------------------------------------------- chat-style variants (training only)

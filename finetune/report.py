@@ -79,7 +79,7 @@ def mistakes_png(missed: list[dict], grids: np.ndarray, path: Path, most: int = 
     for ax in axes.flat:
         ax.axis("off")
     for ax, miss in zip(axes.flat, shown):
-        ax.imshow(render(grids[miss["map"]], palette="fab", size=156))
+        ax.imshow(render(grids[miss["map"]], palette="fab", size=156), interpolation="nearest")
         ax.set_title(f"row {miss['row']}\ntrue: {miss['truth']}\nread: {miss['parsed']}", fontsize=6)
     fig.tight_layout()
     return _save_figure(fig, path)

@@ -108,7 +108,7 @@ def test_chat_phrasings_scores_each_phrasing_as_the_model_reads_it(tiny_model_di
     figures = json.loads(out[out.index("{"):])
     rows = {r["question"]: r for r in figures["rows"]}
     assert rows["what defects do you see"]["as_the_model_reads_it"] == "What defects do you see?"
-    assert rows["这片晶圆有什么缺陷"]["as_the_model_reads_it"] == "这片晶圆有什么缺陷？"
+    assert rows["这片晶圆有什么缺陷"]["as_the_model_reads_it"] == "这片晶圆有哪些缺陷？"  # a bare topic
     assert all(r["maps"] == 2 and 0 <= r["exact_match"] <= 1 for r in rows.values())
 
 

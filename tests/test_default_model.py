@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from data_tools.answers import cluster_place, location_answer
+from data_tools.knowledge import KNOWLEDGE
 from data_tools.locate import locate
 from data_tools.synthetic import generate_grid
 from data_tools.wafer_map import WaferMap
@@ -123,7 +124,7 @@ def test_places_in_answers_are_the_ones_measured_on_the_map(backend, language):
 #: `benchmarks/chat_phrasings.py` measures recognition for such phrasings.
 CHAT_TYPED = {"whats wrong with this wafer": "Whats wrong with this wafer?",
               "what defects do you see? thanks! :eyes:": "What defects do you see?",
-              "这片晶圆有什么缺陷": "这片晶圆有什么缺陷？"}
+              "这片晶圆有什么缺陷": "这片晶圆有哪些缺陷？"}
 
 
 def test_a_question_typed_as_in_chat_is_answered_as_its_corpus_form(backend):
@@ -133,6 +134,29 @@ def test_a_question_typed_as_in_chat_is_answered_as_its_corpus_form(backend):
     written = backend.generate([GenerationRequest(w, wafer) for _, w, wafer in asked])
     assert typed == written
     assert all(parse_answer(answer) is not None for answer in typed), typed
+
+
+#: One-word questions as typed in chat, and what their answers must hold: the patterns, the measured yield or
+#: failing count, causes. Read as typed, the model answered "defects?" with the yield, "causes?" with a zone's
+#: count, "原因？" or "良率？" with the patterns and "这片是什么缺陷？" with the yield;
+#: `data_tools.phrasing.bare_topic_question` asks the banks' form.
+BARE_TOPICS = (("defects?", "patterns"), ("这片是什么缺陷？", "patterns"), ("yield?", "yield"), ("良率？", "yield"),
+               ("failing dies?", "failing"), ("causes?", "causes"), ("原因？", "causes"))
+
+
+def test_a_question_of_one_word_is_answered_on_its_topic(backend):
+    wafers = [WaferMap(generate_grid(name, np.random.default_rng(seed))) for seed, name in enumerate(CLASSES)]
+    asked = [(question, topic, name, wafer) for question, topic in BARE_TOPICS for name, wafer in zip(CLASSES, wafers)]
+    answers = backend.generate([GenerationRequest(question, wafer) for question, _, _, wafer in asked])
+    for (question, topic, name, wafer), answer in zip(asked, answers):
+        if topic == "patterns":
+            assert set(parse_answer(answer) or ()) == set(name.split("+")), (question, answer)
+        elif topic == "causes":  # the most likely cause of one of the map's patterns, in the question's language
+            language = "zh" if "原因" in question else "en"
+            top = [getattr(KNOWLEDGE[key].causes[0].name, language) for key in name.split("+")]
+            assert any(cause in answer for cause in top), (question, answer)
+        else:
+            assert _expected(wafer.facts(), topic) in re.findall(r"\d+(?:\.\d+)?%?", answer), (question, answer)
 
 
 @pytest.fixture(scope="module")
