@@ -185,13 +185,13 @@ def number_scores(model: Any, processor: Any, grids: np.ndarray, batch_size: int
     answers = [fill_from_map(answer, request.wafer) for request, answer in zip(requests, raw)]
     ok = {"failing": [], "yield": []}
     examples = []
-    for (topic, value), answer in zip(expected, answers):
+    for request, (topic, value), answer in zip(requests, expected, answers):
         got = read_failing(answer) if topic == "failing" else read_yield(answer)
         tolerance = DIE_TOLERANCE if topic == "failing" else YIELD_TOLERANCE
         good = got is not None and abs(got - value) <= tolerance
         ok[topic].append(good)
         if not good and len(examples) < 10:
-            examples.append({"topic": topic, "expected": round(value, 2), "answer": answer})
+            examples.append({"topic": topic, "question": request.question, "expected": round(value, 2), "answer": answer})
     return {
         "n_maps": len(grids),
         "failing_within_1_die": round(float(np.mean(ok["failing"])), 4) if ok["failing"] else None,

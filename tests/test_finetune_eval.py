@@ -15,6 +15,7 @@ from PIL import Image
 
 from data_tools.answers import location_answer
 from data_tools.locate import locate
+from data_tools.phrasing import COUNT_QUESTIONS
 from data_tools.taxonomy import PATTERN_KEYS, from_multi_hot
 from data_tools.wafer_map import WaferMap
 from defect_glm import main
@@ -67,6 +68,8 @@ def test_eval_json_has_exact_scores_for_a_model_of_known_answers(maps, says_norm
     assert sorted((c["truth"], c["predicted"], c["count"]) for c in result["confusion"]) == [
         ("Center", "Normal", 1), ("Normal", "Normal", 1), ("Random", "Normal", 1)]
     assert result["numbers"]["n_maps"] == 3 and result["numbers"]["failing_within_1_die"] == 0.0
+    asked = {q for topic in ("failing", "yield") for bank in COUNT_QUESTIONS[topic].values() for q in bank}
+    assert result["numbers"]["mistakes"] and all(m["question"] in asked for m in result["numbers"]["mistakes"])
 
     report = Path(result["report"])
     assert report == tmp_path / "report" / "report.md"

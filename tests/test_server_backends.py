@@ -174,7 +174,7 @@ def test_openai_backend_keeps_memory_in_front_and_reports_engine_failures(tmp_pa
             async with running_server(_config(tmp_path, "front", backend="openai", openai_url=back.url + "/v1"),
                                       remote) as front, ModelServerClient(front.url) as client:
                 first = await client.send_message("x", "What defects does this wafer show?", image=wafer_png())
-                second = await client.send_message("x", "where?")
+                second = await client.send_message("x", "which zone?")
                 with pytest.raises(ModelServerError) as err:
                     await client.send_message("x", "BOOM")
                 third = await client.send_message("x", "still there?")
@@ -186,13 +186,13 @@ def test_openai_backend_keeps_memory_in_front_and_reports_engine_failures(tmp_pa
     first, second, failure, third, status, view, back_threads = asyncio.run(go())
     assert first.answer == "echo: What defects does this wafer show? (0 earlier turns)"
     # the history travelled in the messages; the question in the form the small model reads it (capitalised)
-    assert second.answer == "echo: Where? (2 earlier turns)"
+    assert second.answer == "echo: Which zone? (2 earlier turns)"
     assert (failure.status, failure.code) == (500, wire.CODE_MODEL_ERROR) and failure.request_id
     assert third.answer == "echo: Still there? (4 earlier turns)"  # the failed turn was not stored
     assert status.backend == "openai" and status.model == "echo-model"
     assert len(view.turns) == 6 and back_threads == 0
     # the back server got the front's prompt: the wafer image came through as a data URL and was re-read
-    assert echo.seen[1].wafer is not None and echo.seen[1].question == "Where?"
+    assert echo.seen[1].wafer is not None and echo.seen[1].question == "Which zone?"
 
 
 def test_openai_backend_refuses_unreachable_or_wrong_engines(tmp_path):
