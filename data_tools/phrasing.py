@@ -74,7 +74,8 @@ def question_as_written(text: str) -> str:
 
 def bare_topic_question(text: str) -> str | None:
     """The banks' first question on the topic `text` names when it names nothing else ("Defects?",
-    "the yield", "next steps?", "良率？", "原因", "这片是什么缺陷？"), also after a greeting ("hi, defects?"):
+    "the yield", "what is the failure rate?", "next steps?", "良率？", "原因", "这片是什么缺陷？", "坏了多少颗？"),
+    also after a greeting ("hi, defects?"):
     such short questions are common in chat, and the small model read many of them as another question
     ("defects?" got the yield, "causes?" a zone's count, "原因？" the patterns, "这片是什么缺陷？" the yield).
     None for any other text, a bare pattern name included ("Scratch?" may ask whether there is one)."""
@@ -352,6 +353,8 @@ FOLLOW_NEXT: dict[str, list[str]] = {
 }
 
 
+#: What may stand before an English topic word without asking anything more: "the yield", "what is the failure rate?".
+_EN_WHAT_IS = r"(?:(?:what(?:'s|\s+is|\s+are)\s+)?the\s+)?"
 #: What may stand before a Chinese topic word without asking anything more: "这片是什么缺陷？", "这是什么缺陷？",
 #: "这片晶圆有什么缺陷？", "这片良率？" (a short form the small model answered with the yield or with places).
 _ZH_THIS = "(?:这|这个|这片|这张|该)?(?:晶圆图|晶圆|图|片子)?(?:是|有)?(?:什么|哪种|哪些|哪类|哪一种|啥)?"
@@ -363,7 +366,7 @@ _GREETING = re.compile(
 )
 #: One-word topics and the bank whose first question they stand for (`bare_topic_question`).
 _BARE_TOPICS: tuple[tuple[re.Pattern[str], Bank], ...] = tuple(
-    (re.compile(f"(?:the\\s+)?{_ZH_THIS}(?:{words})(?:\\s+(?:please|pls))?", re.IGNORECASE), bank)
+    (re.compile(f"{_EN_WHAT_IS}{_ZH_THIS}(?:{words})(?:\\s+(?:please|pls))?", re.IGNORECASE), bank)
     for words, bank in (
         (r"defects?|defect\s+(?:patterns?|types?|class(?:es)?)|(?:failure|fail)\s+(?:patterns?|signatures?|modes?)"
          r"|patterns?|signature|classification|diagnosis|缺陷|缺陷模式|缺陷类型|缺陷分类|失效模式|模式|分类",
@@ -374,7 +377,8 @@ _BARE_TOPICS: tuple[tuple[re.Pattern[str], Bank], ...] = tuple(
         (r"next\s+steps?|actions?|what\s+to\s+check|checks?|recommendations?|suggestions?|troubleshooting"
          r"|建议|下一步|措施|怎么办|怎么查|排查|检查什么", CHECK_QUESTIONS),
         (r"(?:die\s+|wafer\s+)?yield|良率|良品率|合格率|成品率", COUNT_QUESTIONS["yield"]),
-        (r"(?:failing|failed|bad|defective)\s+dies|fail\s+count|failure\s+count|失效数|失效数量|失效芯片|不良芯片|坏芯片",
+        (r"(?:failing|failed|bad|defective)\s+dies|(?:fail|failure)\s+(?:count|rate)|失效数|失效数量|失效芯片|不良芯片|坏芯片"
+         r"|(?:坏|失效|不良)了?(?:多少|几)(?:颗|个)?",
          COUNT_QUESTIONS["failing"]),
         (r"(?:good|passing)\s+dies|良品数|良品数量", COUNT_QUESTIONS["good"]),
         (r"(?:total\s+)?die\s+count|total\s+dies|芯片总数|总芯片数", COUNT_QUESTIONS["dies"]),

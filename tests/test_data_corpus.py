@@ -411,6 +411,9 @@ def test_real_maps_recognition_answers_match_labels(real_mixedwm38, tmp_path):
     ("良率？", "良率是多少？"),
     ("Scratch?", "Scratch?"),  # a pattern's name may ask whether there is one: kept
     ("what defects?", "What defects?"),  # more than a topic: kept
+    ("What is the failure rate?", "How many dies fail?"),  # "what is the" asks nothing more than its topic
+    ("坏了多少颗？", "有多少颗芯片失效？"),
+    ("What is wrong with this wafer?", "What is wrong with this wafer?"),
     ("这是什么缺陷", "这片晶圆有哪些缺陷？"),  # "what defect is this": a topic after words that ask nothing more
     ("hey, yield?", "What's the yield?"),  # a greeting before a topic is dropped
     ("早上好，这片是什么缺陷？", "这片晶圆有哪些缺陷？"),

@@ -136,12 +136,13 @@ def test_a_question_typed_as_in_chat_is_answered_as_its_corpus_form(backend):
     assert all(parse_answer(answer) is not None for answer in typed), typed
 
 
-#: One-word questions as typed in chat, and what their answers must hold: the patterns, the measured yield or
-#: failing count, causes. Read as typed, the model answered "defects?" with the yield, "causes?" with a zone's
-#: count, "原因？" or "良率？" with the patterns and "这片是什么缺陷？" with the yield;
+#: Questions that name only a topic, and what their answers must hold: the patterns, the measured yield or failing
+#: count, causes. Read as typed, the model answered "defects?" and "这片是什么缺陷？" with the yield, "causes?" with a
+#: zone's count, "原因？", "良率？" and "What is the failure rate?" with the patterns, "坏了多少颗？" with the clusters;
 #: `data_tools.phrasing.bare_topic_question` asks the banks' form.
 BARE_TOPICS = (("defects?", "patterns"), ("这片是什么缺陷？", "patterns"), ("yield?", "yield"), ("良率？", "yield"),
-               ("failing dies?", "failing"), ("causes?", "causes"), ("原因？", "causes"))
+               ("failing dies?", "failing"), ("What is the failure rate?", "failing"), ("坏了多少颗？", "failing"),
+               ("causes?", "causes"), ("原因？", "causes"))
 
 
 def test_a_question_of_one_word_is_answered_on_its_topic(backend):
