@@ -373,7 +373,7 @@ _BARE_TOPICS: tuple[tuple[re.Pattern[str], Bank], ...] = tuple(
          RECOGNITION_QUESTIONS),
         (r"where|locations?|positions?|(?:defect|failure)\s+locations?|位置|在哪|在哪里|在哪儿|缺陷位置|失效位置",
          LOCATION_QUESTIONS),
-        (r"(?:(?:likely|root|possible|probable)\s+)?causes?|why|原因|根因|根本原因|可能原因|为什么", CAUSE_QUESTIONS),
+        (r"(?:(?:likely|root|possible|probable)\s+)?causes?|原因|根因|根本原因|可能原因", CAUSE_QUESTIONS),
         (r"next\s+steps?|actions?|what\s+to\s+check|checks?|recommendations?|suggestions?|troubleshooting"
          r"|建议|下一步|措施|怎么办|怎么查|排查|检查什么", CHECK_QUESTIONS),
         (r"(?:die\s+|wafer\s+)?yield|良率|良品率|合格率|成品率", COUNT_QUESTIONS["yield"]),
