@@ -73,12 +73,12 @@ def question_as_written(text: str) -> str:
 
 
 def bare_topic_question(text: str) -> str | None:
-    """The banks' first question on the topic `text` names when it names nothing else ("Defects?",
-    "the yield", "what is the failure rate?", "next steps?", "良率？", "原因", "这片是什么缺陷？", "坏了多少颗？"),
-    also after a greeting ("hi, defects?"):
-    such short questions are common in chat, and the small model read many of them as another question
-    ("defects?" got the yield, "causes?" a zone's count, "原因？" the patterns, "这片是什么缺陷？" the yield).
-    None for any other text, a bare pattern name included ("Scratch?" may ask whether there is one)."""
+    """The banks' first question on the topic `text` names when it names nothing else, also after a
+    greeting: "Defects?", "the yield", "what is the failure rate?", "next steps?", "hi, defects?", "良率？",
+    "原因", "这片是什么缺陷？", "坏了多少颗？". Such short questions are common in chat, and the small model
+    read many of them as another question ("defects?" got the yield, "causes?" a zone's count, "原因？"
+    the patterns, "这片是什么缺陷？" the yield). None for any other text, a bare pattern name included
+    ("Scratch?" may ask whether there is one) and a bare "why?" (what it asks depends on the thread)."""
     bare = text.strip().rstrip(_SENTENCE_END + " ").strip()
     greeting = _GREETING.match(bare)
     bare = bare[greeting.end():] if greeting else bare

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from data_tools.answers import cluster_place, location_answer
-from data_tools.loaders import WaferDataset
+from data_tools.loaders import DataFormatError, WaferDataset, load_mixedwm38
 from data_tools.locate import locate
 from data_tools.phrasing import (
     COUNT_QUESTIONS,
@@ -301,8 +301,6 @@ def select_maps(path: str | Path, split: str = "all", limit: int | None = None, 
 def select_dataset(path: str | Path, split: str = "all", limit: int | None = None, seed: int = 0,
                    val_fraction: float = 0.05, test_fraction: float = 0.10) -> WaferDataset:
     """`select_maps` as a labelled `WaferDataset`, which keeps each map's row in the file (`index`)."""
-    from data_tools.loaders import DataFormatError, load_mixedwm38
-
     try:
         data = load_mixedwm38(path)
     except DataFormatError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,8 @@ def confusion_png(confusion: list[dict], path: Path) -> Path:
     return _save_figure(fig, path)
 
 
-def _save_figure(fig, path: Path) -> Path:
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as PNG atomically, then close it."""
     import matplotlib.pyplot as plt
 
     tmp = path.with_name(f".{path.name}.tmp")
@@ -83,6 +85,19 @@ def mistakes_png(missed: list[dict], grids: np.ndarray, path: Path, most: int = 
         ax.set_title(f"row {miss['row']}\ntrue: {miss['truth']}\nread: {miss['parsed']}", fontsize=6)
     fig.tight_layout()
     return _save_figure(fig, path)
+
+
+def missed_lines(missed: list[dict], gallery_name: str | None = None) -> list[str]:
+    """The report's section on the maps answered wrong: the gallery (when drawn) and a table of every one."""
+    if not missed:
+        return []
+    shown = f"the first {GALLERY_MAPS} of {len(missed)}" if len(missed) > GALLERY_MAPS else f"all {len(missed)}"
+    lines = ["## Maps answered wrong", ""]
+    if gallery_name:
+        lines += [f"Drawn in `{gallery_name}` ({shown}):", "", f"![maps answered wrong]({gallery_name})", ""]
+    lines += ["| row (the file's index) | truth | read as |", "| --- | --- | --- |"]
+    lines += [f"| {m['row']} | {m['truth']} | {m['parsed']} |" for m in missed]
+    return [*lines, ""]
 
 
 def markdown(result: dict, image_name: str, gallery_name: str | None = None) -> str:
@@ -124,15 +139,7 @@ def markdown(result: dict, image_name: str, gallery_name: str | None = None) -> 
     for name, v in result["per_class"].items():
         lines.append(f"| {name} | {v['n']} | {100 * v['exact_match']:.2f}% |")
     lines += ["", "## Confusion matrix", "", f"![confusion matrix]({image_name})", ""]
-    missed = result.get("missed") or []
-    if missed:
-        shown = f"the first {GALLERY_MAPS} of {len(missed)}" if len(missed) > GALLERY_MAPS else f"all {len(missed)}"
-        lines += ["## Maps answered wrong", ""]
-        if gallery_name:
-            lines += [f"Drawn in `{gallery_name}` ({shown}):", "", f"![maps answered wrong]({gallery_name})", ""]
-        lines += ["| row (the file's index) | truth | read as |", "| --- | --- | --- |"]
-        lines += [f"| {m['row']} | {m['truth']} | {m['parsed']} |" for m in missed]
-        lines.append("")
+    lines += missed_lines(result.get("missed") or [], gallery_name)
     if result.get("mistakes"):
         lines += ["## Some mistakes", "", "| truth | parsed | answer |", "| --- | --- | --- |"]
         for m in result["mistakes"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -234,3 +235,15 @@ def test_yes_no_answers_are_checked_against_the_recognition_of_the_same_map(tmp_
     (mistake,) = yesno["mistakes"]
     assert mistake["model_answer"] == "Yes, Donut"
     assert mistake["answer"] == "No, there is no Loc pattern. The wafer shows Donut."
+
+
+def test_the_gallery_of_mistakes_shows_at_most_its_limit_and_the_report_lists_every_miss(tmp_path):
+    from finetune.report import GALLERY_MAPS, missed_lines, mistakes_png
+
+    grids = np.ones((GALLERY_MAPS + 6, 10, 10), dtype=np.int32)
+    missed = [{"map": i, "row": 1000 + i, "truth": "Center", "parsed": "Normal"} for i in range(len(grids))]
+    with Image.open(mistakes_png(missed, grids, tmp_path / "mistakes.png")) as image:
+        assert image.size == (1848, 2200)  # 8 × 8 tiles of 2.1 × 2.5 inches at 110 dpi: 64 maps, not 70
+    text = "\n".join(missed_lines(missed, "mistakes.png"))
+    assert f"the first {GALLERY_MAPS} of {len(grids)}" in text
+    assert all(f"| {1000 + i} | Center | Normal |" in text for i in range(len(grids)))
