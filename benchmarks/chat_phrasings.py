@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: The corpus's question first, then chat-style phrasings: lowercase, no closing mark, a thanks or an emoji
 #: code after the question, loose wording, context the question does not need, a bare keyword, a greeting.
-#: None is a form `data_tools.phrasing.as_typed_in_chat` writes for training (a test checks).
+#: None is a form `data_tools.phrasing.as_typed_in_chat` writes for training (a test checks). Some are read as
+#: the banks' question by a rule (`data_tools.phrasing.bare_topic_question`: "defects?", "can you take a look");
+#: their rows measure the rule, the others how the model reads a wording it never saw.
 PHRASINGS = (
     "What's wrong with this wafer?",
     "whats wrong with this wafer",
@@ -45,6 +47,10 @@ PHRASINGS = (
     "这片晶圆有什么问题？谢谢",
     "帮我看看这片晶圆",
     "早上好，这片是什么缺陷？",
+    "what's the story with this one?",
+    "which failure signature is this",
+    "you see anything unusual?",
+    "你觉得这片是什么问题",
 )
 
 

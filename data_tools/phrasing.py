@@ -75,13 +75,17 @@ def question_as_written(text: str) -> str:
 def bare_topic_question(text: str) -> str | None:
     """The banks' first question on the topic `text` names when it names nothing else, also after a
     greeting: "Defects?", "the yield", "what is the failure rate?", "next steps?", "hi, defects?", "良率？",
-    "原因", "这片是什么缺陷？", "坏了多少颗？". Such short questions are common in chat, and the small model
-    read many of them as another question ("defects?" got the yield, "causes?" a zone's count, "原因？"
-    the patterns, "这片是什么缺陷？" the yield). None for any other text, a bare pattern name included
+    "原因", "这片是什么缺陷？", "坏了多少颗？"; and a bare request to look at the wafer, which asks what it
+    shows ("check this wafer please", "帮我看看这片晶圆", "识别一下"). Such short questions are common in chat,
+    and the small model read many of them as another question ("defects?" got the yield, "causes?" a
+    zone's count, "原因？" the patterns, "这片是什么缺陷？" and "麻烦看下这片" the yield, "check this wafer
+    please" the good dies, "看一下这张图" a mix of places and causes). None for any other text, a bare pattern name included
     ("Scratch?" may ask whether there is one) and a bare "why?" (what it asks depends on the thread)."""
     bare = text.strip().rstrip(_SENTENCE_END + " ").strip()
     greeting = _GREETING.match(bare)
     bare = bare[greeting.end():] if greeting else bare
+    if _LOOK_REQUEST.fullmatch(bare):
+        return RECOGNITION_QUESTIONS[language_of(bare)][0]
     for pattern, bank in _BARE_TOPICS:
         if pattern.fullmatch(bare):
             return bank[language_of(bare)][0]
@@ -362,6 +366,16 @@ _ZH_THIS = "(?:这|这个|这片|这张|该)?(?:晶圆图|晶圆|图|片子)?(?:
 _GREETING = re.compile(
     r"(?:hi|hello|hey|good\s+morning|morning|good\s+afternoon|早上好|上午好|下午好|晚上好|你好|您好|嗨|哈喽|早)"
     r"(?:\s+(?:team|all|bot|there|everyone))?[\s,，!！.。~～]+",
+    re.IGNORECASE,
+)
+#: A request to look at the wafer and nothing more ("check this wafer please", "帮我看看这片晶圆", "分析一下"): it asks
+#: what the wafer shows.
+_LOOK_REQUEST = re.compile(
+    r"(?:(?:can|could|would)\s+you\s+)?(?:please\s+)?"
+    r"(?:(?:take|have)\s+a\s+look(?:\s+at\s+(?:(?:this|that|the|my)(?:\s+(?:wafer(?:\s+map)?|map|one|image))?|it))?|(?:check|look\s+at|analy[sz]e|diagnose|classify|inspect)\s+(?:(?:this|that|the|my)(?:\s+(?:wafer(?:\s+map)?|map|one|image))?|it))"
+    r"(?:\s+(?:please|pls|for\s+me))?"
+    r"|(?:请|麻烦)?(?:帮忙|帮我)?(?:看看|看一下|看一看|看下|瞧瞧|分析一下|分析下|分析|识别一下|识别|诊断一下|诊断|检查一下|查一下|判断一下)"
+    r"(?:这|这个|这片|这张|该)?(?:晶圆图|晶圆|图|片子|片)?(?:吧|呗)?",
     re.IGNORECASE,
 )
 #: One-word topics and the bank whose first question they stand for (`bare_topic_question`).

@@ -419,12 +419,18 @@ def test_real_maps_recognition_answers_match_labels(real_mixedwm38, tmp_path):
     ("早上好，这片是什么缺陷？", "这片晶圆有哪些缺陷？"),
     ("Hi! what pattern is on this one?", "Hi! what pattern is on this one?"),  # a greeting before a question: kept
     ("这片有缺陷吗？", "这片有缺陷吗？"),  # a yes/no question: kept
+    ("check this wafer please", "What defects does this wafer show?"),  # a request to look: what does it show?
+    ("帮我看看这片晶圆", "这片晶圆有哪些缺陷？"),
+    ("麻烦看下这片。", "这片晶圆有哪些缺陷？"),
+    ("check?", "What should I check for this wafer?"),  # the topic "checks", not a request to look
+    ("check the chuck", "Check the chuck?"),  # a request about something else: kept
+    ("看看良率", "看看良率？"),
     ("这片晶圆有什么缺陷", "这片晶圆有哪些缺陷？"),  # a topic after "this wafer has what": the bank's question
     ("良率是多少？", "良率是多少？"),
     ("état du wafer", "état du wafer?"),  # only an ASCII first letter is capitalised
     ("what's wrong with this wafer? thanks!", "What's wrong with this wafer?"),
     ("is it ok, thx", "Is it ok?"),
-    ("can you take a look :eyes:", "Can you take a look?"),
+    ("can you take a look :eyes:", "What defects does this wafer show?"),  # a request to look, once the emoji goes
     ("这片晶圆有什么问题？谢谢", "这片晶圆有什么问题？"),
     ("良率多少，谢谢", "良率多少？"),
     ("thanks", "Thanks?"),  # nothing but thanks: kept

@@ -138,9 +138,11 @@ def test_a_question_typed_as_in_chat_is_answered_as_its_corpus_form(backend):
 
 #: Questions that name only a topic, and what their answers must hold: the patterns, the measured yield or failing
 #: count, causes. Read as typed, the model answered "defects?" and "这片是什么缺陷？" with the yield, "causes?" with a
-#: zone's count, "原因？", "良率？" and "What is the failure rate?" with the patterns, "坏了多少颗？" with the clusters;
+#: zone's count, "原因？", "良率？" and "What is the failure rate?" with the patterns, "坏了多少颗？" with the clusters,
+#: "check this wafer please" with the good dies and "麻烦看下这片。" with the yield;
 #: `data_tools.phrasing.bare_topic_question` asks the banks' form.
-BARE_TOPICS = (("defects?", "patterns"), ("这片是什么缺陷？", "patterns"), ("yield?", "yield"), ("良率？", "yield"),
+BARE_TOPICS = (("defects?", "patterns"), ("这片是什么缺陷？", "patterns"), ("check this wafer please", "patterns"),
+               ("麻烦看下这片。", "patterns"), ("yield?", "yield"), ("良率？", "yield"),
                ("failing dies?", "failing"), ("What is the failure rate?", "failing"), ("坏了多少颗？", "failing"),
                ("causes?", "causes"), ("原因？", "causes"))
 
