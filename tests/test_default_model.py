@@ -136,20 +136,20 @@ def test_a_question_typed_as_in_chat_is_answered_as_its_corpus_form(backend):
     assert all(parse_answer(answer) is not None for answer in typed), typed
 
 
-#: Questions that name only a topic, and what their answers must hold: the patterns, the measured yield or failing
-#: count, causes. Read as typed, the model answered "defects?" and "这片是什么缺陷？" with the yield, "causes?" with a
+#: Questions that name only a topic or only ask to look at the wafer, and what their answers must hold: the
+#: patterns, the measured yield or failing count, causes. Read as typed, the model answered "defects?" and "这片是什么缺陷？" with the yield, "causes?" with a
 #: zone's count, "原因？", "良率？" and "What is the failure rate?" with the patterns, "坏了多少颗？" with the clusters,
 #: "check this wafer please" with the good dies and "麻烦看下这片。" with the yield;
 #: `data_tools.phrasing.bare_topic_question` asks the banks' form.
-BARE_TOPICS = (("defects?", "patterns"), ("这片是什么缺陷？", "patterns"), ("check this wafer please", "patterns"),
+SHORT_QUESTIONS = (("defects?", "patterns"), ("这片是什么缺陷？", "patterns"), ("check this wafer please", "patterns"),
                ("麻烦看下这片。", "patterns"), ("yield?", "yield"), ("良率？", "yield"),
                ("failing dies?", "failing"), ("What is the failure rate?", "failing"), ("坏了多少颗？", "failing"),
                ("causes?", "causes"), ("原因？", "causes"))
 
 
-def test_a_question_of_one_word_is_answered_on_its_topic(backend):
+def test_a_short_question_or_request_is_answered_on_its_topic(backend):
     wafers = [WaferMap(generate_grid(name, np.random.default_rng(seed))) for seed, name in enumerate(CLASSES)]
-    asked = [(question, topic, name, wafer) for question, topic in BARE_TOPICS for name, wafer in zip(CLASSES, wafers)]
+    asked = [(question, topic, name, wafer) for question, topic in SHORT_QUESTIONS for name, wafer in zip(CLASSES, wafers)]
     answers = backend.generate([GenerationRequest(question, wafer) for question, _, _, wafer in asked])
     for (question, topic, name, wafer), answer in zip(asked, answers):
         if topic == "patterns":
