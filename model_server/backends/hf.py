@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +93,18 @@ class HFBackend(Backend):
     def info(self) -> BackendInfo:
         return self._info
 
+    def _answering(self, answer: Callable[..., Any], *args: Any) -> Any:
+        """`answer(model, processor, *args)` under the generation lock, a failure raised as BackendError."""
+        try:
+            with self._lock:
+                return answer(self.model, self.processor, *args)
+        except Exception as exc:
+            raise BackendError(f"the model failed to answer: {type(exc).__name__}: {exc}") from exc
+
     def generate(self, requests: list[GenerationRequest]) -> list[str]:
         from finetune.generation import generate_answers
 
-        try:
-            with self._lock:
-                return generate_answers(self.model, self.processor, requests)
-        except Exception as exc:
-            raise BackendError(f"the model failed to answer: {type(exc).__name__}: {exc}") from exc
+        return self._answering(generate_answers, requests)
 
     def generate_round(
         self, requests: list[GenerationRequest], unfinished: list[Unfinished]
@@ -111,11 +115,7 @@ class HFBackend(Backend):
 
         if not all(isinstance(u, UnsureAnswer) for u in unfinished):
             raise BackendError("the hf backend finishes only the unsure answers it left unfinished")
-        try:
-            with self._lock:
-                answers, finished = answer_round(self.model, self.processor, requests, unfinished)  # type: ignore[arg-type]
-        except Exception as exc:
-            raise BackendError(f"the model failed to answer: {type(exc).__name__}: {exc}") from exc
+        answers, finished = self._answering(answer_round, requests, unfinished)
         return list(answers), finished
 
     def generate_stream(self, request: GenerationRequest) -> Iterator[str]:
