@@ -81,7 +81,7 @@ def bare_topic_question(text: str) -> str | None:
     zone's count, "原因？" the patterns, "这片是什么缺陷？" and "麻烦看下这片" the yield, "check this wafer
     please" the good dies, "看一下这张图" a mix of places and causes). None for any other text, a bare pattern name included
     ("Scratch?" may ask whether there is one) and a bare "why?" (what it asks depends on the thread)."""
-    bare = text.strip().rstrip(_SENTENCE_END + " ").strip()
+    bare = text.strip().rstrip(_SENTENCE_END + " ")
     greeting = _GREETING.match(bare)
     bare = bare[greeting.end():] if greeting else bare
     if _LOOK_REQUEST.fullmatch(bare):
