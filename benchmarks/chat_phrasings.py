@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 #: The corpus's question first, then chat-style phrasings: lowercase, no closing mark, a thanks or an emoji
 #: code after the question, loose wording, context the question does not need, a bare keyword, a greeting.
 #: None is a form `data_tools.phrasing.as_typed_in_chat` writes for training (a test checks). Some are read as
-#: the banks' question by a rule (`data_tools.phrasing.bare_topic_question`: "defects?", "can you take a look");
-#: their rows measure the rule, the others how the model reads a wording it never saw.
+#: the banks' question by a rule (`data_tools.phrasing.bare_topic_question`: "defects?", "can you take a look";
+#: `the_question_among_statements`: a sentence of context dropped); their rows measure the rule, the others how
+#: the model reads a wording it never saw.
 PHRASINGS = (
     "What's wrong with this wafer?",
     "whats wrong with this wafer",
@@ -51,6 +52,8 @@ PHRASINGS = (
     "which failure signature is this",
     "you see anything unusual?",
     "你觉得这片是什么问题",
+    "lot 3 came back from probe with low yield, what happened here?",
+    "这片晶圆怎么回事",
 )
 
 

@@ -6,7 +6,8 @@ Questions get the variety (answers are kept to a few structured templates in
 `RECOGNITION_QUESTIONS` is what the evaluator asks. `question_as_written` puts a question typed
 in chat ("whats wrong with this wafer") into the form of these banks before a model reads it;
 `as_typed_in_chat` goes the other way for training: a bank question with the context, greeting or
-loose wording that chat adds and that no rule can take off again.
+loose wording that chat adds (the rules take a sentence of context off again, not context within the
+question's sentence, nor loose wording).
 """
 
 from __future__ import annotations
@@ -60,16 +61,54 @@ def question_as_written(text: str) -> str:
     the small model, trained on the banks' forms, misreads such questions far more often. A text that
     is nothing but a topic ("defects?", "yield", "causes?", "原因？") becomes the banks' first question
     on that topic in its language (`bare_topic_question`). Words and language are otherwise left as
-    they are (a text that is nothing but thanks stays)."""
+    they are (a text that is nothing but thanks stays), except that sentences that only tell something
+    around one question are dropped (`the_question_among_statements`)."""
     text = " ".join(_EMOJI_CODE.sub(" ", text).split()) or " ".join(text.split())
     text = _CLOSING_THANKS.sub("", text).rstrip(" ,;，、；") or text
     if not text:
         return text
+    text = the_question_among_statements(text)
     if text[0].isascii() and text[0].islower():
         text = text[0].upper() + text[1:]
     if text[-1] not in _SENTENCE_END:
         text += "？" if language_of(text) == "zh" else "?"
     return bare_topic_question(text) or text
+
+
+#: Where a message splits into sentences: after a Chinese sentence mark, or after an English one that
+#: a space follows (so "3.5 %" and "ETCH-04." at the end stay whole).
+_SENTENCE_BREAK = re.compile(r"(?<=[。！？])|(?<=[.!?])(?=\s)")
+#: A sentence that asks for something without a question mark ("Please list the causes.", "请给出良率。"):
+#: a message with one of these asks more than its question sentence.
+_REQUEST_SENTENCE = re.compile(
+    r"\s*(?:please|pls|tell|give|show|list|explain|describe|classify|identify|diagnose|check|look|analy[sz]e|count"
+    r"|what|which|where|why|how|who|when|can|could|would|should|is|are|do|does|did|any)\b"
+    r"|\s*(?:请|帮|麻烦|告诉|给|列出|说明|解释|分析|识别|看看|看一下|检查|统计)",
+    re.IGNORECASE,
+)
+
+
+def the_question_among_statements(text: str) -> str:
+    """The one question in a message whose other sentences only tell something: "What is wrong with this
+    wafer? We saw a yield drop on ETCH-04 yesterday." asks "What is wrong with this wafer?"; "Lot 7 just
+    finished final test. What pattern is this?" and "这是A123批次的。这片是什么缺陷" likewise. The model answers
+    from the map, the thread and the measured facts, never from such context, and read it as another
+    question more often than not (the context after the question was answered right on 62 % of test maps,
+    `benchmarks/chat_phrasings.py`). The text is returned as it is when it holds no other sentence, more
+    than one question, or a sentence that asks without a question mark ("Please list the causes."). A last
+    sentence with no closing mark is the question when no other sentence is one ("Lot 7. what pattern is
+    this")."""
+    sentences = [s.strip() for s in _SENTENCE_BREAK.split(text) if s.strip()]
+    if len(sentences) < 2:
+        return text
+    questions = [s for s in sentences if s[-1] in "?？"]
+    if not questions and sentences[-1][-1] not in _SENTENCE_END:
+        questions = [sentences[-1]]
+    if len(questions) != 1:
+        return text
+    if any(_REQUEST_SENTENCE.match(s) for s in sentences if s is not questions[0]):
+        return text
+    return questions[0]
 
 
 def bare_topic_question(text: str) -> str | None:
@@ -79,15 +118,19 @@ def bare_topic_question(text: str) -> str | None:
     shows ("check this wafer please", "帮我看看这片晶圆", "识别一下"). Such short questions are common in chat,
     and the small model read many of them as another question ("defects?" got the yield, "causes?" a
     zone's count, "原因？" the patterns, "这片是什么缺陷？" and "麻烦看下这片" the yield, "check this wafer
-    please" the good dies, "看一下这张图" a mix of places and causes). None for any other text, a bare pattern name included
+    please" the good dies, "看一下这张图" a mix of places and causes). The topic may also come after "any"
+    ("any defects?") or close a text whose other clauses only tell something ("wafer map from lot 42, any
+    pattern?", "这是A批次的，良率？"). None for any other text, a bare pattern name included
     ("Scratch?" may ask whether there is one) and a bare "why?" (what it asks depends on the thread)."""
     bare = text.strip().rstrip(_SENTENCE_END + " ")
     greeting = _GREETING.match(bare)
     bare = bare[greeting.end():] if greeting else bare
     if _LOOK_REQUEST.fullmatch(bare):
         return RECOGNITION_QUESTIONS[language_of(bare)][0]
+    *context, last_clause = _CLAUSE_BREAK.split(bare)
+    told_only = not any(_REQUEST_SENTENCE.match(clause) or clause[-1:] in "?？" for clause in context)
     for pattern, bank in _BARE_TOPICS:
-        if pattern.fullmatch(bare):
+        if pattern.fullmatch(bare) or (context and told_only and pattern.fullmatch(last_clause)):
             return bank[language_of(bare)][0]
     return None
 
@@ -358,7 +401,7 @@ FOLLOW_NEXT: dict[str, list[str]] = {
 
 
 #: What may stand before an English topic word without asking anything more: "the yield", "what is the failure rate?".
-_EN_WHAT_IS = r"(?:(?:what(?:'s|\s+is|\s+are)\s+)?the\s+)?"
+_EN_WHAT_IS = r"(?:any\s+|(?:what(?:'s|\s+is|\s+are)\s+)?the\s+)?"
 #: What may stand before a Chinese topic word without asking anything more: "这片是什么缺陷？", "这是什么缺陷？",
 #: "这片晶圆有什么缺陷？", "这片良率？" (a short form the small model answered with the yield or with places).
 _ZH_THIS = "(?:这|这个|这片|这张|该)?(?:晶圆图|晶圆|图|片子)?(?:是|有)?(?:什么|哪种|哪些|哪类|哪一种|啥)?"
@@ -378,6 +421,8 @@ _LOOK_REQUEST = re.compile(
     r"(?:这|这个|这片|这张|该)?(?:晶圆图|晶圆|图|片子|片)?(?:吧|呗)?",
     re.IGNORECASE,
 )
+#: Where a topic may follow what only tells something, as in "wafer map from lot 42, any pattern?".
+_CLAUSE_BREAK = re.compile(r"\s*[,，;；:：]\s*")
 #: One-word topics and the bank whose first question they stand for (`bare_topic_question`).
 _BARE_TOPICS: tuple[tuple[re.Pattern[str], Bank], ...] = tuple(
     (re.compile(f"{_EN_WHAT_IS}{_ZH_THIS}(?:{words})(?:\\s+(?:please|pls))?", re.IGNORECASE), bank)
@@ -445,7 +490,9 @@ def as_typed_in_chat(question: str, rng: random.Random, recognition: bool = Fals
     """`question`, a bank question, as someone might type it in a Slack thread: with context after it
     or before it, after a greeting, or (when it is a `recognition` question) in loose words of
     `LOOSE_RECOGNITION`. The answer stays the same: a model trained on these reads the question in
-    the message, not the words around it. Same language as `question`; deterministic for a seeded `rng`."""
+    the message, not the words around it. (The prompt builder drops a sentence of context again,
+    `the_question_among_statements`, so training shows the model the rest.) Same language as
+    `question`; deterministic for a seeded `rng`."""
     language = language_of(question)
     if recognition and rng.random() < 0.4:
         question = rng.choice(LOOSE_RECOGNITION[language])

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from data_tools.answers import normal_answer, yesno_answer
 from data_tools.dialogue import MapContext
-from data_tools.phrasing import asks_if_normal, language_of
+from data_tools.phrasing import asks_if_normal, language_of, question_as_written
 from data_tools.wafer_map import WaferMap
 from finetune.answer_parser import mentions
 
@@ -53,11 +53,14 @@ def asked_pattern(question: str, answer: str) -> str | None:
     The answer must open as the corpus's yes/no answers do ("Yes, there is a Scratch pattern.",
     "没有，不存在划痕缺陷。"), so "Is this wafer normal?" – "No, it shows a Center pattern." is not
     taken for a question about the Center. The pattern is the question's when it names one, else
-    the answer's.
+    the answer's. The question counts as the model read it (`question_as_written`): a sentence of
+    context around it naming another pattern ("Looks like a Center to me. Is there a scratch?") is not
+    asked about.
     """
     opening = _YESNO_OPENING.match(answer)
     if opening is None:
         return None
+    question = question_as_written(question)
     for text, names_only in ((question, False), (opening.group(0), True)):
         keys = {key for key, _negated in mentions(text, names_only=names_only)}
         if len(keys) == 1:

@@ -417,7 +417,23 @@ def test_real_maps_recognition_answers_match_labels(real_mixedwm38, tmp_path):
     ("这是什么缺陷", "这片晶圆有哪些缺陷？"),  # "what defect is this": a topic after words that ask nothing more
     ("hey, yield?", "What's the yield?"),  # a greeting before a topic is dropped
     ("早上好，这片是什么缺陷？", "这片晶圆有哪些缺陷？"),
-    ("Hi! what pattern is on this one?", "Hi! what pattern is on this one?"),  # a greeting before a question: kept
+    ("Hi! what pattern is on this one?", "What pattern is on this one?"),  # a sentence of greeting: dropped
+    ("Hi, what pattern is on this one?", "Hi, what pattern is on this one?"),  # a greeting in the question's sentence: kept
+    # sentences that only tell something around one question are dropped
+    ("What is wrong with this wafer? We saw a yield drop on tool ETCH-04 yesterday.", "What is wrong with this wafer?"),
+    ("What is wrong with this wafer? yield dropped on ETCH-04", "What is wrong with this wafer?"),
+    ("Lot 7 just finished final test. what pattern is this", "What pattern is this?"),
+    ("Yield fell to 81.5 % on lot 7. Is there a scratch?", "Is there a scratch?"),
+    ("这是A123批次的。这片有划痕吗", "这片有划痕吗？"),
+    ("这是A123批次的。这片是什么缺陷", "这片晶圆有哪些缺陷？"),  # and the question left may be a bare topic
+    ("Please list the causes. Is it a scratch?", "Please list the causes. Is it a scratch?"),  # a request: kept
+    ("What pattern is it? And the yield?", "What pattern is it? And the yield?"),  # two questions: kept
+    ("Lot 7 is done. The yield is low.", "Lot 7 is done. The yield is low."),  # no question: kept
+    ("wafer map from lot 42, any pattern?", "What defects does this wafer show?"),  # a topic after context
+    ("这是A批次的，良率？", "良率是多少？"),
+    ("any defects?", "What defects does this wafer show?"),
+    ("any scratch?", "Any scratch?"),
+    ("check the chuck, causes?", "Check the chuck, causes?"),  # a request before the topic: kept
     ("这片有缺陷吗？", "这片有缺陷吗？"),  # a yes/no question: kept
     ("check this wafer please", "What defects does this wafer show?"),  # a request to look: what does it show?
     ("帮我看看这片晶圆", "这片晶圆有哪些缺陷？"),

@@ -37,6 +37,9 @@ def test_asked_pattern_comes_from_the_question_else_the_answer():
     assert asked_pattern("有问题吗？", "不存在边缘环缺陷。") == "Edge_Ring"
     assert asked_pattern("Is it a Center or a Donut?", "Yes, there is a Center pattern.") is None  # two asked
     assert asked_pattern("Any problem here?", "No, Donut.") == "Donut"  # terse: yes/no and a name
+    # a sentence of context is not asked about
+    assert asked_pattern("Looks like a Center to me. Is there a scratch?", "No, there is no Scratch pattern.") == "Scratch"
+    assert asked_pattern("Center and Donut, is there a scratch?", "No, there is no Scratch pattern.") is None
 
 
 @pytest.mark.parametrize(("question", "answer"), [
