@@ -230,8 +230,11 @@ def _check_resume_settings(cfg: TrainConfig, meta: dict) -> None:
 
 
 def _tokenizer_texts(corpus: Corpus, limit_maps: int = 2000) -> list[str]:
+    """What a tokenizer trained from scratch learns its vocabulary from: the corpus's training texts, every
+    recognition question and answer, the words `--chat-style` adds to questions, and the facts lines of up
+    to `limit_maps` maps."""
     from data_tools.answers import recognition_answer
-    from data_tools.phrasing import RECOGNITION_QUESTIONS
+    from data_tools.phrasing import CHAT_CONTEXT, CHAT_OPENERS, LOOSE_RECOGNITION, RECOGNITION_QUESTIONS
     from data_tools.taxonomy import CLASSES
     from data_tools.wafer_map import WaferMap
     from finetune.prompting import facts_line
@@ -239,6 +242,7 @@ def _tokenizer_texts(corpus: Corpus, limit_maps: int = 2000) -> list[str]:
     texts = corpus.texts("train")
     for language in ("en", "zh"):
         texts += RECOGNITION_QUESTIONS[language]
+        texts += LOOSE_RECOGNITION[language] + CHAT_OPENERS[language] + CHAT_CONTEXT[language]  # --chat-style's words
         texts += [recognition_answer(c.patterns, language, v) for c in CLASSES for v in range(3)]
     step = max(1, len(corpus.grids) // limit_maps)
     texts += [facts_line(WaferMap(g)) for g in corpus.grids[::step]]

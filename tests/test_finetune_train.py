@@ -277,6 +277,15 @@ def test_the_chat_phrasings_benchmark_asks_wordings_training_does_not_show():
     assert not shown & held_out
 
 
+def test_a_tokenizer_trained_from_scratch_learns_the_words_chat_style_training_adds(corpus_dir):
+    from data_tools.phrasing import CHAT_CONTEXT, CHAT_OPENERS, LOOSE_RECOGNITION
+    from finetune.train import _tokenizer_texts
+
+    texts = set(_tokenizer_texts(Corpus(corpus_dir, splits=("train",))))
+    for bank in (LOOSE_RECOGNITION, CHAT_OPENERS, CHAT_CONTEXT):
+        assert set(bank["en"] + bank["zh"]) <= texts
+
+
 def test_stopped_and_resumed_run_ends_with_the_same_weights(full_run, corpus_dir, tmp_path, capsys):
     reference, _ = full_run
     out = tmp_path / "run"
