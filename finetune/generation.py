@@ -228,6 +228,7 @@ class UnsureAnswer(Unfinished):
 
     request: GenerationRequest
     first: str
+    rows: int = 1  # the other views asked when it is finished
 
 
 def answer_round(
@@ -266,7 +267,7 @@ def _views_round(
     if not ask_when_unsure:
         return list(written), others
     return [
-        UnsureAnswer(request, texts[0])
+        UnsureAnswer(request, texts[0], rows=view_count(request.wafer, views, others_only=True))
         if request.wafer is not None and sure < below
         and parse_answer(fill_from_map(texts[0], request.wafer, request.earlier_answers)) is not None
         else texts

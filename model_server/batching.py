@@ -1,7 +1,8 @@
 """Dynamic batching: concurrent requests are grouped into one `Backend.generate` call.
 
 One collector task takes the first waiting request, waits up to `max_wait_ms` for more (or
-takes what is already queued) until `max_batch_size`, and runs the batch on the single model
+takes what is already queued) until the batch holds `max_batch_size` prompts (a request counts the
+backend's `prompt_rows`, an answer handed back its `rows`), and runs the batch on the single model
 worker thread, so the model is only ever used by one call at a time. A full queue refuses new
 work with `QueueFull` (the server answers 429 with Retry-After). Streaming requests run alone
 on the same worker, their pieces handed to the event loop as they come.
@@ -83,7 +84,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._seconds_per_batch = 0.5  # running estimate, for Retry-After
         self.in_flight = 0
-        self._pending_stream: _Item | None = None
+        self._held: _Item | None = None  # taken from the queue but left for the next batch (a stream, or no room)
         self._unfinished: list[tuple[_Item, Unfinished]] = []  # to finish with the next batch
         self._unfinished_by: Backend | None = None  # the backend that left them unfinished
 
@@ -100,6 +101,9 @@ class Batcher:
                 await self._task
             self._task = None
         unfinished, self._unfinished = [item for item, _ in self._unfinished], []
+        if self._held is not None:
+            unfinished.append(self._held)
+            self._held = None
         if self._queue is not None:
             while not self._queue.empty():
                 unfinished.append(self._queue.get_nowait())
@@ -159,19 +163,43 @@ class Batcher:
         return StreamHandle(item, None if timeout is None else loop.time() + timeout)
 
     # ------------------------------------------------------------------ the collector
-    async def _next_batch(self, wait: bool = True) -> list[_Item]:
-        """The next batch from the queue: waits for its first request (not when `wait` is False: then
-        only what is queued now, maybe nothing), then up to `max_wait_ms` for more."""
+    def _rows(self, item: _Item) -> int:
+        """The prompts `item` puts in a generate call."""
+        return max(1, self.backend.prompt_rows(item.request))
+
+    def _carried(self) -> int:
+        """How many of the unfinished answers the next batch finishes: as many as fit `max_batch_size`
+        prompts, in order, and at least one."""
+        rows = count = 0
+        for _, unfinished in self._unfinished:
+            if count and rows + unfinished.rows > self.max_batch_size:
+                break
+            rows, count = rows + unfinished.rows, count + 1
+        return count
+
+    async def _next_batch(self, wait: bool = True, room: int | None = None) -> list[_Item]:
+        """The next batch from the queue, of at most `room` prompts (default `max_batch_size`): waits for
+        its first request (not when `wait` is False: then only what is queued now, maybe nothing), then up
+        to `max_wait_ms` for more. A request that does not fit waits for the next batch at the queue's
+        front; alone in a batch of `max_batch_size` it is taken whatever its prompts."""
         assert self._queue is not None
-        if not wait and self._queue.empty():
+        room = self.max_batch_size if room is None else room
+        if not wait and (room < 1 or (self._held is None and self._queue.empty())):
             return []
-        first = await self._queue.get()
+        if self._held is not None:
+            first, self._held = self._held, None
+        else:
+            first = await self._queue.get()
         if first.stream is not None:
             return [first]
+        rows = self._rows(first)
+        if rows > room and room < self.max_batch_size:
+            self._held = first
+            return []
         batch = [first]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.max_wait_s if wait else 0.0)
-        while len(batch) < self.max_batch_size:
+        while rows < room:
             try:
                 if self._queue.empty():
                     remaining = deadline - loop.time()
@@ -182,23 +210,23 @@ class Batcher:
                     item = self._queue.get_nowait()
             except TimeoutError:
                 break
-            if item.stream is not None:
-                # streams run alone: put it back at the front by running it next
-                self._pending_stream = item
+            if item.stream is not None or rows + self._rows(item) > room:
+                self._held = item  # streams run alone; a request that does not fit goes first next time
                 break
             batch.append(item)
+            rows += self._rows(item)
         return batch
 
     async def _run(self) -> None:
         while True:
-            if self._pending_stream is not None:
-                batch, self._pending_stream = [self._pending_stream], None
-            else:  # with answers to finish, the next batch is what is waiting now
-                batch = await self._next_batch(wait=not self._unfinished)
-            batch = [i for i in batch if _live(i)]
+            self._unfinished = [(i, u) for i, u in self._unfinished if _live(i)]
+            carried = self._carried()
+            room = self.max_batch_size - sum(u.rows for _, u in self._unfinished[:carried])
+            # with answers to finish, the next batch is what is waiting now, in the room they leave
+            batch = [i for i in await self._next_batch(wait=not self._unfinished, room=room) if _live(i)]
             unfinished: list[tuple[_Item, Unfinished]] = []
             if not batch or batch[0].stream is None:
-                unfinished, self._unfinished = [(i, u) for i, u in self._unfinished if _live(i)], []
+                unfinished, self._unfinished = self._unfinished[:carried], self._unfinished[carried:]
             if not batch and not unfinished:
                 continue
             self.in_flight = len(batch) + len(unfinished)

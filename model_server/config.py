@@ -22,7 +22,7 @@ the one in docs/server.md are generated from it (`python -m model_server.config`
 | openai_timeout_s | DEFECT_GLM_OPENAI_TIMEOUT_S | --openai-timeout-s | 120 | seconds to wait for one answer from the engine |
 | db | DEFECT_GLM_DB | --db | $DEFECT_GLM_HOME/server/threads.sqlite | SQLite file holding thread memory |
 | admin_token | DEFECT_GLM_ADMIN_TOKEN | --admin-token | (none) | bearer token for POST /admin/reload (unset: reload disabled) |
-| max_batch_size | DEFECT_GLM_MAX_BATCH_SIZE | --max-batch-size | 16 | most requests in one generate call (1: no batching) |
+| max_batch_size | DEFECT_GLM_MAX_BATCH_SIZE | --max-batch-size | 16 | most prompts in one generate call, a map asked in several views counting one per view (1: no batching) |
 | max_wait_ms | DEFECT_GLM_MAX_WAIT_MS | --max-wait-ms | 0 | how long the first request of a batch waits for company (0: take what is queued) |
 | max_queue | DEFECT_GLM_MAX_QUEUE | --max-queue | 256 | requests waiting for the model before new ones get 429 |
 | image_readers | DEFECT_GLM_IMAGE_READERS | --image-readers | 1 | processes reading uploaded images into die grids, beside the model (started on the first upload) |
@@ -277,7 +277,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("db", "DEFECT_GLM_DB", _path, "$DEFECT_GLM_HOME/server/threads.sqlite", "SQLite file holding thread memory"),
     Option("admin_token", "DEFECT_GLM_ADMIN_TOKEN", _str, "(none)",
            "bearer token for POST /admin/reload (unset: reload disabled)", secret=True),
-    Option("max_batch_size", "DEFECT_GLM_MAX_BATCH_SIZE", _int, "16", "most requests in one generate call (1: no batching)"),
+    Option("max_batch_size", "DEFECT_GLM_MAX_BATCH_SIZE", _int, "16", "most prompts in one generate call, a map asked in several views counting one per view (1: no batching)"),
     Option("max_wait_ms", "DEFECT_GLM_MAX_WAIT_MS", _float, "0",
            "how long the first request of a batch waits for company (0: take what is queued)"),
     Option("max_queue", "DEFECT_GLM_MAX_QUEUE", _int, "256", "requests waiting for the model before new ones get 429"),

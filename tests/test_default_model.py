@@ -218,6 +218,7 @@ def test_a_round_leaves_unsure_answers_unfinished_and_finishes_them_beside_the_n
     yield_request = GenerationRequest("What is the yield?", wafer, max_new_tokens=48)
     answers, finished = backend.generate_round([unsure_request, yield_request], [])
     assert isinstance(answers[0], UnsureAnswer) and isinstance(answers[1], str) and finished == []
+    assert answers[0].rows == 3  # the prompts finishing it adds to the next call, counted by the batcher
     assert answers[1] == backend.generate([yield_request])[0]
     donut = WaferMap(generate_grid("Donut", np.random.default_rng(0)))
     new_request = GenerationRequest("What defects does this wafer show?", donut, max_new_tokens=48)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_tools.wafer_map import WaferMap
 from finetune.loading import ModelLoadError
 from finetune.precision import bf16_is_native, resolve_dtype
 from model_server import wire
@@ -23,7 +24,7 @@ from model_server.backends.openai_compat import OpenAIBackend
 from model_server.backends.registry import load_backend, model_dir
 from model_server.client import ModelServerClient, ModelServerError
 from model_server.config import ServerConfig
-from model_server.testing import running_server, wafer_png
+from model_server.testing import running_server, wafer_grid, wafer_png
 
 
 class _Echo(Backend):
@@ -132,6 +133,19 @@ def test_hf_with_a_lora_adapter(tmp_path, tiny_model_dir):
     assert isinstance(reply.answer, str)
     tuned.close()
     plain.close()
+
+
+@pytest.mark.parametrize(("views", "below", "rows"), [(1, None, 1), (4, None, 4), (4, 0.9, 1)])
+def test_the_prompts_a_request_puts_in_a_generate_call(tiny_model_dir, views, below, rows):
+    """What the batcher counts against max_batch_size: a map asked in every view takes one prompt per view;
+    asked the other views only when unsure, one (they come back as an unfinished answer counting its own)."""
+    backend = HFBackend(tiny_model_dir, views=views, views_below=below)
+    try:
+        wafer = WaferMap(wafer_grid(kind="center", seed=1))
+        assert backend.prompt_rows(GenerationRequest("What defects does this wafer show?", wafer)) == rows
+        assert backend.prompt_rows(GenerationRequest("hello", None)) == 1
+    finally:
+        backend.close()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")

@@ -197,6 +197,41 @@ def test_an_unfinished_answer_is_finished_beside_the_next_batch_and_fails_with_i
         assert first == ["a: AGAIN q0 (twice)", "a: q1"] and later == ["a: q2"]
 
 
+class _Wide(_TwoPass):
+    """Like _TwoPass, but a question with WIDE takes three prompts and an unfinished answer three more."""
+
+    def prompt_rows(self, request):
+        return 3 if "WIDE" in request.question else 1
+
+    def generate_round(self, requests, unfinished):
+        answers, finished = super().generate_round(requests, unfinished)
+        for answer in answers:
+            if isinstance(answer, _Again):
+                answer.rows = 3
+        return answers, finished
+
+
+def test_max_batch_size_counts_prompts_not_requests():
+    """Each generate call holds at most max_batch_size prompts: unfinished answers in order as they fit, then
+    waiting requests in the room left, first come first served (one that does not fit goes first next time)."""
+    gate = threading.Event()
+    backend = _Wide(gate=gate)
+
+    async def go():
+        batcher = Batcher(backend, max_batch_size=4, max_wait_ms=0, max_queue=64)
+        await batcher.start()
+        result = await _while_the_first_runs(batcher, backend, gate, ["AGAIN q0", "AGAIN q1"],
+                                             ["q2", "q3", "WIDE q4", "WIDE q5", "q6"])
+        await batcher.stop()
+        return result
+
+    first, later = asyncio.run(go())
+    assert first == ["a: AGAIN q0 (twice)", "a: AGAIN q1 (twice)"]
+    assert later == ["a: q2", "a: q3", "a: WIDE q4", "a: WIDE q5", "a: q6"]
+    assert backend.rounds == [(["AGAIN q0", "AGAIN q1"], []), (["q2"], ["AGAIN q0"]), (["q3"], ["AGAIN q1"]),
+                              (["WIDE q4"], []), (["WIDE q5", "q6"], [])]
+
+
 def test_a_backend_that_answers_in_one_pass_refuses_unfinished_answers():
     backend = _Counting()
     assert backend.generate_round([_req("q")], []) == (["a: q"], [])

@@ -76,6 +76,8 @@ def test_a_round_with_unsure_answers_to_finish_goes_through_the_child(tmp_path, 
     try:
         answers, finished = child.generate_round(_requests(), unsure)
         assert (answers, finished) == here.generate_round(_requests(), unsure)
+        # one prompt per request, the other views of an unsure map come back to ask (what the batcher counts)
+        assert [child.prompt_rows(r) for r in _requests()] == [here.prompt_rows(r) for r in _requests()] == [1] * 3
         assert len(answers) == 3 and len(finished) == 1 and all(isinstance(a, str) for a in answers + finished)
     finally:
         child.close()

@@ -55,6 +55,9 @@ class BackendInfo:
 class Unfinished:
     """An answer that needs one more generate call (`Backend.generate_round`); what it holds is the backend's."""
 
+    #: How many prompts finishing it adds to that call (the batcher counts them against its `max_batch_size`).
+    rows: int = 1
+
 
 class BackendError(RuntimeError):
     """The model failed to answer; the server replies 500 with a request id and keeps serving."""
@@ -82,6 +85,14 @@ class Backend(abc.ABC):
         if unfinished:
             raise BackendError(f"{type(self).__name__} leaves no answer unfinished, got {len(unfinished)} back")
         return list(self.generate(requests)), []
+
+    def prompt_rows(self, request: GenerationRequest) -> int:
+        """How many prompts answering `request` puts in a generate call (the batcher counts them against
+        its `max_batch_size`). A backend that answers from several views of the map says so in its info
+        (`views`, and `views_below` when it asks the other views only when unsure: those come back as an
+        `Unfinished` that counts its own `rows`): one prompt per view of a map it always asks them of, else 1."""
+        views = int(self.info.details.get("views") or 1)
+        return views if request.wafer is not None and self.info.details.get("views_below") is None else 1
 
     def generate_stream(self, request: GenerationRequest) -> Iterator[str]:
         """Answer one request as pieces of text as they are produced (for SSE streaming).
