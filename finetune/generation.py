@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList
 
+from finetune.answer_language import answer_language
 from finetune.answer_parser import parse_answer
 from finetune.location_slots import has_location_slots, named_patterns
 from finetune.number_slots import fill_from_map, fill_stream, has_slots, slot_answer
@@ -289,8 +290,13 @@ def _generate_groups(
     inputs = encodings[0] if len(encodings) == 1 else left_pad_batch(encodings, tokenizer.pad_token_id)
     kwargs = generation_kwargs(processor, max(r.max_new_tokens for requests, _, _ in asked for r in requests))
     recorder = SurenessRecorder() if sureness else None
-    if recorder is not None:
-        kwargs["logits_processor"] = LogitsProcessorList([recorder])
+    questions = [request.question for requests, views, others_only in asked for request in requests
+                 for _ in range(view_count(request.wafer, views, others_only))]
+    language = answer_language(model, tokenizer, questions)
+    # the recorder first: how sure an answer is, is read before the other language's tokens are taken out
+    processors = [p for p in (recorder, language) if p is not None]
+    if processors:
+        kwargs["logits_processor"] = LogitsProcessorList(processors)
     with torch.inference_mode():
         output = model.generate(**inputs, **kwargs)
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
@@ -314,7 +320,10 @@ def stream_answer(model: Any, processor: Any, request: GenerationRequest) -> Ite
             yield answer
         return
     inputs = _inputs(model, processor, [request])
-    pieces = stream_generate(model, _tokenizer(processor), inputs, generation_kwargs(processor, request.max_new_tokens))
+    kwargs = generation_kwargs(processor, request.max_new_tokens)
+    if (language := answer_language(model, _tokenizer(processor), [request.question])) is not None:
+        kwargs["logits_processor"] = LogitsProcessorList([language])
+    pieces = stream_generate(model, _tokenizer(processor), inputs, kwargs)
     if request.wafer is not None and has_slots(_tokenizer(processor)):
         pieces = fill_stream(pieces, request.wafer, request.earlier_answers)
     yield from pieces

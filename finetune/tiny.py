@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from data_tools.taxonomy import PATTERNS
+from finetune.answer_language import KEEP_ATTRIBUTE
 from finetune.checkpoints import require_new_dir, save_new_checkpoint
 from finetune.small_model import TINY_CONFIG, build_model, build_processor
 from finetune.tokenizer import ASSISTANT, train_tokenizer
@@ -83,5 +84,6 @@ def build_fixed_answer_checkpoint(out_dir: str | Path, answer: str, seed: int = 
             head[following, dim] = 10.0
     model.config.tie_word_embeddings = False
     model.config.text_config.tie_word_embeddings = False
+    setattr(model.config, KEEP_ATTRIBUTE, False)  # its one answer stands for any question, in either language
     model.lm_head.weight = torch.nn.Parameter(head)
     return save_new_checkpoint(out, model, processor, what="tiny checkpoint")

@@ -165,12 +165,22 @@ async def image_to_wafer(state: ServerState, data: bytes) -> WaferMap:
     )
 
 
+#: What a user reads when the model wrote nothing (it ended its answer at once, or wrote only tokens that
+#: are not text): an empty message would look like a lost reply.
+NO_ANSWER = {
+    "en": "The model wrote no answer to this question. Try asking it another way, e.g. \"What defects does this "
+          "wafer show?\"",
+    "zh": "模型没有回答这个问题。请换个问法，例如“这片晶圆有哪些缺陷？”",
+}
+
+
 async def run_model(state: ServerState, requests: list[GenerationRequest], request_id: str) -> list[str]:
-    """Answers from the batcher, with model trouble turned into the API's errors."""
+    """Answers from the batcher (`NO_ANSWER` for an empty one), with model trouble turned into the API's errors."""
     state.backend  # noqa: B018  (503 while not ready)
     assert state.batcher is not None
     try:
-        return await state.batcher.generate(requests, timeout=state.config.request_timeout_s)
+        answers = await state.batcher.generate(requests, timeout=state.config.request_timeout_s)
+        return [answer if answer.strip() else NO_ANSWER[language_of(r.question)] for r, answer in zip(requests, answers)]
     except QueueFull as exc:
         raise ApiError(429, wire.RATE_LIMIT, wire.CODE_QUEUE_FULL, str(exc),
                        {wire.RETRY_AFTER_HEADER: str(exc.retry_after)}) from exc

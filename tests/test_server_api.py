@@ -22,6 +22,7 @@ from model_server.client import ModelServerClient, ModelServerError, ModelServer
 from model_server.config import ServerConfig
 from model_server.findings import build_findings, recognised_patterns
 from model_server.testing import running_server, wafer_grid, wafer_png
+from model_server.threads_api import NO_ANSWER
 
 
 @pytest.fixture(scope="module")
@@ -344,6 +345,37 @@ def test_yes_no_answers_follow_the_threads_recognised_patterns(tmp_path):
     assert follow.answer == yesno_answer("Center", ("Center",), "zh", context.locations[0], context.facts)
     assert follow.answer.startswith("是的")  # from the findings stored with the thread
     assert [t.text for t in view.turns if t.role == "assistant"] == [first.answer, follow.answer]  # memory keeps them
+
+
+class _Silent(Backend):
+    """A model that recognises a Center and writes nothing for any other question."""
+
+    @property
+    def info(self):
+        return BackendInfo("silent", "1", "test")
+
+    def generate(self, requests):
+        return ["The wafer shows a Center pattern." if r.question == "What defects does this wafer show?" else " "
+                for r in requests]
+
+
+def test_an_empty_answer_reads_as_one_in_the_questions_language(tmp_path):
+    async def go():
+        async with running_server(config(tmp_path), _Silent()) as server, ModelServerClient(server.url) as client:
+            first = await client.send_message("t", "And the yield?", image=wafer_png("center"))
+            follow = await client.send_message("t", "良率呢？")
+            view = await client.get_thread("t")
+            async with aiohttp.ClientSession() as http, http.post(
+                    server.url + "/v1/chat/completions",
+                    json={"messages": [{"role": "user", "content": "hello"}]}) as response:
+                completion = await response.json()
+            return first, follow, view, completion
+
+    first, follow, view, completion = asyncio.run(go())
+    assert first.answer == NO_ANSWER["en"] and follow.answer == NO_ANSWER["zh"]
+    assert first.findings is not None and first.findings.patterns == ["Center"]  # the map was still read
+    assert [t.text for t in view.turns if t.role == "assistant"] == [NO_ANSWER["en"], NO_ANSWER["zh"]]
+    assert completion["choices"][0]["message"]["content"] == NO_ANSWER["en"]
 
 
 def test_recognised_patterns_read_from_findings():
