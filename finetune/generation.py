@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList
 
+from data_tools.wafer_map import WaferMap
 from finetune.answer_language import answer_language
 from finetune.answer_parser import parse_answer
+from finetune.background_match import shown_wafer
 from finetune.location_slots import has_location_slots, named_patterns
 from finetune.number_slots import fill_from_map, fill_stream, has_slots, slot_answer
 from finetune.prompting import PromptTooLong, build_messages, fit_history, images_of, uses_measured_facts
@@ -63,10 +65,11 @@ def prepare_prompt(
     (in pairs) until every view's prompt and the answer fit the model's context."""
 
     facts = uses_measured_facts(model)
+    shown = shown_wafer(model, request.wafer)
     pad_token_id = _tokenizer(processor).pad_token_id
 
     def encode(history: tuple[Turn, ...]) -> tuple[int, tuple[str, dict]]:
-        prompts = _prompt_texts(processor, request, history, facts, views, others_only)
+        prompts = _prompt_texts(processor, request, shown, history, facts, views, others_only)
         encodings = [_encode(processor, [text], images) for text, images in prompts]
         length = max(int(e["input_ids"].shape[1]) for e in encodings)
         encoded = encodings[0] if len(encodings) == 1 else left_pad_batch(encodings, pad_token_id)
@@ -79,14 +82,14 @@ def prepare_prompt(
 
 
 def _prompt_texts(
-    processor: Any, request: GenerationRequest, history: tuple[Turn, ...], facts: bool, views: int,
-    others_only: bool = False,
+    processor: Any, request: GenerationRequest, shown: WaferMap | None, history: tuple[Turn, ...], facts: bool,
+    views: int, others_only: bool = False,
 ) -> list[tuple[str, list]]:
-    """For each view of the request's map (but the map as sent with `others_only`), the chat-template
-    text of `request` with `history` and the images its placeholders stand for (one entry when there
-    is no map)."""
+    """For each view of `shown`, the map the model is shown for the request's (`shown_wafer`; but the map as
+    sent with `others_only`), the chat-template text of `request` with `history` and the images its
+    placeholders stand for (one entry when there is no map)."""
     prompts = []
-    for wafer in view_wafers(request.wafer, views, others_only):
+    for wafer in view_wafers(shown, views, others_only):
         messages = build_messages(wafer, history, request.question, facts=facts)
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prompts.append((text, images_of(messages)))
@@ -151,7 +154,8 @@ def _encode_together(
     texts, images, budgets = [], [], []
     for request in requests:
         history = _prompt_history(processor, request)
-        for text, request_images in _prompt_texts(processor, request, history, facts, views, others_only):
+        shown = shown_wafer(model, request.wafer)
+        for text, request_images in _prompt_texts(processor, request, shown, history, facts, views, others_only):
             texts.append(text)
             images.extend(request_images)
             budgets.append(request.max_new_tokens)

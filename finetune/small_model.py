@@ -25,6 +25,7 @@ from transformers import (
     SiglipImageProcessorPil,
 )
 
+from finetune.background_match import check_background, set_background_match
 from finetune.tokenizer import CHAT_TEMPLATE, EOS, IMAGE, SPECIAL_TOKENS
 from finetune.views import check_below, check_views, set_answer_views, set_views_below
 
@@ -33,7 +34,9 @@ from finetune.views import check_below, check_views, set_answer_views, set_views
 class SmallModelConfig:
     """Sizes of the small model (`(image_size / stride)` squared is the number of image tokens) and how
     it answers: from `answer_views` views of the map when less sure than `answer_views_below`
-    (`finetune.views`; saved in its config, so the server and the evaluator answer the same way)."""
+    (`finetune.views`), and shown a clean map with a pattern at background noise `background_level` when
+    its background is under `background_below` (`finetune.background_match`; None: as sent). Saved in
+    its config, so the server and the evaluator answer the same way."""
 
     image_size: int = 112
     vision_stem: int = 32
@@ -47,6 +50,8 @@ class SmallModelConfig:
     max_positions: int = 1024
     answer_views: int = 4
     answer_views_below: float | None = 0.9
+    background_level: float | None = 0.195
+    background_below: float = 0.11
 
     def __post_init__(self) -> None:  # JSON overrides arrive as lists
         object.__setattr__(self, "vision_channels", tuple(self.vision_channels))
@@ -76,6 +81,7 @@ class SmallModelConfig:
 
         check_views(self.answer_views)
         check_below(self.answer_views_below)
+        check_background(self.background_level, self.background_below)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +94,7 @@ TINY_CONFIG = SmallModelConfig(
     image_size=32, vision_stem=8, vision_channels=(8, 16, 16), vision_depths=(1, 1, 1),
     text_hidden=32, text_layers=1, text_heads=2, text_kv_heads=1, text_intermediate=64, max_positions=2048,
     answer_views=1, answer_views_below=None,  # a random model is never sure: one view keeps tests quick
+    background_level=None,  # shown every map as sent: its answers are noise either way
 )
 
 
@@ -150,6 +157,7 @@ def build_model(tokenizer: PreTrainedTokenizerBase, config: SmallModelConfig, se
     model = FastVlmForConditionalGeneration(fast_vlm)
     set_answer_views(model, config.answer_views)
     set_views_below(model, config.answer_views_below)
+    set_background_match(model, config.background_level, config.background_below)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None

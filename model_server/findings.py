@@ -6,7 +6,7 @@ same batch as the user's question), parses the answer back to a pattern set with
 same findings.
 
 Findings also carry caveats: when the model finds no pattern but the map's failing dies form a
-cluster far larger than random failure makes (`CLUSTER_CAVEAT_MIN_DIES`, `CLUSTER_CAVEAT_MIN_SHARE`),
+cluster far larger than random failure makes (`data_tools.background.has_large_cluster`),
 the reader is told to check the map by eye. That is the default model's known weak spot: trained on
 MixedWM38, whose maps all carry random failures, it calls many defective maps without them normal
 (model card, Known limitations). Likewise when the model reads a map as Near-full although fewer
@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from data_tools import taxonomy
+from data_tools.background import has_large_cluster
 from data_tools.wafer_map import WaferMap
 from model_server import wire
 
@@ -33,13 +34,8 @@ def recognition_question() -> str:
 #: The class reported when the recognition answer names no readable pattern set.
 UNKNOWN_CLASS = "Unknown"
 
-#: A map called normal gets a caveat when its largest cluster of failing dies holds at least this many
-#: dies and at least this share of the wafer's dies. Random failures alone (1–14.5 % of the dies on
-#: MixedWM38's Normal maps) leave clusters of at most 18 of their 2,032 dies (the 855 Normal maps of
-#: `../shared/data`, `benchmarks/noise_robustness.py --mixedwm38`); a defect pattern without random
-#: failures mostly leaves one of 30 or more, a lone Scratch (14 or more) excepted.
-CLUSTER_CAVEAT_MIN_DIES = 20
-CLUSTER_CAVEAT_MIN_SHARE = 0.015
+#: A map called normal gets a caveat when its largest cluster of failing dies is larger than random
+#: failures make (`data_tools.background.has_large_cluster`).
 CAVEAT_CLUSTER_WITHOUT_PATTERN = "cluster_without_pattern"
 #: A map read as Near-full gets a caveat when fewer than this share of its dies fail. The 109 Near-full
 #: maps of `../shared/data` have 67 % or more of their dies failing (`benchmarks/noise_robustness.py
@@ -92,11 +88,10 @@ def caveats_for(patterns: Iterable[str] | None, measured: dict) -> list[wire.Cav
         return []
     keys = tuple(patterns)
     caveats = []
-    largest = (measured.get("clusters") or {}).get("largest")
-    if not keys and largest is not None and \
-            largest["size"] >= max(CLUSTER_CAVEAT_MIN_DIES, CLUSTER_CAVEAT_MIN_SHARE * measured["dies"]):
+    if not keys and has_large_cluster(measured):
+        size = measured["clusters"]["largest"]["size"]
         caveats.append(wire.Caveat(CAVEAT_CLUSTER_WITHOUT_PATTERN, {
-            language: unrecognised_cluster_note(largest["size"], language) for language in LANGUAGES}))
+            language: unrecognised_cluster_note(size, language) for language in LANGUAGES}))
     share = measured["failing"] / measured["dies"] if measured.get("dies") else 0.0
     if "Near_Full" in keys and share < NEAR_FULL_CAVEAT_MAX_SHARE:
         caveats.append(wire.Caveat(CAVEAT_SPARSE_NEAR_FULL, {

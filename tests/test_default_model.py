@@ -232,3 +232,28 @@ def test_a_round_leaves_unsure_answers_unfinished_and_finishes_them_beside_the_n
     assert finished == backend.generate([unsure_request])
     assert set(parse_answer(finished[0]) or ()) == {"Center", "Edge_Loc", "Loc"}
     assert next_answers == backend.generate([new_request])
+
+
+def test_a_clean_map_with_a_pattern_is_read_at_the_training_maps_noise():
+    """Trained on MixedWM38 alone, the model took its background noise for part of every defect and called
+    clean maps with a pattern normal. Shown them at that noise (finetune.background_match), it names their
+    patterns (26 of these 35 maps, 1 as sent); the numbers it gives are still the map's as sent."""
+    from data_tools.taxonomy import CLASS_NAMES, PATTERN_KEYS
+    from finetune.background_match import set_background_match
+    from finetune.loading import load_model
+
+    model, processor = load_model(DEFAULT_MODEL)
+    classes = [name for name in CLASS_NAMES if name not in ("Normal", "Near_Full", "Random")]
+    wafers = [WaferMap(generate_grid(name, np.random.default_rng(i), noise=0.0)) for i, name in enumerate(classes)]
+    requests = [GenerationRequest("What defects does this wafer show?", wafer, max_new_tokens=48) for wafer in wafers]
+
+    def right(answers: list[str]) -> int:
+        return sum(parse_answer(a) == tuple(k for k in PATTERN_KEYS if k in name.split("+"))
+                   for a, name in zip(answers, classes))
+
+    shown_raised = right(generate_answers(model, processor, requests))
+    failing = generate_answers(model, processor, [GenerationRequest("How many dies fail?", w) for w in wafers[:5]])
+    set_background_match(model, None, 0.0)
+    as_sent = right(generate_answers(model, processor, requests))
+    assert shown_raised >= 24 and as_sent <= 5
+    assert all(str(w.failing) in re.findall(r"\d+", a) for w, a in zip(wafers, failing))

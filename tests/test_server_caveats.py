@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bot.blocks import answer_blocks, answer_text
+from data_tools.background import LARGE_CLUSTER_MIN_DIES, LARGE_CLUSTER_MIN_SHARE
 from data_tools.wafer_map import FAIL, GOOD, WaferMap
 from model_server import wire
 from model_server.backends.base import Backend, BackendInfo
@@ -19,8 +20,6 @@ from model_server.config import ServerConfig
 from model_server.findings import (
     CAVEAT_CLUSTER_WITHOUT_PATTERN,
     CAVEAT_SPARSE_NEAR_FULL,
-    CLUSTER_CAVEAT_MIN_DIES,
-    CLUSTER_CAVEAT_MIN_SHARE,
     NEAR_FULL_CAVEAT_MAX_SHARE,
     build_findings,
 )
@@ -67,8 +66,8 @@ def test_the_threshold_is_a_share_of_the_wafer_with_a_floor():
     big = build_findings(WaferMap(_disc_with_block(52, block)), ())  # 2,032 dies: 1.5 % is ~30
     small = build_findings(WaferMap(_disc_with_block(26, block)), ())  # ~500 dies: 1.5 % is ~8, the floor 20
     assert big.measured["clusters"]["largest"]["size"] == small.measured["clusters"]["largest"]["size"] == 25
-    assert CLUSTER_CAVEAT_MIN_SHARE * small.measured["dies"] < CLUSTER_CAVEAT_MIN_DIES <= 25
-    assert CLUSTER_CAVEAT_MIN_SHARE * big.measured["dies"] > 25
+    assert LARGE_CLUSTER_MIN_SHARE * small.measured["dies"] < LARGE_CLUSTER_MIN_DIES <= 25
+    assert LARGE_CLUSTER_MIN_SHARE * big.measured["dies"] > 25
     assert big.caveats == []
     assert [c.code for c in small.caveats] == [CAVEAT_CLUSTER_WITHOUT_PATTERN]
     tiny_block = build_findings(WaferMap(_disc_with_block(26, (4, 4))), ())  # 16 dies: under the floor
