@@ -6,8 +6,9 @@ v13 answered 16 in Chinese, and "有啥想法？" 17 in English. The answers of 
 (English answers hold no Chinese character; Chinese ones no English word but the acronyms CMP, RTA,
 SEM, EBR, FOUP, the compass codes and "mm"), so generation forbids, row by row, the tokens only the
 other language writes: for an English question every token with a Chinese character or part of
-one (English answers' one character beyond ASCII, "—", is a token of its own), for a Chinese question every token with a run of two lower-case Latin letters but "mm"; the
-location slots of the other language too (`finetune.location_slots`).
+one (English answers' one character beyond ASCII, "—", is a token of its own), for a Chinese question
+every token with a run of two lower-case Latin letters but "mm"; the location slots of the other
+language too (`finetune.location_slots`).
 
 It applies to models whose tokenizer was trained here (with number slots, `finetune.number_slots.has_slots`),
 whose answers are the corpus's, unless their config says `keep_answer_language: false` (a hand-set test
@@ -25,7 +26,6 @@ from data_tools.phrasing import language_of
 from finetune.location_slots import LOCATION_SLOTS, location_token
 from finetune.number_slots import has_slots
 
-_CJK = re.compile(r"[\u3400-\u9fff]")
 #: A run of lower-case Latin letters, an English word or a piece of one.
 _LATIN_WORD = re.compile(r"[a-z]{2,}")
 #: The lower-case Latin words a Chinese answer of the corpus holds ("晶圆边缘 3 mm").
@@ -46,7 +46,7 @@ def foreign_tokens(tokenizer: Any) -> dict[str, list[int]]:
         if token_id in added:
             continue
         text = tokenizer.decode([token_id])
-        if _CJK.search(text) or "\ufffd" in text:  # a Chinese character, or bytes of one
+        if language_of(text) == "zh" or "\ufffd" in text:  # a Chinese character, or bytes of one
             foreign["en"].append(token_id)
         if any(word not in CHINESE_ANSWER_LATIN for word in _LATIN_WORD.findall(text)):
             foreign["zh"].append(token_id)
