@@ -5,8 +5,9 @@ Every defective MixedWM38 map carries about a fifth of its dies failing at rando
 1–14.5 %); a fab's own maps often carry far less. A model trained on MixedWM38 alone can learn that
 noise level as a sign of a defect. Per level, `--per-class` synthetic maps of each of the 38 classes
 are made with that noise (Normal maps too, capped at 14.5 %, MixedWM38's highest for Normal), asked
-one recognition question each (English and Chinese alternately, as `defect-glm eval` asks), and
-scored: exact match and each pattern's recall. It also counts the defective maps called normal and how
+one recognition question each (English and Chinese alternately, as `defect-glm eval` asks; a model whose
+config holds `background_level` is shown clean maps with a pattern at that noise, `finetune.background_match`),
+and scored: exact match and each pattern's recall. It also counts the defective maps called normal and how
 many of those the server's findings flag with a caveat (`model_server.findings.caveats_for`: a large
 failing cluster on a map called normal), the Normal maps called normal that are flagged wrongly, and
 the maps wrongly read as Near-full and how many of those the Near-full caveat flags (under half the
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from data_tools.synthetic import PARAM_RANGES, generate_dataset
     from data_tools.wafer_map import WaferMap
+    from finetune.background_match import BELOW_ATTRIBUTE, LEVEL_ATTRIBUTE
     from finetune.checkpoints import serving_model_dir
     from finetune.evaluate import recognition_scores
     from finetune.loading import load_model
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     normal_noise_cap = PARAM_RANGES["normal_noise"][1]  # MixedWM38's highest background noise on a Normal map
     model_dir = args.model or serving_model_dir()
     model, processor = load_model(model_dir, dtype=args.dtype, channels_last=True)
+    level = getattr(model.config, LEVEL_ATTRIBUTE, None)
+    shown = ("each map as sent" if level is None else
+             f"clean maps with a pattern shown at {level:g} noise (under {getattr(model.config, BELOW_ATTRIBUTE, 0):g})")
     rows = []
     for noise in levels:
         data = generate_dataset(args.per_class, seed=args.seed,
@@ -89,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     real_normal = None if args.mixedwm38 is None else normal_map_caveats(args.mixedwm38)
     real_near_full = None if args.mixedwm38 is None else near_full_map_caveats(args.mixedwm38)
     if args.json:
-        print(json.dumps({"model": str(model_dir), "per_class": args.per_class, "seed": args.seed, "rows": rows,
+        print(json.dumps({"model": str(model_dir), "shown": shown, "per_class": args.per_class, "seed": args.seed,
+                          "rows": rows,
                           "real_normal_maps": real_normal, "real_near_full_maps": real_near_full}, indent=2))
         return 0
     names = list(rows[0]["recall"])
-    print(f"model {model_dir}, {args.per_class} synthetic maps per class and noise level, seed {args.seed}")
+    print(f"model {model_dir}, {args.per_class} synthetic maps per class and noise level, seed {args.seed}; {shown}")
     print("| noise | maps | exact match | " + " | ".join(f"{n} recall" for n in names)
           + " | defective called normal (with caveat) | Normal flagged | wrongly Near-full (with caveat) |")
     print("| --- " * (6 + len(names)) + "|")

@@ -52,6 +52,7 @@ def test_noise_robustness_scores_each_noise_level(tiny_model_dir, tmp_path):
     assert figures["real_near_full_maps"]["maps"] == 2 and figures["real_near_full_maps"]["flagged"] == 1
     assert figures["real_near_full_maps"]["failing_share_min"] < 0.5
     assert [r["noise"] for r in figures["rows"]] == [0.0, 0.2]
+    assert figures["shown"] == "each map as sent"  # the tiny checkpoint has no background_level
     assert all(r["maps"] == 38 and 0 <= r["exact_match"] <= 1 and len(r["recall"]) == 8 for r in figures["rows"])
     for r in figures["rows"]:  # 37 defective classes and one Normal map per level
         assert 0 <= r["defective_called_normal_with_caveat"] <= r["defective_called_normal"] <= 37
