@@ -135,6 +135,24 @@ def test_hf_with_a_lora_adapter(tmp_path, tiny_model_dir):
     plain.close()
 
 
+def test_a_subclass_that_overrides_generate_alone_is_served_by_it(tmp_path, tiny_model_dir):
+    class Prefixed(HFBackend):
+        def generate(self, requests):
+            return [f"checked: {answer}" for answer in super().generate(requests)]
+
+    backend = Prefixed(tiny_model_dir, views=4, views_below=0.999999)  # a random model is never that sure
+
+    async def go():
+        async with running_server(_config(tmp_path, "prefixed"), backend) as server, \
+                ModelServerClient(server.url) as client:
+            return await client.send_message("p", "What defects does this wafer show?", image=wafer_png())
+
+    try:
+        assert asyncio.run(go()).answer.startswith("checked: ")
+    finally:
+        backend.close()
+
+
 @pytest.mark.parametrize(("views", "below", "rows"), [(1, None, 1), (4, None, 4), (4, 0.9, 1)])
 def test_the_prompts_a_request_puts_in_a_generate_call(tiny_model_dir, views, below, rows):
     """What the batcher counts against max_batch_size: a map asked in every view takes one prompt per view;

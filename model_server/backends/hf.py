@@ -110,9 +110,12 @@ class HFBackend(Backend):
         self, requests: list[GenerationRequest], unfinished: list[Unfinished]
     ) -> tuple[list[str | Unfinished], list[str]]:
         """Answers, with those unsure about a map left `Unfinished` (`finetune.generation.answer_round`):
-        their other views are asked in the next call, beside the next batch's requests."""
+        their other views are asked in the next call, beside the next batch's requests. A subclass that
+        overrides `generate` alone is answered by its `generate`, in one pass."""
         from finetune.generation import UnsureAnswer, answer_round
 
+        if type(self).generate is not HFBackend.generate:
+            return super().generate_round(requests, unfinished)
         if not all(isinstance(u, UnsureAnswer) for u in unfinished):
             raise BackendError("the hf backend finishes only the unsure answers it left unfinished")
         answers, finished = self._answering(answer_round, requests, unfinished)
