@@ -51,7 +51,7 @@ class SmallModelConfig:
     answer_views: int = 4
     answer_views_below: float | None = 0.9
     background_level: float | None = 0.195
-    background_below: float = 0.11
+    background_below: float = 0.13
 
     def __post_init__(self) -> None:  # JSON overrides arrive as lists
         object.__setattr__(self, "vision_channels", tuple(self.vision_channels))

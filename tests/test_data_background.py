@@ -49,7 +49,7 @@ def test_a_large_cluster_is_what_random_failures_do_not_make():
     assert not has_large_cluster(_map("Normal", 0.0).facts())
 
 
-def _model(level, below=0.11):
+def _model(level, below=0.13):
     model = SimpleNamespace(config=SimpleNamespace())
     if level is not None:
         set_background_match(model, level, below)
