@@ -4,7 +4,9 @@ The small model learned questions in the corpus's form: a capital first letter a
 punctuation ("What's wrong with this wafer?"). In Slack people write "whats wrong with this wafer"
 or "what defects do you see? thanks!". The prompt builder puts every question in the corpus's form
 first (`data_tools.phrasing.question_as_written`: capital, closing mark, no emoji codes or closing
-thanks); this script measures what that leaves, including phrasings it cannot mend: each phrasing
+thanks) and reads a short question that comes with the map and names no other topic as the
+recognition question (`opening_question`); this script measures what that leaves, including
+phrasings it cannot mend (`--question TEXT` asks your own instead): each phrasing
 below is asked about the same maps (the held-out test split of a MixedWM38 file, or synthetic maps),
 the answers are parsed back to patterns (`finetune.answer_parser`), and the exact-match share is
 printed per phrasing, the corpus's own question first.
@@ -24,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: The corpus's question first, then chat-style phrasings: lowercase, no closing mark, a thanks or an emoji
 #: code after the question, loose wording, context the question does not need, a bare keyword, a greeting.
-#: None is a form `data_tools.phrasing.as_typed_in_chat` writes for training (a test checks). Some are read as
+#: None is a form `data_tools.phrasing.as_typed_in_chat` writes for training (a test checks). Most are read as
 #: the banks' question by a rule (`data_tools.phrasing.bare_topic_question`: "defects?", "can you take a look";
-#: `the_question_among_statements`: a sentence of context dropped); their rows measure the rule, the others how
-#: the model reads a wording it never saw.
+#: `the_question_among_statements`: a sentence of context dropped; `opening_question`: a short question with the
+#: map that names no other topic, "you see anything unusual?"); their rows measure the rule, the others how the
+#: model reads a wording it never saw. The last six were added before `opening_question` was written.
 PHRASINGS = (
     "What's wrong with this wafer?",
     "whats wrong with this wafer",
@@ -54,6 +57,12 @@ PHRASINGS = (
     "你觉得这片是什么问题",
     "lot 3 came back from probe with low yield, what happened here?",
     "这片晶圆怎么回事",
+    "anything weird going on with this one?",
+    "how does this wafer look to you?",
+    "we got this from the prober an hour ago, thoughts?",
+    "what do we have here",
+    "这片有异常吗",
+    "看出什么了吗？",
 )
 
 
@@ -66,13 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="generation batch size (default 32)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--question", action="append", metavar="TEXT",
+                        help="ask this phrasing instead of the built-in list (repeatable)")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be at least 1")
 
     import numpy as np
 
-    from data_tools.phrasing import question_as_written
+    from data_tools.phrasing import opening_question
     from data_tools.taxonomy import from_multi_hot
     from data_tools.wafer_map import WaferMap
     from finetune.answer_parser import parse_answer
@@ -94,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     model, processor = load_model(model_dir, dtype=args.dtype, channels_last=True)
     truth = [set(from_multi_hot(row)) for row in labels]
     rows = []
-    for question in PHRASINGS:
+    for question in args.question or PHRASINGS:
         requests = [GenerationRequest(question, WaferMap(g), max_new_tokens=64) for g in grids]
         answers = generate_answers(model, processor, requests, batch_size=args.batch_size)
         right = [set(parse_answer(a) or ()) == t for a, t in zip(answers, truth)]
-        rows.append({"question": question, "as_the_model_reads_it": question_as_written(question),
+        rows.append({"question": question, "as_the_model_reads_it": opening_question(question),
                      "maps": len(right), "exact_match": round(float(np.mean(right)), 4),
                      "sample_answer": answers[0]})
     figures = {"model": str(model_dir), "maps": "mixedwm38 test split" if args.mixedwm38 else "synthetic",

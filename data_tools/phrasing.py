@@ -127,12 +127,48 @@ def bare_topic_question(text: str) -> str | None:
     bare = bare[greeting.end():] if greeting else bare
     if _LOOK_REQUEST.fullmatch(bare):
         return RECOGNITION_QUESTIONS[language_of(bare)][0]
-    *context, last_clause = _CLAUSE_BREAK.split(bare)
-    told_only = not any(_REQUEST_SENTENCE.match(clause) or clause[-1:] in "?？" for clause in context)
+    asked = _asked_clause(bare)
     for pattern, bank in _BARE_TOPICS:
-        if pattern.fullmatch(bare) or (context and told_only and pattern.fullmatch(last_clause)):
+        if pattern.fullmatch(bare) or pattern.fullmatch(asked):
             return bank[language_of(bare)][0]
     return None
+
+
+def _asked_clause(text: str) -> str:
+    """The last clause of `text` when the clauses before it only tell something ("wafer map from lot 42,
+    any pattern?" asks "any pattern?"), else `text` itself."""
+    *context, last_clause = _CLAUSE_BREAK.split(text)
+    if context and not any(_REQUEST_SENTENCE.match(clause) or clause[-1:] in "?？" for clause in context):
+        return last_clause
+    return text
+
+
+#: `opening_question` reads a question as asking what the map shows only up to this length and in one
+#: sentence ("lot 3 came back from probe with low yield, what happened here?" has 63 characters).
+OPENING_QUESTION_MAX_CHARS = 120
+
+
+def opening_question(text: str) -> str:
+    """The question that comes with a wafer map, as the model reads it: `question_as_written`, and the
+    banks' first recognition question when it asks about nothing but the wafer as a whole: "you see
+    anything unusual?", "what's the story with this one?", "lot 3 came back from probe with low yield, what
+    happened here?", "你觉得这片是什么问题", "这片晶圆怎么回事". Someone who posts a map and asks that wants to
+    know what it shows, and the small model answered many such wordings, which it never saw, with the
+    yield or with places. A question that names anything the model answers besides the patterns is
+    left as the model was trained to read it: numbers, places, causes, checks, a pattern by name
+    (`_ASKS_ANOTHER_TOPIC`), or whether the wafer is fine (`asks_if_normal`). The banks' own questions
+    stay as they are: each one outside the recognition bank names such a topic (a test checks), so this
+    only changes wordings the banks never use. A text of several sentences or longer than
+    `OPENING_QUESTION_MAX_CHARS` is left as written too."""
+    written = question_as_written(text)
+    language = language_of(written)
+    if not written or written in RECOGNITION_QUESTIONS[language] or asks_if_normal(written):
+        return written
+    if len(written) > OPENING_QUESTION_MAX_CHARS or sum(1 for part in _SENTENCE_BREAK.split(written) if part.strip()) > 1:
+        return written  # a long text or several sentences may ask anything: read as written
+    if _ASKS_ANOTHER_TOPIC.search(_asked_clause(written.rstrip(_SENTENCE_END))):
+        return written
+    return RECOGNITION_QUESTIONS[language][0]
 
 
 Bank = Mapping[str, Sequence[str]]
@@ -419,6 +455,24 @@ _LOOK_REQUEST = re.compile(
     r"(?:\s+(?:please|pls|for\s+me))?"
     r"|(?:请|麻烦)?(?:帮忙|帮我)?(?:看看|看一下|看一看|看下|瞧瞧|分析一下|分析下|分析|识别一下|识别|诊断一下|诊断|检查一下|查一下|判断一下)"
     r"(?:这|这个|这片|这张|该)?(?:晶圆图|晶圆|图|片子|片)?(?:吧|呗)?",
+    re.IGNORECASE,
+)
+#: Words by which a question asks about more than what the wafer shows: counts and yield, places, causes,
+#: checks, a pattern by name, the n-th pattern of an answer (`opening_question`). "Failure pattern", "good
+#: morning" and the like do not count.
+_ASKS_ANOTHER_TOPIC = re.compile(
+    r"\b(?:yields?|pass(?:es|ed|ing)?|good(?!\s+(?:morning|afternoon|evening|day))|working|fail(?:s|ed|ing)?"
+    r"|failures?(?!\s+(?:patterns?|signatures?|modes?|maps?|types?))|bad|defective|counts?|numbers?|stats|statistics"
+    r"|how\s+(?:many|much|big|large|wide|long)|percent(?:age)?|rate|total|dies?|chips?"
+    r"|where|locat\w*|positions?|parts?|areas?|zones?|regions?|sectors?|sides?|edges?|rims?|cent(?:er|re)s?|central"
+    r"|middle|outer|inner|cluster\w*|concentrated"
+    r"|caus\w*|why|reasons?|root|process\w*|steps?|suspect\w*|tools?|equipment|chambers?|recipes?"
+    r"|check\w*|troubleshoot\w*|investigat\w*|recommend\w*|suggest\w*|actions?|next|fix\w*|should|prevent\w*|chase"
+    r"|do\s+I\s+look|first|second|third|fourth|last|other"
+    r"|donuts?|doughnuts?|rings?|loc|local\w*|near[\s-]?full|full|scratch\w*|random\w*|scattered)\b"
+    r"|良|合格|成品|通过|好的芯片|好芯片|失效|坏|多少|几颗|几个|数量|总数|数据|统计|比例|百分|位置|哪里|哪儿|在哪|区域|区"
+    r"|部位|边|外圈|外环|中心|中间|团|集中|原因|为什么|为啥|怎么会|根因|导致|造成|引起|工艺|工序|机台|设备|检查|排查|先查"
+    r"|查什么|看哪|建议|措施|怎么办|怎么做|下一步|处理|调查|怀疑|第[一二三四]|环|甜甜圈|局部|划|刮|随机|近全|全片",
     re.IGNORECASE,
 )
 #: Where a topic may follow what only tells something, as in "wafer map from lot 42, any pattern?".

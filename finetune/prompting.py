@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from PIL import Image
 
-from data_tools.phrasing import question_as_written
+from data_tools.phrasing import opening_question, question_as_written
 from data_tools.wafer_map import WaferMap
 from model_server.backends.base import Turn
 
@@ -85,7 +85,8 @@ def build_messages(wafer: WaferMap | None, history: Sequence[Turn], question: st
     The first user turn gets the image part (``{"type": "image", "image": PIL.Image}``) and, with
     `facts` (models trained here), the facts line when a wafer is given. Every message's content is
     a list of parts. User turns are put in the form the corpus writes questions
-    (`data_tools.phrasing.question_as_written`).
+    (`data_tools.phrasing.question_as_written`); the one that comes with the map is asked as what the map
+    shows when it asks about nothing more (`data_tools.phrasing.opening_question`).
     """
     if not isinstance(question, str) or not question.strip():
         raise ValueError("a question is needed: got an empty question")
@@ -95,14 +96,14 @@ def build_messages(wafer: WaferMap | None, history: Sequence[Turn], question: st
     for turn in turns:
         if turn.role not in ("user", "assistant"):
             raise ValueError(f"a turn's role must be 'user' or 'assistant', got {turn.role!r}")
-        said = question_as_written(turn.text) if turn.role == "user" else turn.text
         if turn.role == "user" and not image_placed:
             assert wafer is not None
+            said = opening_question(turn.text)
             text = f"{facts_line(wafer)}\n{said}" if facts else said
             content = [{"type": "image", "image": model_image(wafer)}, _text(text)]
             image_placed = True
         else:
-            content = [_text(said)]
+            content = [_text(question_as_written(turn.text) if turn.role == "user" else turn.text)]
         messages.append({"role": turn.role, "content": content})
     return messages
 

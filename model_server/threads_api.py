@@ -20,7 +20,7 @@ import time
 
 from aiohttp import BodyPartReader, web
 
-from data_tools.phrasing import language_of
+from data_tools.phrasing import language_of, opening_question
 from data_tools.wafer_map import WaferMap
 from finetune.yesno import ground_yesno
 from model_server import intake, wire
@@ -222,7 +222,7 @@ async def post_message(request: web.Request) -> web.Response:
             assert wafer is not None
             recognition = recognition_question()
             asks = [GenerationRequest(question, wafer, (), max_new)]
-            if question != recognition:
+            if opening_question(question) != opening_question(recognition):  # as the model reads them
                 asks.append(GenerationRequest(recognition, wafer, (), max_new))
             answers = await run_model(state, asks, request[REQUEST_ID])
             findings_json = build_findings(wafer, parse_patterns(answers[-1])).to_json()

@@ -108,7 +108,8 @@ def test_chat_phrasings_scores_each_phrasing_as_the_model_reads_it(tiny_model_di
     out = _run("benchmarks/chat_phrasings.py", "--model", str(tiny_model_dir), "--n", "2", "--json")
     figures = json.loads(out[out.index("{"):])
     rows = {r["question"]: r for r in figures["rows"]}
-    assert rows["what defects do you see"]["as_the_model_reads_it"] == "What defects do you see?"
+    assert rows["what's wrong with this wafer? thanks!"]["as_the_model_reads_it"] == "What's wrong with this wafer?"
+    assert rows["you see anything unusual?"]["as_the_model_reads_it"] == "What defects does this wafer show?"
     assert rows["这片晶圆有什么缺陷"]["as_the_model_reads_it"] == "这片晶圆有哪些缺陷？"  # a bare topic
     assert all(r["maps"] == 2 and 0 <= r["exact_match"] <= 1 for r in rows.values())
 

@@ -64,7 +64,7 @@ def test_a_retry_after_a_time_out_is_not_stored_twice(tmp_path: Path) -> None:
             try:
                 async with BotRuntime(config) as runtime:
                     await fake.wait_for_socket()
-                    event = fake.user_message(CHANNEL, "what defects?", files=[fake.add_file(wafer_png())])
+                    event = fake.user_message(CHANNEL, "where are the defects?", files=[fake.add_file(wafer_png())])
                     await fake.send_socket(event)
                     # the first attempt timed out while the model was generating (reading the map comes first)
                     await fake.wait_for(lambda: "hourglass_flowing_sand" in fake.reactions_on(CHANNEL, event["ts"]),
@@ -85,10 +85,10 @@ def test_a_retry_after_a_time_out_is_not_stored_twice(tmp_path: Path) -> None:
             stored = server.state.memory.get(thread_id)
             assert stored is not None, f"no thread {thread_id} on the server"
             # the question and the recognition question of the new map, asked once
-            assert backend.asked == ["what defects?", "What defects does this wafer show?"]
-            assert [(t.role, t.text) for t in stored.turns] == [("user", "what defects?"),
-                                                                ("assistant", "#1: what defects?")]
-            assert "#1: what defects?" in answer["text"]  # the first generation's answer, not a retry's
+            assert backend.asked == ["where are the defects?", "What defects does this wafer show?"]
+            assert [(t.role, t.text) for t in stored.turns] == [("user", "where are the defects?"),
+                                                                ("assistant", "#1: where are the defects?")]
+            assert "#1: where are the defects?" in answer["text"]  # the first generation's answer, not a retry's
             assert len(fake.bot_replies(CHANNEL, event["ts"])) == 1
 
     asyncio.run(asyncio.wait_for(go(), 270))

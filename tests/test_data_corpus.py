@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from data_tools import answers as A
+from data_tools import phrasing
 from data_tools.corpus import (
     RECOGNITION_QUESTIONS,
     CorpusConfig,
@@ -25,7 +26,7 @@ from data_tools.corpus import (
     split_of,
 )
 from data_tools.dialogue import KINDS, MapContext, sample_dialogue
-from data_tools.phrasing import bare_topic_question, question_as_written
+from data_tools.phrasing import bare_topic_question, opening_question, question_as_written
 from data_tools.taxonomy import BY_KEY, CLASSES, PATTERN_KEYS, to_multi_hot
 from data_tools.wafer_map import FAIL, GOOD, WaferMap
 
@@ -466,3 +467,48 @@ def test_the_corpus_questions_are_already_in_that_form():
     assert len(questions) > 100
     changed = {q for q in questions if question_as_written(q) != q}
     assert changed and all(question_as_written(q) == bare_topic_question(q) for q in changed)
+
+
+@pytest.mark.parametrize(("typed", "read_as"), [
+    ("anything odd here?", "What defects does this wafer show?"),  # asks about the wafer as a whole
+    ("what went wrong", "What defects does this wafer show?"),
+    ("Yield dropped on ETCH-04 this week, what's going on?", "What defects does this wafer show?"),
+    ("Good morning! what happened?", "What defects does this wafer show?"),
+    ("这片什么情况", "这片晶圆有哪些缺陷？"),
+    ("这个有什么问题吗", "这片晶圆有哪些缺陷？"),
+    ("What's wrong with this wafer?", "What's wrong with this wafer?"),  # a bank question: kept
+    ("what's the failing count?", "What's the failing count?"),  # a topic of its own: kept as written
+    ("where is the damage", "Where is the damage?"),
+    ("why?", "Why?"),
+    ("what should I do", "What should I do?"),
+    ("is it a crescent or a scratch?", "Is it a crescent or a scratch?"),  # names a pattern
+    ("is this wafer ok?", "Is this wafer ok?"),  # whether it is fine: the yes/no check reads it
+    ("Yield dropped on ETCH-04, why?", "Yield dropped on ETCH-04, why?"),
+    ("这片的失效是什么问题", "这片的失效是什么问题？"),  # names the failing dies
+    ("哪里坏了", "哪里坏了？"),
+    ("下一步怎么办", "下一步怎么办？"),
+    ("Who ran this lot? Which shift?", "Who ran this lot? Which shift?"),  # several questions: as written
+    ("what happened " * 10, ("what happened " * 10).strip().capitalize() + "?"),  # long: as written
+])
+def test_the_question_with_a_map_asks_what_it_shows_unless_it_names_another_topic(typed, read_as):
+    assert opening_question(typed) == read_as
+
+
+def _bank_questions(bank) -> list[str]:
+    fills = {"p": "a scratch", "zone": "edge", "nth": "second"}
+    zh_fills = {"p": "划痕", "zone": "边缘区", "nth": "第二个"}
+    return [q.format(**(zh_fills if language == "zh" else fills)) for language, questions in bank.items()
+            for q in questions]
+
+
+def test_every_question_of_the_other_banks_keeps_its_form_when_it_comes_with_the_map():
+    banks = [getattr(phrasing, name) for name in dir(phrasing)
+             if name.endswith("_QUESTIONS") or name.startswith(("FOLLOW_", "NTH_"))]
+    # FOLLOW_WHAT_THEN ("So what is there?") asks what the map shows, like the recognition bank
+    banks = [bank for bank in banks if bank not in (phrasing.RECOGNITION_QUESTIONS, phrasing.FOLLOW_WHAT_THEN)]
+    banks += list(phrasing.COUNT_QUESTIONS.values())
+    questions = [q for bank in banks if "en" in bank for q in _bank_questions(bank)]
+    assert len(questions) > 150
+    assert [q for q in questions if opening_question(q) != question_as_written(q)] == []
+    recognition = _bank_questions(phrasing.RECOGNITION_QUESTIONS)
+    assert all(opening_question(q) == question_as_written(q) for q in recognition)

@@ -49,18 +49,29 @@ def test_first_user_turn_carries_image_and_measured_facts(wafer):
     first = messages[0]["content"]
     assert first[0]["type"] == "image" and first[0]["image"].size == (52, 52)
     text = first[1]["text"]
-    assert text.startswith(FACTS_PREFIX) and text.endswith("What defects?")
+    assert text.startswith(FACTS_PREFIX) and text.endswith("\nWhat defects does this wafer show?")  # opening_question
     assert f"failing {wafer.failing}" in text and f"yield {wafer.yield_percent:.2f}%" in text
     assert messages[2]["content"] == [{"type": "text", "text": "Where is it?"}]
     assert len(images_of(messages)) == 1
 
 
 def test_user_turns_reach_the_model_in_the_corpus_form_and_answers_as_said(wafer):
-    history = [Turn("user", "whats wrong  with it"), Turn("assistant", "a center blob. no scratch")]
+    history = [Turn("user", "whats the yield  of it"), Turn("assistant", "a center blob. no scratch")]
     messages = build_messages(wafer, history, "这片晶圆的良率是多少")
-    assert messages[0]["content"][1]["text"].endswith("\nWhats wrong with it?")
+    assert messages[0]["content"][1]["text"].endswith("\nWhats the yield of it?")
     assert messages[1]["content"] == [{"type": "text", "text": "a center blob. no scratch"}]
     assert messages[2]["content"] == [{"type": "text", "text": "这片晶圆的良率是多少？"}]
+
+
+def test_the_question_with_the_map_asks_what_it_shows_when_it_asks_nothing_more(wafer):
+    history = [Turn("user", "anything odd here?"), Turn("assistant", "Center and Scratch.")]
+    messages = build_messages(wafer, history, "anything odd here?")
+    assert messages[0]["content"][1]["text"].endswith("\nWhat defects does this wafer show?")
+    assert messages[2]["content"] == [{"type": "text", "text": "Anything odd here?"}]  # a later turn: as written
+    asked = build_messages(wafer, [], "这片晶圆怎么回事")[0]["content"][1]["text"]
+    assert asked.endswith("\n这片晶圆有哪些缺陷？")
+    assert build_messages(wafer, [], "where is the damage?")[0]["content"][1]["text"].endswith("\nWhere is the damage?")
+    assert build_messages(None, [], "anything odd here?")[0]["content"] == [{"type": "text", "text": "Anything odd here?"}]
 
 
 def test_text_only_thread_has_no_image():

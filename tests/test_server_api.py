@@ -53,7 +53,7 @@ def test_conversation_with_follow_up_from_memory(tmp_path, tiny_model_dir):
 
     async def go():
         async with running_server(config(tmp_path), backend) as server, ModelServerClient(server.url) as client:
-            first = await client.send_message("C1:1700000000.0001", "Which patterns are there?", image=png)
+            first = await client.send_message("C1:1700000000.0001", "Where are the defects?", image=png)
             follow = await client.send_message("C1:1700000000.0001", "How many dies fail?")
             view = await client.get_thread("C1:1700000000.0001")
             return first, follow, view
@@ -66,12 +66,12 @@ def test_conversation_with_follow_up_from_memory(tmp_path, tiny_model_dir):
     assert first.findings.grid == wafer.to_list()
     assert first.model == backend.info.name and first.latency_ms > 0
     # first message: the user's question and the recognition question, in one batch
-    assert [r.question for r in backend.seen[:2]] == ["Which patterns are there?", "What defects does this wafer show?"]
+    assert [r.question for r in backend.seen[:2]] == ["Where are the defects?", "What defects does this wafer show?"]
     # the follow-up carried no image: the map and the earlier turns came from memory
     asked = backend.seen[-1]
     assert asked.question == "How many dies fail?"
     assert asked.wafer is not None and np.array_equal(asked.wafer.grid, wafer.grid)
-    assert asked.history == (Turn("user", "Which patterns are there?"), Turn("assistant", first.answer))
+    assert asked.history == (Turn("user", "Where are the defects?"), Turn("assistant", first.answer))
     # and its answer is exactly what the model generates for that prompt
     expected = generate_answers(backend.model, backend.processor, [asked])[0]
     assert follow.answer == expected
@@ -376,6 +376,37 @@ def test_an_empty_answer_reads_as_one_in_the_questions_language(tmp_path):
     assert first.findings is not None and first.findings.patterns == ["Center"]  # the map was still read
     assert [t.text for t in view.turns if t.role == "assistant"] == [NO_ANSWER["en"], NO_ANSWER["zh"]]
     assert completion["choices"][0]["message"]["content"] == NO_ANSWER["en"]
+
+
+class _CenterEverywhere(Backend):
+    """Recognises a Center on any map and records the questions it was asked."""
+
+    def __init__(self):
+        self.questions: list[str] = []
+
+    @property
+    def info(self):
+        return BackendInfo("recording", "1", "test")
+
+    def generate(self, requests):
+        self.questions += [r.question for r in requests]
+        return ["The wafer shows a Center pattern." for _ in requests]
+
+
+def test_a_question_the_model_reads_as_the_recognition_question_is_asked_once(tmp_path):
+    backend = _CenterEverywhere()
+
+    async def go():
+        async with running_server(config(tmp_path), backend) as server, ModelServerClient(server.url) as client:
+            odd = await client.send_message("a", "anything odd here?", image=wafer_png("center"))
+            where = await client.send_message("b", "where is the damage?", image=wafer_png("center"))
+            return odd, where
+
+    odd, where = asyncio.run(go())
+    # "anything odd here?" with a map reads as "What defects does this wafer show?" (opening_question)
+    assert backend.questions == ["anything odd here?", "where is the damage?", "What defects does this wafer show?"]
+    assert odd.findings is not None and odd.findings.patterns == ["Center"]
+    assert where.findings is not None and where.findings.patterns == ["Center"]
 
 
 def test_recognised_patterns_read_from_findings():

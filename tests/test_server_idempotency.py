@@ -76,20 +76,20 @@ def test_same_key_twice_is_answered_once_and_stored_once(tmp_path):
     async def go():
         async with running_server(_config(tmp_path), backend) as server, ModelServerClient(server.url) as client, \
                 aiohttp.ClientSession() as http:
-            first = await client.send_message("T:1", "What defects?", image=png, idempotency_key="job-1-1700.1")
+            first = await client.send_message("T:1", "How many dies fail?", image=png, idempotency_key="job-1-1700.1")
             # the bot's retry may send the map again: still the same message
-            again = await client.send_message("T:1", "What defects?", image=png, idempotency_key="job-1-1700.1")
+            again = await client.send_message("T:1", "How many dies fail?", image=png, idempotency_key="job-1-1700.1")
             asked_after_repeat = list(backend.asked)
             url = f"{server.url}/v1/threads/T:1/messages"
-            raw = await _post(http, url, "What defects?", "job-1-1700.1")
+            raw = await _post(http, url, "How many dies fail?", "job-1-1700.1")
             reused = await _post(http, url, "Where is it?", "job-1-1700.1")
             follow = await client.send_message("T:1", "Where is it?", idempotency_key="job-2-1700.2")
             return first, again, asked_after_repeat, raw, reused, follow, _user_turns(server, "T:1")
 
     first, again, asked_after_repeat, raw, reused, follow, users = asyncio.run(go())
     # one generation (the question plus the recognition question of a new map), not two
-    assert asked_after_repeat == ["What defects?", "What defects does this wafer show?"]
-    assert first.answer == "a #1: What defects?"
+    assert asked_after_repeat == ["How many dies fail?", "What defects does this wafer show?"]
+    assert first.answer == "a #1: How many dies fail?"
     assert (again.answer, again.findings, again.model) == (first.answer, first.findings, first.model)
     assert again.findings is not None and again.findings.measured["failing"] > 0
     status, headers, body = raw
@@ -101,7 +101,7 @@ def test_same_key_twice_is_answered_once_and_stored_once(tmp_path):
     assert body["error"]["type"] == wire.INVALID_REQUEST and "job-1-1700.1" in body["error"]["message"]
     # a new key is a new message, answered from the memory of the first
     assert follow.answer == "a #3: Where is it?" and follow.findings == first.findings
-    assert users == ["What defects?", "Where is it?"]
+    assert users == ["How many dies fail?", "Where is it?"]
 
 
 def test_repeat_while_the_first_is_still_generating_waits_and_gets_its_reply(tmp_path):
@@ -139,15 +139,15 @@ def test_a_key_is_remembered_across_a_server_restart(tmp_path):
 
     async def ask(backend: Backend):
         async with running_server(_config(tmp_path), backend) as server, ModelServerClient(server.url) as client:
-            reply = await client.send_message("kept", "What defects?", image=wafer_png("edge"), idempotency_key="k-1")
+            reply = await client.send_message("kept", "How many dies fail?", image=wafer_png("edge"), idempotency_key="k-1")
             return reply, _user_turns(server, "kept")
 
     first, _ = asyncio.run(ask(before))
     replayed, users = asyncio.run(ask(after))  # a new process over the same SQLite file
     assert after.asked == []  # the restarted server never asked its model
-    assert replayed.answer == first.answer == "before #1: What defects?"
+    assert replayed.answer == first.answer == "before #1: How many dies fail?"
     assert replayed.findings == first.findings and replayed.model == first.model == "numbered-before"
-    assert users == ["What defects?"]
+    assert users == ["How many dies fail?"]
 
 
 def test_different_keys_or_no_key_are_separate_messages(tmp_path):

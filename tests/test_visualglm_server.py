@@ -54,7 +54,9 @@ def test_prompt_is_visualglms_format_with_history_reserialised(backend):
     request = GenerationRequest("How many dies fail?", wafer,
                                 history=(Turn("user", "What defects?"), Turn("assistant", "Edge-Ring.")))
     text, images = backend.prompt(request)
-    assert text == "<img><image></img>问：What defects?\n答：Edge-Ring.\n问：How many dies fail?\n答：[gMASK]<sop>"
+    # the question that came with the map reads as the recognition question (data_tools.phrasing.opening_question)
+    assert text == ("<img><image></img>问：What defects does this wafer show?\n答：Edge-Ring.\n问：How many dies fail?\n"
+                    "答：[gMASK]<sop>")
     assert len(images) == 1 and images[0].size == (52, 52)
     ids = backend.processor(text=[text], images=images)["input_ids"][0].tolist()
     assert ids.count(backend.config.pad_token_id) == backend.config.image_length == 4
