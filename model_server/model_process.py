@@ -23,6 +23,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -44,8 +45,17 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def _child_main(conn: Connection, config: ServerConfig, parent_pid: int) -> None:
-    """The model process: load the backend in-process, then answer the parent's calls until told to close."""
+    """The model process: load the backend in-process, then answer the parent's calls until told to close.
+
+    A server stopped while the model loads ends this process with SIGTERM (it cannot be sent "close"
+    yet); the process then exits as Python does, releasing what it holds (the loaders' progress bars
+    hold a multiprocessing lock, which would otherwise be reported as leaked at shutdown)."""
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     follow_parent(parent_pid, "model-process-parent-watch")
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s[model]: %(message)s")
     from model_server.backends.registry import load_backend, use_torch_threads

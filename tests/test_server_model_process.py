@@ -6,7 +6,8 @@ official openai client over SSE); a model error is reported and the child keeps 
 closed early leaves the pipe in step; a child killed with -9, or one that hangs for
 `request_timeout_s` (it is then killed), costs the batch it was answering and the next batch
 starts a new one; a checkpoint that cannot be loaded fails at construction with the loader's
-message; close() ends the child; `model_process=False` loads the model in the server's process.
+message; close() ends the child, and so does SIGTERM, cleanly; `model_process=False` loads the model in
+the server's process.
 """
 
 from __future__ import annotations
@@ -166,6 +167,20 @@ def test_a_child_that_hangs_is_killed_after_the_request_timeout_and_replaced(tmp
         with pytest.raises(ProcessLookupError):
             os.kill(hung, 0)  # killed, not left stopped
         assert backend.generate(_requests()) == in_process.generate(_requests())
+    finally:
+        backend.close()
+
+
+def test_a_child_ended_with_sigterm_exits_as_python_does(tmp_path, tiny_model_dir):
+    # a server stopped while the model loads cannot send "close": multiprocessing ends its daemon child with
+    # SIGTERM at exit. Killed by the signal, the child left the loader's multiprocessing lock behind (the
+    # resource tracker then warned of a leaked semaphore); it now exits with SystemExit, as Python does.
+    backend = create_backend(_config(tmp_path, tiny_model_dir))
+    try:
+        process = backend._process
+        process.terminate()
+        process.join(10)
+        assert process.exitcode == 0  # not -SIGTERM
     finally:
         backend.close()
 
