@@ -21,6 +21,7 @@ from bot.config import BotConfig
 from bot.events import Incoming, parse_event, question_of
 from bot.store import BotStore
 from bot.worker import QueueWorker
+from data_tools.phrasing import is_acknowledgement
 from model_server.client import ModelServerClient, ModelServerClientError
 
 log = logging.getLogger("defect_glm.bot")
@@ -67,7 +68,9 @@ class WaferBot:
         if incoming.files:
             action = "analyse"
         elif incoming.in_thread and await self._takes_part_in(incoming):
-            action = "followup"
+            # "thanks!" asks nothing: a reaction says it was seen, without another answer in the thread
+            said = question_of(incoming, self.config.max_question_chars)
+            action = "acknowledged" if is_acknowledgement(said) else "followup"
         elif incoming.mentioned or incoming.is_dm:
             action = "hint"
         else:
@@ -79,6 +82,8 @@ class WaferBot:
         try:
             if action == "hint":
                 await slack_io.post_in_thread(self.slack, incoming.channel, incoming.thread_ts, HINT)
+            elif action == "acknowledged":
+                await slack_io.react(self.slack, incoming.channel, incoming.ts, slack_io.ACKNOWLEDGED)
             elif action == "analyse":
                 await self._analyse(incoming)
             else:

@@ -18,6 +18,8 @@ WORKING = "eyes"
 SUCCESS = "white_check_mark"
 FAILURE = "x"
 DELAYED = "hourglass_flowing_sand"
+#: On a reply in a thread that only acknowledges an answer ("thanks!", "ok got it"), instead of an answer.
+ACKNOWLEDGED = "+1"
 
 
 async def react(client: AsyncWebClient, channel: str, ts: str, name: str) -> None:

@@ -72,7 +72,67 @@ def question_as_written(text: str) -> str:
         text = text[0].upper() + text[1:]
     if text[-1] not in _SENTENCE_END:
         text += "？" if language_of(text) == "zh" else "?"
-    return bare_topic_question(text) or text
+    return bare_topic_question(text) or cause_guess_question(text) or text
+
+
+#: Processes, tools and parts a fab engineer may suspect ("is it a CMP issue?", "是机台问题吗？").
+_SUSPECTS_EN = (
+    r"tools?|process(?:es|ing)?|equipment|machines?|chambers?|recipes?|litho(?:graphy)?|photo|exposure|resist|focus|dose"
+    r"|etch(?:er|ing)?|cmp|polish(?:ing|er)?|pads?|slurry|deposition|cvd|pvd|ald|implant(?:er|ation)?|anneal(?:ing)?|rta"
+    r"|clean(?:ing)?|wet|diffusion|furnace|plasma|heaters?|chucks?|handling|robots?|probe(?:r|\s+cards?)?|testers?"
+    r"|particles?|contamination|fab|upstream"
+)
+_SUSPECTS_ZH = (
+    "机台|设备|工艺|工序|腔体|腔室|配方|光刻|曝光|刻蚀|蚀刻|CMP|研磨|抛光|沉积|注入|退火|清洗|扩散|炉管|等离子|加热|卡盘|搬运"
+    "|机械手|探针|测试|颗粒|污染|前道|上游"
+)
+#: Pattern names in a question: "is it a CMP scratch?" asks whether there is a scratch.
+_NAMES_A_PATTERN = re.compile(
+    r"\b(?:cent(?:er|re)|donuts?|doughnuts?|rings?|edge|loc|local\w*|near[\s-]?full|scratch\w*|random\w*)\b"
+    r"|中心|环|甜甜圈|边缘|局部|近全|满片|划|刮|随机",
+    re.IGNORECASE,
+)
+#: "Is it a tool problem?", "could this be litho?", "is this from the CMP?", "是不是工艺问题？", "会不会是机台造成的": a
+#: guess at the cause, which the cause bank answers (the small model read such questions as yes/no questions
+#: about a pattern: "is it a tool problem?" got "No, there is no Center pattern.").
+_CAUSE_GUESS = re.compile(
+    r"(?:is|was|could|can|might|may|would)\s+(?:it|this|that|these|they)\s+(?:be\s+)?(?:(?:from|due\s+to|caused\s+by"
+    r"|related\s+to|because\s+of)\s+)?(?:a|an|the|our|my|some)?\s*(?:\w+[\s-])?"
+    rf"(?:{_SUSPECTS_EN})\b[\w\s-]*"
+    rf"|(?:这|这个|这片|它)?(?:是|是不是|会不会是|会是|可能是|有没有可能是)(?:{_SUSPECTS_ZH})\S*?(?:问题|造成的|引起的|导致的|的问题|的)?(?:吗|么|吧|呢)?",
+    re.IGNORECASE,
+)
+
+
+def cause_guess_question(text: str) -> str | None:
+    """The cause bank's first question when `text` guesses at a cause without naming a pattern ("Is it a tool
+    problem?", "could this be litho?", "是机台问题吗？"), also in a text whose other clauses only tell
+    something ("yield dropped on lot 7, is it the etcher?"); None otherwise. The answer names the likely causes
+    of the patterns found, the suspected one among them when it is one."""
+    bare = text.strip().rstrip(_SENTENCE_END + " ")
+    asked = _asked_clause(bare)
+    if _NAMES_A_PATTERN.search(asked) or not _CAUSE_GUESS.fullmatch(asked):
+        return None
+    return CAUSE_QUESTIONS[language_of(bare)][0]
+
+
+#: Words that only acknowledge an answer ("ok thanks!", "got it", "好的，谢谢"): `is_acknowledgement`.
+_ACK_WORDS = (
+    r"ok(?:ay)?|k|kk|got\s+it|thanks?(?:\s+(?:a\s+lot|so\s+much|again))?|thank\s+you(?:\s+(?:very|so)\s+much)?|thx|ty"
+    r"|cheers|great|perfect|nice|cool|awesome|excellent|makes\s+sense|understood|noted|will\s+do|sounds\s+good"
+    r"|roger(?:\s+that)?|alright|all\s+right|good|very\s+helpful|helpful|that\s+helps|appreciated?|np"
+    r"|好的|好|谢谢(?:你|您|啦)?|多谢|谢啦|感谢|明白了?|收到|懂了|了解|知道了|行|嗯|辛苦了"
+)
+_ACKNOWLEDGEMENT = re.compile(rf"(?:{_ACK_WORDS})(?:[\s,.!~、，。！～]*(?:{_ACK_WORDS}))*", re.IGNORECASE)
+
+
+def is_acknowledgement(text: str) -> bool:
+    """True when `text` only acknowledges an answer: "thanks!", "ok got it", "great, thank you :pray:",
+    "好的，谢谢", or nothing but Slack emoji codes (":+1:"). Such a reply in a thread asks nothing."""
+    words = _EMOJI_CODE.sub(" ", text).strip(" \t\n.,!~。，！～")  # "ok?" may ask something: not stripped
+    if not words:
+        return bool(_EMOJI_CODE.search(text))
+    return bool(_ACKNOWLEDGEMENT.fullmatch(words))
 
 
 #: Where a message splits into sentences: after a Chinese sentence mark, or after an English one that

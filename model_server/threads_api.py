@@ -20,7 +20,7 @@ import time
 
 from aiohttp import BodyPartReader, web
 
-from data_tools.phrasing import language_of, opening_question
+from data_tools.phrasing import is_acknowledgement, language_of, opening_question
 from data_tools.wafer_map import WaferMap
 from finetune.yesno import ground_yesno
 from model_server import intake, wire
@@ -174,6 +174,24 @@ NO_ANSWER = {
 }
 
 
+#: The reply to a message in a thread that only acknowledges an answer ("thanks!", "ok got it", "好的，谢谢",
+#: `data_tools.phrasing.is_acknowledgement`), instead of another answer from the model.
+ACKNOWLEDGED = {
+    "en": "You're welcome. Ask me anything else about it in this thread.",
+    "zh": "不客气。还有其他问题可以在这个帖子里继续问我。",
+}
+
+
+#: The reply to a question in a thread without a map when the model answers only from one (a checkpoint
+#: trained on the corpus, whose every conversation has a map: `needs_map` in its backend's details); asked
+#: without a map, the small model wrote nonsense with unfilled number slots.
+NEEDS_MAP = {
+    "en": "There is no wafer map in this thread yet, and I answer from one. Send the map (a PNG or JPEG image of "
+          "it) with your question.",
+    "zh": "这个帖子里还没有晶圆图，我需要根据晶圆图回答。请把晶圆图（PNG 或 JPEG 图片）和问题一起发给我。",
+}
+
+
 async def run_model(state: ServerState, requests: list[GenerationRequest], request_id: str) -> list[str]:
     """Answers from the batcher (`NO_ANSWER` for an empty one), with model trouble turned into the API's errors."""
     state.backend  # noqa: B018  (503 while not ready)
@@ -229,8 +247,13 @@ async def post_message(request: web.Request) -> web.Response:
         else:
             wafer = ctx.wafer
             history = tuple(Turn(t.role, t.text) for t in ctx.history)  # type: ignore[arg-type]
-            answers = await run_model(state, [GenerationRequest(question, wafer, history, max_new)],
-                                      request[REQUEST_ID])
+            if history and is_acknowledgement(question):  # "thanks!" asks nothing: the model is not run
+                answers = [ACKNOWLEDGED[language_of(question)]]
+            elif wafer is None and state.info.details.get("needs_map"):
+                answers = [NEEDS_MAP[language_of(question)]]
+            else:
+                answers = await run_model(state, [GenerationRequest(question, wafer, history, max_new)],
+                                          request[REQUEST_ID])
         findings = None if findings_json is None else wire.Findings.from_json(findings_json)
         cautions = findings.caveat_texts(language_of(question)) if findings is not None else []
         answer = ground_yesno(question, answers[0], wafer, recognised_patterns(findings), cautions)

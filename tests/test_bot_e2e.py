@@ -103,6 +103,14 @@ def test_upload_follow_up_new_image_feedback_and_status(
                 assert [t.role for t in view.turns][-4:] == ["user", "assistant", "user", "assistant"]
                 assert view.turns[-2].text == "And what is the yield?"
 
+                # 2b. "thanks!" asks nothing: a reaction, no answer, nothing asked of the model server
+                thanks = fake.user_message(CHANNEL, "thanks! :pray:", thread_ts=event["ts"])
+                await slack.event(thanks)
+                await fake.wait_for(lambda: "+1" in fake.reactions_on(CHANNEL, thanks["ts"]), what="the +1")
+                assert len(fake.bot_replies(CHANNEL, event["ts"])) == 2
+                async with ModelServerClient(server.url) as client:
+                    assert len((await client.get_thread(tid)).turns) == len(view.turns)
+
                 # 3. a new image in the same thread is analysed, keeping the conversation
                 ring = edge_ring_map()
                 new = await upload(fake, wafer_png(ring), "and this one?", thread_ts=event["ts"])

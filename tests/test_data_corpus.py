@@ -26,7 +26,7 @@ from data_tools.corpus import (
     split_of,
 )
 from data_tools.dialogue import KINDS, MapContext, sample_dialogue
-from data_tools.phrasing import bare_topic_question, opening_question, question_as_written
+from data_tools.phrasing import bare_topic_question, is_acknowledgement, opening_question, question_as_written
 from data_tools.taxonomy import BY_KEY, CLASSES, PATTERN_KEYS, to_multi_hot
 from data_tools.wafer_map import FAIL, GOOD, WaferMap
 
@@ -453,6 +453,14 @@ def test_real_maps_recognition_answers_match_labels(real_mixedwm38, tmp_path):
     ("thanks", "Thanks?"),  # nothing but thanks: kept
     ("Thank you for the list?", "Thank you for the list?"),
     ("   ", ""),
+    # a guess at the cause, naming no pattern: the cause bank's question
+    ("is it a tool problem?", "What could cause the defects on this wafer?"),
+    ("could this be litho", "What could cause the defects on this wafer?"),
+    ("Yield dropped on lot 7, is it the etcher?", "What could cause the defects on this wafer?"),
+    ("是不是工艺问题？", "这片晶圆的缺陷可能是什么原因造成的？"),
+    ("会不会是机台造成的", "这片晶圆的缺陷可能是什么原因造成的？"),
+    ("Is it a CMP scratch?", "Is it a CMP scratch?"),  # names a pattern: whether there is one
+    ("is it bad?", "Is it bad?"),
 ])
 def test_a_chat_question_is_put_in_the_corpus_form(typed, as_written):
     assert question_as_written(typed) == as_written
@@ -512,3 +520,12 @@ def test_every_question_of_the_other_banks_keeps_its_form_when_it_comes_with_the
     assert [q for q in questions if opening_question(q) != question_as_written(q)] == []
     recognition = _bank_questions(phrasing.RECOGNITION_QUESTIONS)
     assert all(opening_question(q) == question_as_written(q) for q in recognition)
+
+
+@pytest.mark.parametrize(("text", "acknowledges"), [
+    ("thanks!", True), ("ok got it", True), ("Great, thank you :pray:", True), (":+1:", True), ("好的，谢谢", True),
+    ("收到！", True), ("ok?", False), ("thanks, and the yield?", False), ("ok, where is it?", False),
+    ("good catch, what about the edge", False), ("no", False), ("", False), ("   ", False),
+])
+def test_a_reply_that_only_acknowledges_is_told_apart(text, acknowledges):
+    assert is_acknowledgement(text) is acknowledges

@@ -22,7 +22,7 @@ from model_server.client import ModelServerClient, ModelServerError, ModelServer
 from model_server.config import ServerConfig
 from model_server.findings import build_findings, recognised_patterns
 from model_server.testing import running_server, wafer_grid, wafer_png
-from model_server.threads_api import NO_ANSWER
+from model_server.threads_api import ACKNOWLEDGED, NEEDS_MAP, NO_ANSWER
 
 
 @pytest.fixture(scope="module")
@@ -224,10 +224,10 @@ def test_model_error_is_500_with_request_id_and_server_keeps_serving(tmp_path, t
         async with running_server(config(tmp_path, max_wait_ms=0), failing) as server, \
                 ModelServerClient(server.url) as client:
             with pytest.raises(ModelServerError) as err:
-                await client.send_message("t", "BOOM")
+                await client.send_message("t", "BOOM", image=wafer_png("center"))
             assert err.value.status == 500 and err.value.code == wire.CODE_MODEL_ERROR
             assert err.value.request_id and err.value.request_id in err.value.message
-            ok = await client.send_message("t", "fine now?")
+            ok = await client.send_message("t", "fine now?", image=wafer_png("center"))
             assert ok.answer is not None
             view = await client.get_thread("t")
             assert [t.text for t in view.turns if t.role == "user"] == ["fine now?"]
@@ -239,13 +239,13 @@ def test_model_error_is_500_with_request_id_and_server_keeps_serving(tmp_path, t
 
 
 def test_concurrency_no_5xx_and_batches_form(tmp_path, backend):
-    png = wafer_png("scratch")
+    pngs = wafer_png("scratch"), wafer_png("center")
 
     async def go():
         cfg = config(tmp_path, max_batch_size=8, max_wait_ms=20)
         async with running_server(cfg, backend) as server, ModelServerClient(server.url, timeout=120) as client:
             replies = await asyncio.gather(*(
-                client.send_message(f"c{i}", "What defects does this wafer show?", image=png if i % 2 else None)
+                client.send_message(f"c{i}", "What defects does this wafer show?", image=pngs[i % 2])
                 for i in range(32)
             ))
             async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as r:
@@ -407,6 +407,42 @@ def test_a_question_the_model_reads_as_the_recognition_question_is_asked_once(tm
     assert backend.questions == ["anything odd here?", "where is the damage?", "What defects does this wafer show?"]
     assert odd.findings is not None and odd.findings.patterns == ["Center"]
     assert where.findings is not None and where.findings.patterns == ["Center"]
+
+
+def test_a_reply_that_only_acknowledges_gets_a_short_answer_without_the_model(tmp_path):
+    backend = _CenterEverywhere()
+
+    async def go():
+        async with running_server(config(tmp_path), backend) as server, ModelServerClient(server.url) as client:
+            await client.send_message("t", "where is the damage?", image=wafer_png("center"))
+            thanks = await client.send_message("t", "thanks! :pray:")
+            zh = await client.send_message("t", "好的，谢谢")
+            more = await client.send_message("t", "thanks, and the yield?")
+            view = await client.get_thread("t")
+            return thanks, zh, more, view
+
+    thanks, zh, more, view = asyncio.run(go())
+    assert thanks.answer == ACKNOWLEDGED["en"] and zh.answer == ACKNOWLEDGED["zh"]
+    assert thanks.findings is not None and thanks.findings.patterns == ["Center"]  # the thread's findings, as ever
+    assert more.answer == "The wafer shows a Center pattern."  # it asks something: the model answers
+    assert backend.questions == ["where is the damage?", "What defects does this wafer show?", "thanks, and the yield?"]
+    assert [t.text for t in view.turns if t.role == "user"] == [
+        "where is the damage?", "thanks! :pray:", "好的，谢谢", "thanks, and the yield?"]  # remembered all the same
+
+
+def test_a_question_without_a_map_asks_for_one_when_the_model_answers_only_from_a_map(tmp_path, tiny_model_dir):
+    async def go():
+        async with running_server(config(tmp_path), HFBackend(tiny_model_dir)) as server, \
+                ModelServerClient(server.url) as client:
+            assert server.state.info.details["needs_map"] is True  # a checkpoint trained here
+            first = await client.send_message("m", "What could cause the defects on this wafer?")
+            zh = await client.send_message("m", "良率是多少？")
+            mapped = await client.send_message("m", "and now?", image=wafer_png("center"))
+            return first, zh, mapped
+
+    first, zh, mapped = asyncio.run(go())
+    assert first.answer == NEEDS_MAP["en"] and zh.answer == NEEDS_MAP["zh"] and first.findings is None
+    assert mapped.answer not in NEEDS_MAP.values() and mapped.findings is not None  # with the map: the model
 
 
 def test_recognised_patterns_read_from_findings():

@@ -73,6 +73,7 @@ class HFBackend(Backend):
         views_below: float | None = None,
     ) -> None:
         from finetune.loading import load_model
+        from finetune.number_slots import has_slots
         from finetune.views import answer_views
         from finetune.views import views_below as views_below_of
 
@@ -85,7 +86,7 @@ class HFBackend(Backend):
         self._info = checkpoint_info(
             "hf", self.model_dir, self.adapter_dir, dtype=dtype, device=device, quantization=quantization,
             architecture=type(getattr(self.model, "base_model", self.model)).__name__, views=answer_views(self.model),
-            views_below=views_below_of(self.model),
+            views_below=views_below_of(self.model), needs_map=has_slots(self.processor.tokenizer),
         )
         self._lock = threading.Lock()
 

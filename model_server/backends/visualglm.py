@@ -71,9 +71,10 @@ class VisualGLMBackend(Backend):
         self.measured_facts = (
             default_measured_facts(self.model_dir, self.adapter_dir) if measured_facts is None else measured_facts
         )
+        # fine-tuned on the corpus (the facts line), it saw a map in every conversation: it needs one to answer
         self._info = checkpoint_info(
             "visualglm", self.model_dir, self.adapter_dir, dtype=dtype, device=device, quantization=quantization,
-            architecture=type(base).__name__, measured_facts=self.measured_facts,
+            architecture=type(base).__name__, measured_facts=self.measured_facts, needs_map=self.measured_facts,
             context=int(self.config.max_sequence_length),
         )
         self._lock = threading.Lock()
