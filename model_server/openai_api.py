@@ -25,7 +25,7 @@ from model_server.batching import ModelFailure, QueueFull
 from model_server.errors import ApiError, bad_request
 from model_server.findings import build_findings, parse_patterns, recognition_question
 from model_server.state import REQUEST_ID, STATE, ServerState
-from model_server.threads_api import image_to_wafer, read_json, run_model
+from model_server.threads_api import NEEDS_MAP, image_to_wafer, read_json, run_model
 
 #: The first line of an already-built small-model prompt (finetune.prompting); recomputed here, so dropped.
 _FACTS_PREFIX = "[measured]"
@@ -159,6 +159,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     completion_id = f"chatcmpl-{request[REQUEST_ID]}"
     created = int(time.time())
     model = state.info.name
+    if wafer is None and state.info.details.get("needs_map"):  # as on the thread API: it answers from a map
+        return _fixed_answer(request, chat.stream, NEEDS_MAP[language_of(chat.question)], completion_id, created,
+                             model)
     if not chat.stream:
         answer = (await run_model(state, [gen], request[REQUEST_ID]))[0]
         if wafer is not None and needs_recognition(chat.question, answer):
@@ -168,14 +171,39 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             recognised = parse_patterns((await run_model(state, [ask], request[REQUEST_ID]))[0])
             cautions = build_findings(wafer, recognised).caveat_texts(language_of(chat.question))
             answer = ground_yesno(chat.question, answer, wafer, recognised, cautions)
-        return web.json_response({
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-        })
+        return _fixed_answer(request, False, answer, completion_id, created, model)
     return await _stream(request, state, gen, completion_id, created, model)
+
+
+def _completion(answer: str, completion_id: str, created: int, model: str) -> web.Response:
+    return web.json_response({
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+    })
+
+
+def _chunk(completion_id: str, created: int, model: str, delta: dict, finish: str | None = None) -> bytes:
+    data = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _fixed_answer(
+    request: web.Request, stream: bool, answer: str, completion_id: str, created: int, model: str
+) -> web.Response:
+    """`answer` as a completion, or as the body of an event stream of one piece (a short, known text)."""
+    if not stream:
+        return _completion(answer, completion_id, created, model)
+    pieces = (_chunk(completion_id, created, model, {"role": "assistant", "content": ""}),
+              _chunk(completion_id, created, model, {"content": answer}),
+              _chunk(completion_id, created, model, {}, "stop"), b"data: [DONE]\n\n")
+    return web.Response(body=b"".join(pieces), headers={
+        "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+        wire.REQUEST_ID_HEADER: request[REQUEST_ID],
+    })
 
 
 async def _stream(
@@ -189,9 +217,7 @@ async def _stream(
                        {wire.RETRY_AFTER_HEADER: str(exc.retry_after)}) from exc
 
     def chunk(delta: dict, finish: str | None = None) -> bytes:
-        data = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+        return _chunk(completion_id, created, model, delta, finish)
 
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream; charset=utf-8",

@@ -19,6 +19,7 @@ from model_server.client import ModelServerClient
 from model_server.config import ServerConfig
 from model_server.findings import recognition_question
 from model_server.testing import running_server, wafer_grid, wafer_png
+from model_server.threads_api import NEEDS_MAP
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,11 @@ def test_openai_client_plain_and_streaming(tmp_path, backend):
                 model=model, messages=[_image_message("What defects does this wafer show?")], max_tokens=12,
                 stream=True)
             pieces = [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
+            # no map: a checkpoint trained here answers only from one, so the server asks for it
+            no_map = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "良率？"}])
+            no_map_stream = await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "What's the yield?"}], stream=True)
+            no_map_pieces = [chunk.choices[0].delta.content async for chunk in no_map_stream if chunk.choices]
             with pytest.raises(openai.NotFoundError):
                 await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
             with pytest.raises(openai.BadRequestError) as err:
@@ -55,9 +61,11 @@ def test_openai_client_plain_and_streaming(tmp_path, backend):
                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}])
             assert "data URL" in str(err.value)
             await client.close()
-            return model, plain, pieces
+            return model, plain, pieces, no_map, no_map_pieces
 
-    model, plain, pieces = asyncio.run(go())
+    model, plain, pieces, no_map, no_map_pieces = asyncio.run(go())
+    assert no_map.choices[0].message.content == NEEDS_MAP["zh"]
+    assert "".join(p for p in no_map_pieces if p) == NEEDS_MAP["en"]
     assert model == backend.info.name
     wafer = WaferMap(wafer_grid(52, "center"))
     expected = generate_answers(backend.model, backend.processor,
