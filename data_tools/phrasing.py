@@ -4,10 +4,12 @@ Questions get the variety (answers are kept to a few structured templates in
 `data_tools.answers`). Every bank is a dict ``{"en": [...], "zh": [...]}``; templates with
 ``{p}`` take a pattern noun from `PATTERN_NOUNS`, ``{zone}`` a zone word, ``{nth}`` an ordinal.
 `RECOGNITION_QUESTIONS` is what the evaluator asks. `question_as_written` puts a question typed
-in chat ("whats wrong with this wafer") into the form of these banks before a model reads it;
-`as_typed_in_chat` goes the other way for training: a bank question with the context, greeting or
-loose wording that chat adds (the rules take a sentence of context off again, not context within the
-question's sentence, nor loose wording).
+in chat ("whats wrong with this wafer", "defects?", "is it a tool problem?") into the form of these
+banks before a model reads it, and `opening_question` reads the question that comes with a map as the
+recognition question when it asks nothing more ("you see anything unusual?"); `is_acknowledgement`
+tells a reply that asks nothing ("thanks!"). `as_typed_in_chat` goes the other way for training: a bank
+question with the context, greeting or loose wording that chat adds (the rules take a sentence of
+context off again, not context within the question's sentence, nor loose wording).
 """
 
 from __future__ import annotations

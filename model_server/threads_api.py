@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 
 from aiohttp import BodyPartReader, web
 
@@ -192,6 +193,19 @@ NEEDS_MAP = {
 }
 
 
+def without_acknowledgements(turns: Iterable[Turn]) -> tuple[Turn, ...]:
+    """`turns` less each "thanks!" and the `ACKNOWLEDGED` reply to it: they stay in the thread's memory
+    but the model, trained on conversations without them, is not shown them."""
+    kept: list[Turn] = []
+    for turn in turns:
+        if (turn.role == "assistant" and turn.text in ACKNOWLEDGED.values() and kept and kept[-1].role == "user"
+                and is_acknowledgement(kept[-1].text)):
+            kept.pop()
+        else:
+            kept.append(turn)
+    return tuple(kept)
+
+
 async def run_model(state: ServerState, requests: list[GenerationRequest], request_id: str) -> list[str]:
     """Answers from the batcher (`NO_ANSWER` for an empty one), with model trouble turned into the API's errors."""
     state.backend  # noqa: B018  (503 while not ready)
@@ -246,8 +260,8 @@ async def post_message(request: web.Request) -> web.Response:
             findings_json = build_findings(wafer, parse_patterns(answers[-1])).to_json()
         else:
             wafer = ctx.wafer
-            history = tuple(Turn(t.role, t.text) for t in ctx.history)  # type: ignore[arg-type]
-            if history and is_acknowledgement(question):  # "thanks!" asks nothing: the model is not run
+            history = without_acknowledgements(Turn(t.role, t.text) for t in ctx.history)  # type: ignore[arg-type]
+            if ctx.history and is_acknowledgement(question):  # "thanks!" asks nothing: the model is not run
                 answers = [ACKNOWLEDGED[language_of(question)]]
             elif wafer is None and state.info.details.get("needs_map"):
                 answers = [NEEDS_MAP[language_of(question)]]

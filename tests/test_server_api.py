@@ -383,6 +383,7 @@ class _CenterEverywhere(Backend):
 
     def __init__(self):
         self.questions: list[str] = []
+        self.histories: list[tuple[Turn, ...]] = []
 
     @property
     def info(self):
@@ -390,6 +391,7 @@ class _CenterEverywhere(Backend):
 
     def generate(self, requests):
         self.questions += [r.question for r in requests]
+        self.histories += [r.history for r in requests]
         return ["The wafer shows a Center pattern." for _ in requests]
 
 
@@ -426,6 +428,8 @@ def test_a_reply_that_only_acknowledges_gets_a_short_answer_without_the_model(tm
     assert thanks.findings is not None and thanks.findings.patterns == ["Center"]  # the thread's findings, as ever
     assert more.answer == "The wafer shows a Center pattern."  # it asks something: the model answers
     assert backend.questions == ["where is the damage?", "What defects does this wafer show?", "thanks, and the yield?"]
+    # the model is not shown the thanks and the replies to them
+    assert backend.histories[-1] == (Turn("user", "where is the damage?"), Turn("assistant", "The wafer shows a Center pattern."))
     assert [t.text for t in view.turns if t.role == "user"] == [
         "where is the damage?", "thanks! :pray:", "好的，谢谢", "thanks, and the yield?"]  # remembered all the same
 
