@@ -74,7 +74,42 @@ def question_as_written(text: str) -> str:
         text = text[0].upper() + text[1:]
     if text[-1] not in _SENTENCE_END:
         text += "？" if language_of(text) == "zh" else "?"
-    return bare_topic_question(text) or cause_guess_question(text) or text
+    return bare_topic_question(text) or zone_count_question(text) or cause_guess_question(text) or text
+
+
+#: Words for the three zones as people name them in a question, and the zone each stands for.
+_ZONE_WORDS_EN = {"edge": "edge|rim|outer\\s+ring|periphery|outside", "center": "cent(?:er|re)|core|inner\\s+part",
+                  "middle": "middle|mid-radius|mid\\s+radius"}
+_ZONE_WORDS_ZH = {"edge": "边缘|外圈|边上|最外圈", "center": "中心|中央|正中", "middle": "中间|中部|半径中间"}
+#: "what's the failure rate at the edge?", "how many fail in the center", "边缘失效多少": the failing dies of
+#: one zone, which the banks ask as "How many dies fail in the edge zone?" (the small model answered the
+#: first with the wafer's die count).
+_ZONE_COUNT = {
+    zone: re.compile(
+        r"(?:and\s+|what\s+about\s+)?(?:(?:what(?:'s|\s+is)\s+)?the\s+)?(?:(?:failure|fail|failing|defect)\s+rate"
+        r"|how\s+many\s+(?:dies\s+)?(?:fail(?:ed|ing)?(?:\s+dies)?|failures|bad(?:\s+dies)?|are\s+(?:failing|bad))"
+        r"|(?:failures|fails|failing\s+dies))(?:\s+are\s+there)?\s+(?:at|in|on|near|around|along)\s+the\s+"
+        rf"(?:{_ZONE_WORDS_EN[zone]})(?:\s+(?:zone|region|area|of\s+the\s+wafer))?"
+        rf"|(?:那)?(?:{_ZONE_WORDS_ZH[zone]})(?:区|区域|部分)?(?:的)?(?:失效|坏)(?:了|的)?(?:率|比例|多少颗?|几颗|有多少颗?|是多少)+",
+        re.IGNORECASE,
+    )
+    for zone in ("edge", "center", "middle")
+}
+
+
+def zone_count_question(text: str) -> str | None:
+    """The banks' question on one zone's failing dies when `text` asks only that ("what's the failure rate
+    at the edge?", "how many fail in the centre", "边缘失效多少"), also after clauses that only tell
+    something; None otherwise."""
+    bare = text.strip().rstrip(_SENTENCE_END + " ")
+    asked = _asked_clause(bare)
+    language = language_of(bare)
+    if text.strip() in _BANK_ZONE_QUESTIONS:
+        return None  # the banks' own wording: the model was trained on it
+    for zone, pattern in _ZONE_COUNT.items():
+        if pattern.fullmatch(asked):
+            return COUNT_QUESTIONS["zone"][language][0].format(zone=ZONE_NAMES[language][zone][0])
+    return None
 
 
 #: Processes, tools and parts a fab engineer may suspect ("is it a CMP issue?", "是机台问题吗？").
@@ -404,6 +439,15 @@ ZONE_NAMES = {
     "en": {"center": ["centre", "center", "central"], "middle": ["middle", "mid-radius"], "edge": ["edge", "outer"]},
     "zh": {"center": ["中心区"], "middle": ["中间区"], "edge": ["边缘区", "外圈"]},
 }
+
+#: Every zone question of the banks, with every zone word (`zone_count_question` leaves them as they are).
+_BANK_ZONE_QUESTIONS = frozenset(
+    template.format(zone=word)
+    for language, templates in COUNT_QUESTIONS["zone"].items()
+    for template in templates
+    for words in ZONE_NAMES[language].values()
+    for word in words
+)
 
 #: How people name a pattern in a question (the answer always uses the canonical name).
 PATTERN_NOUNS: dict[str, dict[str, list[str]]] = {
