@@ -222,8 +222,10 @@ def bare_topic_question(text: str) -> str | None:
     bare = text.strip().rstrip(_SENTENCE_END + " ")
     greeting = _GREETING.match(bare)
     bare = bare[greeting.end():] if greeting else bare
-    if _LOOK_REQUEST.fullmatch(bare):
+    if _LOOK_REQUEST.fullmatch(bare) or _ASKS_IF_SURE.fullmatch(bare):
         return RECOGNITION_QUESTIONS[language_of(bare)][0]
+    if _ASKS_HOW_BAD.fullmatch(bare):
+        return COUNT_QUESTIONS["summary"][language_of(bare)][0]
     asked = _asked_clause(bare)
     for pattern, bank in _BARE_TOPICS:
         if pattern.fullmatch(bare) or pattern.fullmatch(asked):
@@ -579,6 +581,22 @@ _ASKS_ANOTHER_TOPIC = re.compile(
     r"|良|合格|成品|通过|好的芯片|好芯片|失效|坏|多少|几颗|几个|数量|总数|数据|统计|比例|百分|位置|哪里|哪儿|在哪|区域|区"
     r"|部位|边|外圈|外环|中心|中间|团|集中|原因|为什么|为啥|怎么会|根因|导致|造成|引起|工艺|工序|机台|设备|检查|排查|先查"
     r"|查什么|看哪|建议|措施|怎么办|怎么做|下一步|处理|调查|怀疑|第[一二三四]|环|甜甜圈|局部|划|刮|随机|近全|全片",
+    re.IGNORECASE,
+)
+#: "Are you sure?", "how confident are you?", "确定吗？": answered with the patterns again (the small model
+#: answered "are you sure?" with the causes).
+_ASKS_IF_SURE = re.compile(
+    r"(?:are\s+you\s+(?:sure|certain|confident)(?:\s+about\s+(?:it|that|this))?|you\s+sure|sure"
+    r"|how\s+(?:sure|confident|certain)\s+are\s+you|how\s+reliable\s+is\s+(?:that|this|it))"
+    r"|(?:你)?(?:确定|肯定)(?:吗|么|嘛)|(?:你)?(?:确不确定|有把握吗|有多大把握|准吗|准不准)",
+    re.IGNORECASE,
+)
+#: "How bad is it?", "is it serious?", "严重吗？": answered with the wafer's numbers (failing dies, yield; the
+#: small model answered "is the donut serious?" with the good dies alone).
+_ASKS_HOW_BAD = re.compile(
+    r"(?:how\s+(?:bad|serious|severe)\s+is\s+(?:it|this|that|this\s+wafer|the\s+damage)"
+    r"|is\s+(?:it|this|that|this\s+wafer|the\s+damage)\s+(?:serious|bad|severe|critical|a\s+big\s+deal))"
+    r"|(?:这|这个|这片|这片晶圆)?(?:严重吗|严不严重|有多严重|问题大吗|影响大吗)",
     re.IGNORECASE,
 )
 #: Where a topic may follow what only tells something, as in "wafer map from lot 42, any pattern?".

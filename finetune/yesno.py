@@ -14,6 +14,11 @@ kept only when it opens with the right yes or no and names no single pattern tha
 it is `data_tools.answers.normal_answer` of the recognised patterns. The stateless chat
 completions API, which keeps no findings, asks the recognition question only when an answer
 needs the check (`needs_recognition`); a streamed answer is sent as generated.
+
+On the thread API an answer to a question that asks what the map shows, asked again later in the thread
+("are you sure?", "What pattern is it then?") or worded otherwise than the server's own question, is held to
+the thread's findings as well (`ground_answer`): when it names other patterns, it is the recognition answer
+of the findings, so the prose never contradicts the "Patterns:" line shown above it.
 """
 
 from __future__ import annotations
@@ -21,11 +26,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from data_tools.answers import normal_answer, yesno_answer
+from data_tools.answers import normal_answer, recognition_answer, yesno_answer
 from data_tools.dialogue import MapContext
-from data_tools.phrasing import asks_if_normal, language_of, question_as_written
+from data_tools.phrasing import (
+    RECOGNITION_QUESTIONS,
+    asks_if_normal,
+    language_of,
+    opening_question,
+    question_as_written,
+)
+from data_tools.taxonomy import canonical_set
 from data_tools.wafer_map import WaferMap
-from finetune.answer_parser import mentions
+from finetune.answer_parser import mentions, parse_answer
 
 _YES = re.compile(r"^\s*(?:yes\b|是的)", re.IGNORECASE)
 _NO = re.compile(r"^\s*(?:no\b|没有|不存在)", re.IGNORECASE)
@@ -101,3 +113,23 @@ def ground_yesno(question: str, answer: str, wafer: WaferMap | None, recognised:
     context = MapContext.of(wafer, recognised)
     location = next((loc for loc in context.locations if loc.key == key), None)
     return yesno_answer(key, context.patterns, language_of(question), location, context.facts)
+
+
+def asks_what_it_shows(question: str) -> bool:
+    """True when `question`, as the model reads it, is a recognition question ("What pattern is it then?",
+    "are you sure?", "you see anything unusual?")."""
+    return opening_question(question) in RECOGNITION_QUESTIONS[language_of(question)]
+
+
+def ground_answer(question: str, answer: str, wafer: WaferMap | None, recognised: Sequence[str] | None,
+                  cautions: Sequence[str] = ()) -> str:
+    """`ground_yesno`, and for a question asking what the map shows, the findings' recognition answer in
+    place of an answer that names other patterns than `recognised` (the thread API's findings)."""
+    if wafer is not None and recognised is not None and asks_what_it_shows(question) and not asks_if_normal(question):
+        if not recognised and cautions:
+            return answer  # findings of "normal" that carry a caveat are no ground to overrule a pattern named
+        stated = parse_answer(answer)
+        if stated is not None and set(canonical_set(stated)) != set(canonical_set(recognised)):
+            return recognition_answer(recognised, language_of(question))
+        return answer
+    return ground_yesno(question, answer, wafer, recognised, cautions)

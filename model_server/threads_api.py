@@ -23,7 +23,7 @@ from aiohttp import BodyPartReader, web
 
 from data_tools.phrasing import is_acknowledgement, language_of, opening_question
 from data_tools.wafer_map import WaferMap
-from finetune.yesno import ground_yesno
+from finetune.yesno import ground_answer
 from model_server import intake, wire
 from model_server.backends.base import GenerationRequest, Turn
 from model_server.batching import ModelFailure, QueueFull
@@ -270,7 +270,7 @@ async def post_message(request: web.Request) -> web.Response:
                                           request[REQUEST_ID])
         findings = None if findings_json is None else wire.Findings.from_json(findings_json)
         cautions = findings.caveat_texts(language_of(question)) if findings is not None else []
-        answer = ground_yesno(question, answers[0], wafer, recognised_patterns(findings), cautions)
+        answer = ground_answer(question, answers[0], wafer, recognised_patterns(findings), cautions)
         model = state.info.name
         state.memory.record_exchange(thread_id, question, answer, image=new_image,
                                      findings=findings_json if new_image is not None else None, model=model,

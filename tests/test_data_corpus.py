@@ -460,12 +460,17 @@ def test_real_maps_recognition_answers_match_labels(real_mixedwm38, tmp_path):
     ("是不是工艺问题？", "这片晶圆的缺陷可能是什么原因造成的？"),
     ("会不会是机台造成的", "这片晶圆的缺陷可能是什么原因造成的？"),
     ("Is it a CMP scratch?", "Is it a CMP scratch?"),  # names a pattern: whether there is one
-    ("is it bad?", "Is it bad?"),
+    ("is it bad?", "Give me the numbers for this wafer."),  # how bad: the numbers
     # one zone's failing dies: the banks' zone question
     ("what's the failure rate at the edge?", "How many dies fail in the edge zone?"),
     ("Lot 4, how many failing dies near the centre", "How many dies fail in the centre zone?"),
     ("边缘失效多少", "边缘区有多少颗失效？"),
     ("what is the yield at the edge?", "What is the yield at the edge?"),  # not a count of failing dies: kept
+    ("are you sure?", "What defects does this wafer show?"),  # the patterns again
+    ("确定吗", "这片晶圆有哪些缺陷？"),
+    ("how bad is it?", "Give me the numbers for this wafer."),  # the numbers say how bad
+    ("严重吗？", "给我这片晶圆的数据。"),
+    ("is the donut serious?", "Is the donut serious?"),  # about one pattern: kept
 ])
 def test_a_chat_question_is_put_in_the_corpus_form(typed, as_written):
     assert question_as_written(typed) == as_written

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from data_tools.answers import normal_answer, yesno_answer
+from data_tools.answers import normal_answer, recognition_answer, yesno_answer
 from data_tools.dialogue import MapContext
 from data_tools.phrasing import asks_if_normal
 from data_tools.wafer_map import WaferMap
-from finetune.yesno import asked_pattern, ground_yesno, needs_recognition, said_yes
+from finetune.yesno import asked_pattern, ground_answer, ground_yesno, needs_recognition, said_yes
 from model_server.testing import wafer_grid
 
 WAFER = WaferMap(wafer_grid(52, "center"))
@@ -130,3 +130,25 @@ def test_is_this_wafer_ok_is_not_answered_yes_while_the_findings_ask_to_check_th
     # with patterns recognised the answer is no anyway; a caution changes nothing there
     assert ground_yesno("Is this wafer ok?", "Yes, there is a Center pattern.", WAFER, ("Center",), [cluster]) == \
         normal_answer(("Center",), "en")
+
+
+@pytest.mark.parametrize("question", ["are you sure?", "What pattern is it then?", "you see anything unusual?", "确定吗"])
+def test_an_answer_to_what_the_map_shows_follows_the_findings(question):
+    wafer = WaferMap(wafer_grid(52, "center"))
+    language = "zh" if "确" in question else "en"
+    other = "检测到的缺陷模式：中心、划痕。" if language == "zh" else "Detected defect patterns: Center and Scratch."
+    assert ground_answer(question, other, wafer, ("Center",)) == recognition_answer(("Center",), language)
+    agreeing = "I see one defect pattern on this wafer: Center."
+    assert ground_answer(question, agreeing, wafer, ("Center",)) == agreeing
+    causes = "Likely causes of the Center pattern: ..."  # names the patterns found: kept
+    assert ground_answer(question, causes, wafer, ("Center",)) == causes
+    assert ground_answer(question, other, wafer, None) == other  # nothing to hold it to
+    assert ground_answer(question, other, wafer, (), ["check the map by eye"]) == other  # "normal", with a caveat
+
+
+def test_ground_answer_checks_yes_no_answers_as_ground_yesno_does():
+    wafer = WaferMap(wafer_grid(52, "center"))
+    wrong = "Yes, there is a Scratch pattern."
+    assert ground_answer("Is there a scratch?", wrong, wafer, ("Center",)) == \
+        ground_yesno("Is there a scratch?", wrong, wafer, ("Center",))
+    assert ground_answer("How many dies fail?", "Center and Scratch.", wafer, ("Center",)) == "Center and Scratch."
