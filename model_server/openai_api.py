@@ -171,7 +171,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             recognised = parse_patterns((await run_model(state, [ask], request[REQUEST_ID]))[0])
             cautions = build_findings(wafer, recognised).caveat_texts(language_of(chat.question))
             answer = ground_yesno(chat.question, answer, wafer, recognised, cautions)
-        return _fixed_answer(request, False, answer, completion_id, created, model)
+        return _completion(answer, completion_id, created, model)
     return await _stream(request, state, gen, completion_id, created, model)
 
 
