@@ -78,7 +78,7 @@ def _away_from_clusters(wafer: WaferMap) -> tuple[float, float] | None:
     labels, _count = ndimage.label(grid == FAIL, structure=_EIGHT)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    large = np.flatnonzero(sizes >= max(LARGE_CLUSTER_MIN_DIES, LARGE_CLUSTER_MIN_SHARE * wafer.dies))
+    large = np.flatnonzero(sizes >= large_cluster_min_dies(wafer.dies))
     near = ndimage.binary_dilation(np.isin(labels, large), structure=_EIGHT, iterations=CLUSTER_MARGIN)
     away = on & ~near
     dies = int(away.sum())
@@ -106,16 +106,22 @@ def has_large_cluster(facts: dict) -> bool:
     """Whether the largest cluster of failing dies in `facts` (`WaferMap.facts()`) is larger than random
     failures make: a pattern is there, whatever the model read."""
     largest = (facts.get("clusters") or {}).get("largest")
-    return largest is not None and largest["size"] >= max(LARGE_CLUSTER_MIN_DIES, LARGE_CLUSTER_MIN_SHARE * facts["dies"])
+    return largest is not None and largest["size"] >= large_cluster_min_dies(facts["dies"])
 
 
-def with_background(wafer: WaferMap, level: float) -> WaferMap:
+def large_cluster_min_dies(dies: int) -> float:
+    """The fewest dies a cluster larger than random failures make holds, on a wafer of `dies` dies."""
+    return max(LARGE_CLUSTER_MIN_DIES, LARGE_CLUSTER_MIN_SHARE * dies)
+
+
+def with_background(wafer: WaferMap, level: float, now: float | None = None) -> WaferMap:
     """`wafer` with good dies failed at random until about `level` of the dies fail at random, the
     same dies for the same map (the draw is seeded by its content); `wafer` itself when its
-    background is already at `level` or above."""
+    background is already at `level` or above. `now` is its `background_rate` when the caller has
+    measured it already."""
     if not 0.0 <= level < 1.0:
         raise ValueError(f"a background level is a share of dies in [0, 1), got {level!r}")
-    now = background_rate(wafer)
+    now = background_rate(wafer) if now is None else now
     if now >= level:
         return wafer
     share = (level - now) / (1.0 - now)

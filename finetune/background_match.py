@@ -45,6 +45,7 @@ def shown_wafer(model: object, wafer: WaferMap | None) -> WaferMap | None:
     level = getattr(config, LEVEL_ATTRIBUTE, None)
     if wafer is None or level is None:
         return wafer
-    if background_rate(wafer) < float(getattr(config, BELOW_ATTRIBUTE, 0.0)) and has_large_cluster(wafer.facts()):
-        return with_background(wafer, float(level))
+    now = background_rate(wafer)
+    if now < float(getattr(config, BELOW_ATTRIBUTE, 0.0)) and has_large_cluster(wafer.facts()):
+        return with_background(wafer, float(level), now)
     return wafer
