@@ -69,7 +69,13 @@ class _Group:
     edge_share: float  # fraction of the group's dies in the edge zone
     elongation: float
     orientation: str | None
-    mask: np.ndarray  # the group's cells
+    labels: np.ndarray  # the labelled grid the group is one label of
+    label: int
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The group's cells."""
+        return self.labels == self.label
 
 
 def _orientation(axis_degrees: float) -> str:
@@ -84,46 +90,72 @@ def _orientation(axis_degrees: float) -> str:
     return "falling"
 
 
+def _shapes(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxx: np.ndarray, syy: np.ndarray,
+            sxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(elongation, major-axis angle in degrees) of groups given their cell counts and sums of x, y,
+    x², y², xy (x east, y up): the square root of the ratio of the principal variances of the cells
+    (sample covariance), and the direction of the larger one, in closed form for a 2 × 2 matrix."""
+    spare = np.maximum(n - 1, 1)
+    var_x = (sxx - sx * sx / n) / spare
+    var_y = (syy - sy * sy / n) / spare
+    cov = (sxy - sx * sy / n) / spare
+    half_sum, half_gap = (var_x + var_y) / 2, np.hypot((var_x - var_y) / 2, cov)
+    major = np.maximum(half_sum + half_gap, 1e-6)
+    minor = np.maximum(half_sum - half_gap, 1e-6)
+    # rounded, so that groups of the same shape (mirror images) tie exactly and an axis at a boundary between
+    # two orientations (22.5°, …) falls on the same side, whatever the float error
+    return np.round(np.sqrt(major / minor), 9), np.round(np.degrees(0.5 * np.arctan2(2 * cov, var_x - var_y)), 9)
+
+
 def _groups(wafer: WaferMap, mask: np.ndarray, min_size: int) -> list[_Group]:
-    """Connected groups (8-neighbour) of `mask` cells with at least `min_size` cells, largest first."""
+    """Connected groups (8-neighbour) of `mask` cells with at least `min_size` cells, largest first.
+
+    Every per-group figure comes from sums over the labelled cells in one pass (`np.bincount`): on a
+    map with background noise there are hundreds of groups, most of them a few dies.
+    """
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
     if count == 0:
+        return []
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    kept = np.flatnonzero(sizes >= min_size)
+    kept = kept[kept > 0]
+    if not len(kept):
         return []
     r, theta = wafer.radial_position(), wafer.angle()
     cy, cx = wafer.center
     radius = max(math.sqrt(wafer.dies / math.pi), 0.5)
-    sector_index = (((theta + 22.5) % 360.0) // 45.0).astype(int)
-    edge_lo = ZONE_EDGES["edge"][0]
-    sizes = np.bincount(labels.ravel())
+    rows, cols = np.nonzero(labels)
+    of = labels[rows, cols]
+    x, y = cols.astype(float), -rows.astype(float)  # map coordinates with y pointing up
+
+    def total(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(of, weights=weights, minlength=count + 1)[kept]
+
+    n = sizes[kept].astype(float)
+    sx, sy = total(x), total(y)
+    elongation, axis = _shapes(n, sx, sy, total(x * x), total(y * y), total(x * y))
+    mean_radius = total(r[rows, cols]) / n
+    edge_share = total(r[rows, cols] >= ZONE_EDGES["edge"][0]) / n
+    sector_index = (((theta[rows, cols] + 22.5) % 360.0) // 45.0).astype(int)
+    seen = np.bincount(of * len(SECTORS) + sector_index, minlength=(count + 1) * len(SECTORS))
+    sectors_covered = np.count_nonzero(seen.reshape(count + 1, len(SECTORS))[kept], axis=1)
     groups = []
-    for label, window in enumerate(ndimage.find_objects(labels), start=1):
-        if window is None or sizes[label] < min_size:
-            continue
-        rows, cols = np.nonzero(labels[window] == label)
-        rows = rows + window[0].start
-        cols = cols + window[1].start
-        row, col = rows.mean(), cols.mean()
-        rf = math.hypot(row - cy, col - cx) / radius
+    for i, label in enumerate(kept):
+        row, col = -sy[i] / n[i], sx[i] / n[i]
         ang = (math.degrees(math.atan2(col - cx, -(row - cy))) + 360.0) % 360.0
-        elongation, orientation = 1.0, None
-        if rows.size >= 3:
-            # principal axis in map coordinates with y pointing up
-            values, vectors = np.linalg.eigh(np.cov(np.stack([cols - col, -(rows - row)])))
-            minor, major = max(float(values[0]), 1e-6), max(float(values[1]), 1e-6)
-            elongation = math.sqrt(major / minor)
-            vx, vy = vectors[:, 1]
-            orientation = _orientation(math.degrees(math.atan2(vy, vx)))
+        shaped = n[i] >= 3
         groups.append(
             _Group(
-                size=int(rows.size),
-                radius=rf,
-                mean_radius=float(r[rows, cols].mean()),
+                size=int(n[i]),
+                radius=math.hypot(row - cy, col - cx) / radius,
+                mean_radius=float(mean_radius[i]),
                 sector=WaferMap.sector_of(ang),
-                sectors_covered=len(np.unique(sector_index[rows, cols])),
-                edge_share=float((r[rows, cols] >= edge_lo).mean()),
-                elongation=elongation,
-                orientation=orientation,
-                mask=labels == label,
+                sectors_covered=int(sectors_covered[i]),
+                edge_share=float(edge_share[i]),
+                elongation=float(elongation[i]) if shaped else 1.0,
+                orientation=_orientation(float(axis[i])) if shaped else None,
+                labels=labels,
+                label=int(label),
             )
         )
     return sorted(groups, key=lambda g: -g.size)

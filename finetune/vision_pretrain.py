@@ -103,11 +103,14 @@ def pretrain_vision(
     targets_all = torch.as_tensor(np.asarray(labels), dtype=torch.float32, device=device)
     was_training = tower.training
     tower.train()
+    # Convolutions run about a quarter faster channels-last on a CPU (oneDNN) and on a GPU under autocast;
+    # the weights go back to the default layout afterwards, as stage 2 and saving expect.
+    tower.to(memory_format=torch.channels_last)
     losses = []
     for step in range(steps):
         rng = random.Random(f"vision-{seed}-{step}")
         chosen = [rng.randrange(len(grids)) for _ in range(batch_size)]
-        pixels = pixel_batch(processor, grids[chosen], rng).to(device)
+        pixels = pixel_batch(processor, grids[chosen], rng).to(device, memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = head(vision_features(model, pixels))
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets_all[chosen])
@@ -119,6 +122,7 @@ def pretrain_vision(
         losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step + 1, losses[-1])
+    tower.to(memory_format=torch.contiguous_format)
     tower.train(was_training)
     return losses, head
 

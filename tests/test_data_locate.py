@@ -140,3 +140,22 @@ def test_missing_shapes_fall_back_without_crashing():
     fallback = only(locate(wafer, ["Loc"]), "Loc")
     assert fallback.sectors == () and fallback.zone is None
     assert only(locate(wafer, ["Edge_Loc"]), "Edge_Loc").sectors == ()
+
+
+def test_group_shapes_agree_with_the_principal_axes_of_their_cells():
+    """`_groups` measures every group from sums in one pass; each group's elongation and orientation
+    are those of its cells' covariance matrix, as an eigen-decomposition gives them."""
+    from data_tools.locate import _groups, _orientation
+
+    wafer = WaferMap(with_noise(disc(), 0.25, seed=5))
+    groups = _groups(wafer, wafer.grid == FAIL, 3)
+    assert len(groups) > 10
+    for group in groups:
+        rows, cols = np.nonzero(group.mask)
+        assert group.size == rows.size
+        values, vectors = np.linalg.eigh(np.cov(np.stack([cols - cols.mean(), -(rows - rows.mean())])))
+        minor, major = max(values[0], 1e-6), max(values[1], 1e-6)
+        assert group.elongation == pytest.approx(np.sqrt(major / minor), rel=1e-6)
+        if major / minor > 1.01:  # a round group has no axis to compare
+            angle = np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1]))
+            assert group.orientation == _orientation(angle)

@@ -31,6 +31,7 @@ from finetune.precision import bf16_is_native
 from finetune.prompting import uses_measured_facts
 from finetune.small_model import TINY_CONFIG
 from finetune.train import TrainConfig, TrainingError, batch_loss, check_output
+from finetune.vision_pretrain import pretrain_vision, vision_tower
 
 TINY = json.dumps(TINY_CONFIG.to_dict())
 #: A 4-step run: evaluation every 2 steps, state saved every 2 steps, loss logged every step.
@@ -107,6 +108,8 @@ def test_full_training_writes_a_loadable_checkpoint_log_curve_and_evaluations(fu
     assert meta["steps"] == 4 and meta["config"]["seed"] == 3 and meta["last_eval"]["step"] == 4
     assert meta["measured_facts"] is True and json.loads((out / "config.json").read_text())["measured_facts"] is True
     assert "training" in stderr and "4/4" in stderr  # the progress bar
+    # trained on this CPU with plain attention, a choice the checkpoint does not keep
+    assert meta["attention"] == "eager" and model.config.text_config._attn_implementation == "sdpa"
 
 
 def test_a_refresh_can_drop_the_facts_line_and_later_refreshes_keep_the_bases_choice(full_run, corpus_dir, tmp_path):
@@ -142,6 +145,19 @@ def test_a_bf16_run_with_a_vision_stage_logs_the_towers_val_exact_match_and_save
     native = bf16_is_native("cpu")
     assert meta["bf16_autocast"] is native
     assert ("--bf16 ignored, training in float32" in capsys.readouterr().err) is not native
+
+
+def test_the_vision_stage_hands_stage_two_its_tower_in_the_default_layout(corpus_dir, tiny_model_dir):
+    """Stage 1 trains the convolutions channels-last (faster); the tower it leaves has the default layout."""
+    model, processor = load_model(tiny_model_dir, trainable=True)
+    corpus = Corpus(corpus_dir, splits=("train",))
+    tower = vision_tower(model)
+    before = [p.detach().clone() for p in tower.parameters()]
+    losses, _ = pretrain_vision(model, processor, corpus.grids[:8], corpus.labels[:8], steps=2, batch_size=4)
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert any(p.dim() == 4 for p in tower.parameters())  # a convolutional tower
+    assert all(p.is_contiguous() for p in tower.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, tower.parameters(), strict=True))
 
 
 def test_bf16_weights_warn_only_where_bf16_is_emulated(tiny_model_dir):
