@@ -370,6 +370,23 @@ def check_answer(patterns: Iterable[str], language: str = "en", variant: int = 0
 # ---------------------------------------------------------------- yes / no
 
 
+def definition_answer(key: str, language: str = "en", shown: bool | None = None) -> str:
+    """What the name of pattern `key` means: what it looks like on a map, its usual causes, and, when
+    `shown` is known (a thread whose map was recognised), whether this wafer shows it."""
+    _check_language(language)
+    appearance = KNOWLEDGE[key].appearance.get(language)
+    causes = pattern_cause(key, language, variant=1, detail=False)
+    if language == "en":
+        text = f"{name(key, 'en')} is a wafer-map pattern: {appearance}. {causes}"
+        if shown is not None:
+            text += f" This wafer {'shows' if shown else 'does not show'} it."
+        return text
+    text = f"{name(key, 'zh')}（{name(key, 'en')}）是一种晶圆图缺陷图案：{appearance}。{causes}"
+    if shown is not None:
+        text += f"这片晶圆{'有' if shown else '没有'}{name(key, 'zh')}缺陷。"
+    return text
+
+
 def normal_answer(patterns: Iterable[str], language: str = "en", cautions: Sequence[str] = ()) -> str:
     """The answer to "is this wafer ok/normal?": yes only when no pattern is present, else no and the patterns.
 

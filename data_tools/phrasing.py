@@ -7,7 +7,8 @@ Questions get the variety (answers are kept to a few structured templates in
 in chat ("whats wrong with this wafer", "defects?", "is it a tool problem?") into the form of these
 banks before a model reads it, and `opening_question` reads the question that comes with a map as the
 recognition question when it asks nothing more ("you see anything unusual?"); `is_acknowledgement`
-tells a reply that asks nothing ("thanks!"). `as_typed_in_chat` goes the other way for training: a bank
+tells a reply that asks nothing ("thanks!"), `defined_pattern` a question about what a pattern's name
+means ("what does Edge-Loc mean?"). `as_typed_in_chat` goes the other way for training: a bank
 question with the context, greeting or loose wording that chat adds (the rules take a sentence of
 context off again, not context within the question's sentence, nor loose wording).
 """
@@ -170,6 +171,46 @@ def is_acknowledgement(text: str) -> bool:
     if not words:
         return bool(_EMOJI_CODE.search(text))
     return bool(_ACKNOWLEDGEMENT.fullmatch(words))
+
+
+#: "What does Edge-Loc mean?", "what's a donut?", "define scratch", "EL stands for?", "什么是边缘环？",
+#: "划痕是什么意思": what a pattern's name means (`defined_pattern`), which needs no map. "What is the X"
+#: asks about this wafer's X and is left to the model, unless it asks what the X means.
+_DEFINITION_EN = re.compile(
+    r"(?:(?:what(?:'s|\s+is)\s+(?:meant\s+by|the\s+meaning\s+of)|define|meaning\s+of)\s+(?:an?\s+|the\s+)?"
+    r"(?P<define>.+?)"
+    r"|what\s+(?:does|do)\s+(?:an?\s+|the\s+)?(?P<means>.+?)\s+(?:mean|stand\s+for)"
+    r"|what(?:'s|\s+is|\s+are)\s+(?:an?\s+)?(?!the\s)(?P<is>.+?)"
+    r"|(?P<stands>.+?)\s+(?:means|stands\s+for))"
+    r"(?:\s+(?:pattern|defect|signature)s?)?\s*[?？.!]*",
+    re.IGNORECASE,
+)
+_DEFINITION_ZH = re.compile(
+    r"(?:请问)?(?:(?:什么是|啥是|什么叫)(?P<what>.+?)|(?P<name>.+?)(?:是什么意思|是啥意思|指的是什么|是指什么|指什么|是什么|是啥))"
+    r"[？?。！!]*"
+)
+_DEFINITION_SUFFIXES_ZH = ("缺陷", "模式", "图案", "图形", "型")
+
+
+def defined_pattern(question: str) -> str | None:
+    """The pattern key when `question` asks only what one pattern's name means ("What does Edge-Loc mean?",
+    "what is a donut pattern?", "什么是划痕？", "Edge-Ring是什么意思"), else None ("What is the yield?",
+    "这片是什么缺陷？", "what is wrong?")."""
+    from data_tools.taxonomy import pattern_key
+
+    text = _CLOSING_THANKS.sub("", _EMOJI_CODE.sub(" ", question)).strip()
+    match = (_DEFINITION_ZH if language_of(text) == "zh" else _DEFINITION_EN).fullmatch(text)
+    if match is None:
+        return None
+    name = next(group for group in match.groups() if group is not None).strip()
+    candidates = [name, name.removesuffix("s"), name.removesuffix("es")]
+    candidates += [name.removesuffix(suffix) for suffix in _DEFINITION_SUFFIXES_ZH]
+    for candidate in candidates:
+        try:
+            return pattern_key(candidate)
+        except ValueError:
+            continue
+    return None
 
 
 #: Where a message splits into sentences: after a Chinese sentence mark, or after an English one that

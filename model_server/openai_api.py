@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from data_tools.phrasing import language_of
+from data_tools.answers import definition_answer
+from data_tools.phrasing import defined_pattern, language_of
 from data_tools.wafer_map import WaferMap
 from finetune.yesno import ground_yesno, needs_recognition
 from model_server import wire
@@ -159,6 +160,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     completion_id = f"chatcmpl-{request[REQUEST_ID]}"
     created = int(time.time())
     model = state.info.name
+    defined = defined_pattern(chat.question)
+    if defined is not None:  # "what does Edge-Loc mean?", as on the thread API: from the taxonomy
+        return _fixed_answer(request, chat.stream, definition_answer(defined, language_of(chat.question)),
+                             completion_id, created, model)
     if wafer is None and state.info.details.get("needs_map"):  # as on the thread API: it answers from a map
         return _fixed_answer(request, chat.stream, NEEDS_MAP[language_of(chat.question)], completion_id, created,
                              model)

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 
 from aiohttp import BodyPartReader, web
 
-from data_tools.phrasing import is_acknowledgement, language_of, opening_question
+from data_tools.answers import definition_answer
+from data_tools.phrasing import defined_pattern, is_acknowledgement, language_of, opening_question
 from data_tools.wafer_map import WaferMap
 from finetune.yesno import ground_answer
 from model_server import intake, wire
@@ -193,6 +194,28 @@ NEEDS_MAP = {
 }
 
 
+def shown_in(findings_json: dict | None, key: str) -> bool | None:
+    """Whether the thread's findings recognised pattern `key` on its map (None: no readable findings)."""
+    recognised = recognised_patterns(None if findings_json is None else wire.Findings.from_json(findings_json))
+    return None if recognised is None else key in recognised
+
+
+def own_answer(question: str, defined: str | None, follow_up: bool, wafer: WaferMap | None,
+               findings_json: dict | None, needs_map: bool) -> str | None:
+    """The server's own answer to `question`, or None when the model answers it: `ACKNOWLEDGED` to a
+    follow-up that only acknowledges, what pattern `defined` means ("what does Edge-Loc mean?",
+    `data_tools.phrasing.defined_pattern`), map or not, or `NEEDS_MAP` where the model answers only
+    from a map and the thread has none."""
+    language = language_of(question)
+    if follow_up and is_acknowledgement(question):  # "thanks!" asks nothing
+        return ACKNOWLEDGED[language]
+    if defined is not None:
+        return definition_answer(defined, language, shown_in(findings_json, defined))
+    if wafer is None and needs_map:
+        return NEEDS_MAP[language]
+    return None
+
+
 def without_acknowledgements(turns: Iterable[Turn]) -> tuple[Turn, ...]:
     """`turns` less each "thanks!" and the `ACKNOWLEDGED` reply to it: they stay in the thread's memory
     but the model, trained on conversations without them, is not shown them."""
@@ -250,27 +273,26 @@ async def post_message(request: web.Request) -> web.Response:
         question = text or recognition_question()
         max_new = state.config.max_new_tokens
         findings_json = ctx.findings
+        defined = defined_pattern(question)
         if new_image is not None:
             assert wafer is not None
             recognition = recognition_question()
-            asks = [GenerationRequest(question, wafer, (), max_new)]
-            if opening_question(question) != opening_question(recognition):  # as the model reads them
+            asks = [] if defined is not None else [GenerationRequest(question, wafer, (), max_new)]
+            if defined is not None or opening_question(question) != opening_question(recognition):  # as read
                 asks.append(GenerationRequest(recognition, wafer, (), max_new))
             answers = await run_model(state, asks, request[REQUEST_ID])
             findings_json = build_findings(wafer, parse_patterns(answers[-1])).to_json()
         else:
             wafer = ctx.wafer
+        follow_up = new_image is None and bool(ctx.history)
+        own = own_answer(question, defined, follow_up, wafer, findings_json, bool(state.info.details.get("needs_map")))
+        if own is None and new_image is None:
             history = without_acknowledgements(Turn(t.role, t.text) for t in ctx.history)  # type: ignore[arg-type]
-            if ctx.history and is_acknowledgement(question):  # "thanks!" asks nothing: the model is not run
-                answers = [ACKNOWLEDGED[language_of(question)]]
-            elif wafer is None and state.info.details.get("needs_map"):
-                answers = [NEEDS_MAP[language_of(question)]]
-            else:
-                answers = await run_model(state, [GenerationRequest(question, wafer, history, max_new)],
-                                          request[REQUEST_ID])
+            answers = await run_model(state, [GenerationRequest(question, wafer, history, max_new)], request[REQUEST_ID])
         findings = None if findings_json is None else wire.Findings.from_json(findings_json)
         cautions = findings.caveat_texts(language_of(question)) if findings is not None else []
-        answer = ground_answer(question, answers[0], wafer, recognised_patterns(findings), cautions)
+        answer = own if own is not None else ground_answer(question, answers[0], wafer, recognised_patterns(findings),
+                                                           cautions)
         model = state.info.name
         state.memory.record_exchange(thread_id, question, answer, image=new_image,
                                      findings=findings_json if new_image is not None else None, model=model,

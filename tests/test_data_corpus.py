@@ -26,7 +26,13 @@ from data_tools.corpus import (
     split_of,
 )
 from data_tools.dialogue import KINDS, MapContext, sample_dialogue
-from data_tools.phrasing import bare_topic_question, is_acknowledgement, opening_question, question_as_written
+from data_tools.phrasing import (
+    bare_topic_question,
+    defined_pattern,
+    is_acknowledgement,
+    opening_question,
+    question_as_written,
+)
 from data_tools.taxonomy import BY_KEY, CLASSES, PATTERN_KEYS, to_multi_hot
 from data_tools.wafer_map import FAIL, GOOD, WaferMap
 
@@ -539,3 +545,29 @@ def test_every_question_of_the_other_banks_keeps_its_form_when_it_comes_with_the
 ])
 def test_a_reply_that_only_acknowledges_is_told_apart(text, acknowledges):
     assert is_acknowledgement(text) is acknowledges
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("What does Edge-Loc mean?", "Edge_Loc"), ("what's a donut?", "Donut"), ("define scratch", "Scratch"),
+    ("EL stands for?", "Edge_Loc"), ("what does ER stand for", "Edge_Ring"), ("What is an edge ring pattern?", "Edge_Ring"),
+    ("what are scratches?", "Scratch"), ("What is Near-full?", "Near_Full"), ("what is meant by a Loc defect?", "Loc"),
+    ("what does the edge-loc mean? thanks!", "Edge_Loc"), ("什么是边缘环？", "Edge_Ring"), ("划痕是什么意思", "Scratch"),
+    ("Edge-Loc是什么意思？", "Edge_Loc"), ("什么是中心缺陷？", "Center"),
+    # questions about this wafer, or about no pattern
+    ("What is the yield?", None), ("这片是什么缺陷？", None), ("what is wrong?", None), ("What is the scratch?", None),
+    ("What is it?", None), ("What pattern is this?", None), ("what does it mean?", None), ("what are the causes?", None),
+    ("什么是良率？", None), ("这是什么？", None), ("Is there a scratch?", None), ("what is the meaning of this?", None),
+])
+def test_a_question_about_what_a_patterns_name_means_is_told_apart(text, key):
+    assert defined_pattern(text) == key
+
+
+def test_what_a_pattern_means_is_told_from_the_knowledge_in_the_questions_language():
+    english = A.definition_answer("Edge_Loc", "en", shown=True)
+    assert english.startswith("Edge-Loc is a wafer-map pattern: a cluster of failing dies on one stretch of the wafer edge.")
+    assert "handling or clamp contact" in english and english.endswith("This wafer shows it.")
+    assert not CJK.search(english)
+    chinese = A.definition_answer("Scratch", "zh", shown=False)
+    assert chinese.startswith("划痕（Scratch）是一种晶圆图缺陷图案：一条由失效芯片组成的细线或弧线。")
+    assert chinese.endswith("这片晶圆没有划痕缺陷。")
+    assert not A.definition_answer("Donut", "en").endswith("it.")  # no map: nothing said about one

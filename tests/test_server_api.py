@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_tools.answers import yesno_answer
+from data_tools.answers import definition_answer, yesno_answer
 from data_tools.dialogue import MapContext
 from data_tools.wafer_map import WaferMap
 from finetune.generation import generate_answers
@@ -432,6 +432,30 @@ def test_a_reply_that_only_acknowledges_gets_a_short_answer_without_the_model(tm
     assert backend.histories[-1] == (Turn("user", "where is the damage?"), Turn("assistant", "The wafer shows a Center pattern."))
     assert [t.text for t in view.turns if t.role == "user"] == [
         "where is the damage?", "thanks! :pray:", "好的，谢谢", "thanks, and the yield?"]  # remembered all the same
+
+
+def test_what_a_patterns_name_means_is_answered_from_the_taxonomy_with_or_without_a_map(tmp_path):
+    backend = _CenterEverywhere()
+
+    async def go():
+        async with running_server(config(tmp_path), backend) as server, ModelServerClient(server.url) as client:
+            unmapped = await client.send_message("u", "What does Edge-Loc mean?")
+            await client.send_message("t", "what is wrong?", image=wafer_png("center"))
+            center = await client.send_message("t", "what's a center pattern?")
+            scratch = await client.send_message("t", "划痕是什么意思？")
+            with_map = await client.send_message("w", "what does EL stand for?", image=wafer_png("center"))
+            return unmapped, center, scratch, with_map
+
+    unmapped, center, scratch, with_map = asyncio.run(go())
+    # sent with a map: the map is recognised (its findings), the question answered from the taxonomy
+    assert with_map.answer == definition_answer("Edge_Loc", "en", shown=False)
+    assert with_map.findings is not None and with_map.findings.patterns == ["Center"]
+    assert unmapped.answer == definition_answer("Edge_Loc", "en") and unmapped.findings is None
+    assert center.answer == definition_answer("Center", "en", shown=True)  # the thread's findings: a Center
+    assert center.answer.endswith("This wafer shows it.")
+    assert scratch.answer == definition_answer("Scratch", "zh", shown=False)
+    # each map's recognition question only, never the questions about names
+    assert backend.questions == ["what is wrong?", "What defects does this wafer show?"]
 
 
 def test_a_question_without_a_map_asks_for_one_when_the_model_answers_only_from_a_map(tmp_path, tiny_model_dir):

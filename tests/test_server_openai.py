@@ -9,7 +9,7 @@ import threading
 import openai
 import pytest
 
-from data_tools.answers import normal_answer, yesno_answer
+from data_tools.answers import definition_answer, normal_answer, yesno_answer
 from data_tools.wafer_map import WaferMap
 from finetune.generation import generate_answers, stream_answer
 from model_server.backends.base import Backend, BackendError, BackendInfo, GenerationRequest
@@ -54,6 +54,8 @@ def test_openai_client_plain_and_streaming(tmp_path, backend):
             no_map_stream = await client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": "What's the yield?"}], stream=True)
             no_map_pieces = [chunk.choices[0].delta.content async for chunk in no_map_stream if chunk.choices]
+            meaning = await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "什么是边缘环？"}])
             with pytest.raises(openai.NotFoundError):
                 await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
             with pytest.raises(openai.BadRequestError) as err:
@@ -61,10 +63,11 @@ def test_openai_client_plain_and_streaming(tmp_path, backend):
                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}])
             assert "data URL" in str(err.value)
             await client.close()
-            return model, plain, pieces, no_map, no_map_pieces
+            return model, plain, pieces, no_map, no_map_pieces, meaning
 
-    model, plain, pieces, no_map, no_map_pieces = asyncio.run(go())
+    model, plain, pieces, no_map, no_map_pieces, meaning = asyncio.run(go())
     assert no_map.choices[0].message.content == NEEDS_MAP["zh"]
+    assert meaning.choices[0].message.content == definition_answer("Edge_Ring", "zh")  # no map needed
     assert "".join(p for p in no_map_pieces if p) == NEEDS_MAP["en"]
     assert model == backend.info.name
     wafer = WaferMap(wafer_grid(52, "center"))
