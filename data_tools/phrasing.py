@@ -632,12 +632,13 @@ _ASKS_IF_SURE = re.compile(
     r"|(?:你)?(?:确定|肯定)(?:吗|么|嘛)|(?:你)?(?:确不确定|有把握吗|有多大把握|准吗|准不准)",
     re.IGNORECASE,
 )
-#: "How bad is it?", "is it serious?", "严重吗？": answered with the wafer's numbers (failing dies, yield; the
-#: small model answered "is the donut serious?" with the good dies alone).
+#: "How bad is it?", "is it serious?", "is the donut serious?", "严重吗？", "划痕严重吗": answered with the wafer's
+#: numbers (failing dies, yield; the small model answered "is the donut serious?" with the good dies alone).
 _ASKS_HOW_BAD = re.compile(
-    r"(?:how\s+(?:bad|serious|severe)\s+is\s+(?:it|this|that|this\s+wafer|the\s+damage)"
-    r"|is\s+(?:it|this|that|this\s+wafer|the\s+damage)\s+(?:serious|bad|severe|critical|a\s+big\s+deal))"
-    r"|(?:这|这个|这片|这片晶圆)?(?:严重吗|严不严重|有多严重|问题大吗|影响大吗)",
+    r"(?:how\s+(?:bad|serious|severe)\s+(?:is|are)\s+(?:it|this|that|this\s+wafer|the\s+[a-z][\w\s-]{0,24}?)"
+    r"|(?:is|are)\s+(?:it|this|that|this\s+wafer|the\s+[a-z][\w\s-]{0,24}?)\s+"
+    r"(?:serious|bad|severe|critical|a\s+big\s+deal|a\s+problem))"
+    r"|(?:这|这个|这片|这片晶圆|[\u4e00-\u9fffA-Za-z-]{1,8})?(?:严重吗|严不严重|有多严重|问题大吗|影响大吗)",
     re.IGNORECASE,
 )
 #: Where a topic may follow what only tells something, as in "wafer map from lot 42, any pattern?".

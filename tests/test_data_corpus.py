@@ -476,7 +476,10 @@ def test_real_maps_recognition_answers_match_labels(real_mixedwm38, tmp_path):
     ("确定吗", "这片晶圆有哪些缺陷？"),
     ("how bad is it?", "Give me the numbers for this wafer."),  # the numbers say how bad
     ("严重吗？", "给我这片晶圆的数据。"),
-    ("is the donut serious?", "Is the donut serious?"),  # about one pattern: kept
+    ("is the donut serious?", "Give me the numbers for this wafer."),  # about one pattern: the numbers too
+    ("how bad are the scratches?", "Give me the numbers for this wafer."),
+    ("划痕严重吗", "给我这片晶圆的数据。"),
+    ("Is the scratch on the edge?", "Is the scratch on the edge?"),  # not about how bad
 ])
 def test_a_chat_question_is_put_in_the_corpus_form(typed, as_written):
     assert question_as_written(typed) == as_written
