@@ -6,7 +6,7 @@ import pytest
 
 from data_tools.answers import normal_answer, recognition_answer, yesno_answer
 from data_tools.dialogue import MapContext
-from data_tools.phrasing import asks_if_normal
+from data_tools.phrasing import asks_if_normal, language_of
 from data_tools.wafer_map import WaferMap
 from finetune.yesno import asked_pattern, ground_answer, ground_yesno, needs_recognition, said_yes
 from model_server.testing import wafer_grid
@@ -64,6 +64,21 @@ def test_a_no_to_a_recognised_pattern_becomes_yes_placed_on_the_map_in_the_quest
     (location,) = [loc for loc in context.locations if loc.key == "Center"] or [None]
     assert answer == yesno_answer("Center", context.patterns, "zh", location, context.facts)
     assert answer.startswith("是的，存在") and "划痕" in answer  # the other pattern recognised is named too
+
+
+@pytest.mark.parametrize(("question", "answer", "recognised", "key"), [
+    ("是中心失效吗？", "没有，存在中心缺陷。中心缺陷位于晶圆中心。", ("Center", "Scratch"), "Center"),
+    ("能看到局部缺陷吗？", "是的，不存在局部缺陷。这片晶圆的缺陷模式是：中心、划痕。", ("Center", "Scratch"), "Loc"),
+    ("Is there a center?", "No, there is a Center pattern.", ("Center",), "Center"),
+])
+def test_an_answer_whose_yes_or_no_contradicts_its_own_sentence_follows_the_recognition(question, answer, recognised,
+                                                                                       key):
+    """"没有，存在中心缺陷" says no and then yes: its opening word is checked, and it is rewritten from the findings."""
+    context = MapContext.of(WAFER, recognised)
+    location = next((loc for loc in context.locations if loc.key == key), None)
+    expected = yesno_answer(key, context.patterns, language_of(question), location, context.facts)
+    assert ground_yesno(question, answer, WAFER, recognised) == expected
+    assert said_yes(expected) is (key in recognised)
 
 
 def test_a_no_on_a_normal_wafer_is_kept_and_a_yes_is_corrected():
