@@ -10,6 +10,7 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -145,6 +146,17 @@ def test_a_bf16_run_with_a_vision_stage_logs_the_towers_val_exact_match_and_save
     native = bf16_is_native("cpu")
     assert meta["bf16_autocast"] is native
     assert ("--bf16 ignored, training in float32" in capsys.readouterr().err) is not native
+
+
+def test_training_on_a_cpu_bounds_onednns_kernel_cache_unless_the_environment_sets_it(monkeypatch):
+    from finetune.train import ONEDNN_CACHE_CAPACITY, bound_onednn_cache
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    bound_onednn_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == ONEDNN_CACHE_CAPACITY
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
+    bound_onednn_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
 
 
 def test_the_vision_stage_hands_stage_two_its_tower_in_the_default_layout(corpus_dir, tiny_model_dir):
