@@ -367,7 +367,7 @@ def check_answer(patterns: Iterable[str], language: str = "en", variant: int = 0
     return ("\n" if len(keys) > 1 else " " if language == "en" else "").join(parts)
 
 
-# ---------------------------------------------------------------- yes / no
+# ---------------------------------------------------------------- what a pattern's name means
 
 
 def definition_answer(key: str, language: str = "en", shown: bool | None = None) -> str:
@@ -385,6 +385,9 @@ def definition_answer(key: str, language: str = "en", shown: bool | None = None)
     if shown is not None:
         text += f"这片晶圆{'有' if shown else '没有'}{name(key, 'zh')}缺陷。"
     return text
+
+
+# ---------------------------------------------------------------- yes / no
 
 
 def normal_answer(patterns: Iterable[str], language: str = "en", cautions: Sequence[str] = ()) -> str:

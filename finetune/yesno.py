@@ -44,7 +44,7 @@ _NO = re.compile(r"^\s*(?:no\b|没有|不存在)", re.IGNORECASE)
 #: The opening of a yes/no answer about one pattern: as the corpus words it (`data_tools.answers.yesno_answer`:
 #: "Yes, there is a Scratch pattern.", "没有，不存在划痕缺陷。"), or yes/no and the name alone ("No, Donut."), also
 #: when the two halves disagree ("No, there is a Center pattern.", "没有，存在中心缺陷。", "是的，不存在局部缺陷。":
-#: a model trained from scratch wrote such answers to one yes/no question in eleven; the yes or no counts).
+#: runs/v29, trained from scratch, wrote such answers to about one yes/no question in twelve; the yes or no counts).
 _YESNO_OPENING = re.compile(
     r"^\s*(?:(?:yes|no)\b,?\s*(?:there\s+is\s+(?:an?|no)\s+)?[a-z][a-z-]*(?:\s[a-z][a-z-]*)?(?:\s+pattern)?\s*(?:[.!]|$)"
     r"|(?:(?:是的|没有)，)?不?存在.+?缺陷)",
