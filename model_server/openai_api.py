@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from data_tools.answers import definition_answer
 from data_tools.phrasing import defined_pattern, language_of
 from data_tools.wafer_map import WaferMap
 from finetune.yesno import ground_yesno, needs_recognition
@@ -26,7 +25,7 @@ from model_server.batching import ModelFailure, QueueFull
 from model_server.errors import ApiError, bad_request
 from model_server.findings import build_findings, parse_patterns, recognition_question
 from model_server.state import REQUEST_ID, STATE, ServerState
-from model_server.threads_api import NEEDS_MAP, image_to_wafer, read_json, run_model
+from model_server.threads_api import image_to_wafer, own_answer, read_json, run_model
 
 #: The first line of an already-built small-model prompt (finetune.prompting); recomputed here, so dropped.
 _FACTS_PREFIX = "[measured]"
@@ -160,13 +159,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     completion_id = f"chatcmpl-{request[REQUEST_ID]}"
     created = int(time.time())
     model = state.info.name
-    defined = defined_pattern(chat.question)
-    if defined is not None:  # "what does Edge-Loc mean?", as on the thread API: from the taxonomy
-        return _fixed_answer(request, chat.stream, definition_answer(defined, language_of(chat.question)),
-                             completion_id, created, model)
-    if wafer is None and state.info.details.get("needs_map"):  # as on the thread API: it answers from a map
-        return _fixed_answer(request, chat.stream, NEEDS_MAP[language_of(chat.question)], completion_id, created,
-                             model)
+    # as on the thread API: what a pattern's name means, or a request for the map where the model needs one
+    # (no findings are kept here, and a "thanks!" is answered by the model)
+    own = own_answer(chat.question, defined_pattern(chat.question), False, wafer, None,
+                     bool(state.info.details.get("needs_map")))
+    if own is not None:
+        return _fixed_answer(request, chat.stream, own, completion_id, created, model)
     if not chat.stream:
         answer = (await run_model(state, [gen], request[REQUEST_ID]))[0]
         if wafer is not None and needs_recognition(chat.question, answer):

@@ -194,23 +194,17 @@ NEEDS_MAP = {
 }
 
 
-def shown_in(findings_json: dict | None, key: str) -> bool | None:
-    """Whether the thread's findings recognised pattern `key` on its map (None: no readable findings)."""
-    recognised = recognised_patterns(None if findings_json is None else wire.Findings.from_json(findings_json))
-    return None if recognised is None else key in recognised
-
-
 def own_answer(question: str, defined: str | None, follow_up: bool, wafer: WaferMap | None,
-               findings_json: dict | None, needs_map: bool) -> str | None:
+               recognised: tuple[str, ...] | None, needs_map: bool) -> str | None:
     """The server's own answer to `question`, or None when the model answers it: `ACKNOWLEDGED` to a
     follow-up that only acknowledges, what pattern `defined` means ("what does Edge-Loc mean?",
-    `data_tools.phrasing.defined_pattern`), map or not, or `NEEDS_MAP` where the model answers only
-    from a map and the thread has none."""
+    `data_tools.phrasing.defined_pattern`; whether this wafer shows it when the `recognised` patterns are
+    known), map or not, or `NEEDS_MAP` where the model answers only from a map and there is none."""
     language = language_of(question)
     if follow_up and is_acknowledgement(question):  # "thanks!" asks nothing
         return ACKNOWLEDGED[language]
     if defined is not None:
-        return definition_answer(defined, language, shown_in(findings_json, defined))
+        return definition_answer(defined, language, None if recognised is None else defined in recognised)
     if wafer is None and needs_map:
         return NEEDS_MAP[language]
     return None
@@ -284,15 +278,15 @@ async def post_message(request: web.Request) -> web.Response:
             findings_json = build_findings(wafer, parse_patterns(answers[-1])).to_json()
         else:
             wafer = ctx.wafer
+        findings = None if findings_json is None else wire.Findings.from_json(findings_json)
+        recognised = recognised_patterns(findings)
         follow_up = new_image is None and bool(ctx.history)
-        own = own_answer(question, defined, follow_up, wafer, findings_json, bool(state.info.details.get("needs_map")))
+        own = own_answer(question, defined, follow_up, wafer, recognised, bool(state.info.details.get("needs_map")))
         if own is None and new_image is None:
             history = without_acknowledgements(Turn(t.role, t.text) for t in ctx.history)  # type: ignore[arg-type]
             answers = await run_model(state, [GenerationRequest(question, wafer, history, max_new)], request[REQUEST_ID])
-        findings = None if findings_json is None else wire.Findings.from_json(findings_json)
         cautions = findings.caveat_texts(language_of(question)) if findings is not None else []
-        answer = own if own is not None else ground_answer(question, answers[0], wafer, recognised_patterns(findings),
-                                                           cautions)
+        answer = own if own is not None else ground_answer(question, answers[0], wafer, recognised, cautions)
         model = state.info.name
         state.memory.record_exchange(thread_id, question, answer, image=new_image,
                                      findings=findings_json if new_image is not None else None, model=model,
