@@ -370,20 +370,22 @@ def check_answer(patterns: Iterable[str], language: str = "en", variant: int = 0
 # ---------------------------------------------------------------- what a pattern's name means
 
 
-def definition_answer(key: str, language: str = "en", shown: bool | None = None) -> str:
+def definition_answer(key: str, language: str = "en", shown: bool | None = None, place: str | None = None) -> str:
     """What the name of pattern `key` means: what it looks like on a map, its usual causes, and, when
-    `shown` is known (a thread whose map was recognised), whether this wafer shows it."""
+    `shown` is known (a thread whose map was recognised), whether this wafer shows it, followed by `place`
+    (`location_sentence`, where it sits on this wafer) when it does."""
     _check_language(language)
     appearance = KNOWLEDGE[key].appearance.get(language)
     causes = pattern_cause(key, language, variant=1, detail=False)
+    where = f" {place}" if shown and place else ""
     if language == "en":
         text = f"{name(key, 'en')} is a wafer-map pattern: {appearance}. {causes}"
         if shown is not None:
-            text += f" This wafer {'shows' if shown else 'does not show'} it."
+            text += f" This wafer {'shows' if shown else 'does not show'} it.{where}"
         return text
     text = f"{name(key, 'zh')}（{name(key, 'en')}）是一种晶圆图缺陷图案：{appearance}。{causes}"
     if shown is not None:
-        text += f"这片晶圆{'有' if shown else '没有'}{name(key, 'zh')}缺陷。"
+        text += f"这片晶圆{'有' if shown else '没有'}{name(key, 'zh')}缺陷。{where.strip()}"
     return text
 
 

@@ -173,28 +173,33 @@ def is_acknowledgement(text: str) -> bool:
     return bool(_ACKNOWLEDGEMENT.fullmatch(words))
 
 
-#: "What does Edge-Loc mean?", "what's a donut?", "define scratch", "EL stands for?", "什么是边缘环？",
-#: "划痕是什么意思": what a pattern's name means (`defined_pattern`), which needs no map. "What is the X"
-#: asks about this wafer's X and is left to the model, unless it asks what the X means.
+#: "What does Edge-Loc mean?", "what's a donut?", "define scratch", "EL stands for?", "tell me more about the
+#: edge loc", "什么是边缘环？", "划痕是什么意思", "介绍一下边缘环": what a pattern's name means (`defined_pattern`),
+#: which needs no map. "What is the X" asks about this wafer's X and is left to the model, unless it asks what
+#: the X means.
 _DEFINITION_EN = re.compile(
     r"(?:(?:what(?:'s|\s+is)\s+(?:meant\s+by|the\s+meaning\s+of)|define|meaning\s+of)\s+(?:an?\s+|the\s+)?"
     r"(?P<define>.+?)"
     r"|what\s+(?:does|do)\s+(?:an?\s+|the\s+)?(?P<means>.+?)\s+(?:mean|stand\s+for)"
     r"|what(?:'s|\s+is|\s+are)\s+(?:an?\s+)?(?!the\s)(?P<is>.+?)"
-    r"|(?P<stands>.+?)\s+(?:means|stands\s+for))"
-    r"(?:\s+(?:pattern|defect|signature)s?)?\s*[?？.!]*",
+    r"|(?P<stands>.+?)\s+(?:means|stands\s+for)"
+    r"|(?:(?:can|could)\s+you\s+|please\s+)?(?:tell\s+(?:me|us)\s+(?:more\s+)?about|explain|more\s+about)"
+    r"\s+(?:an?\s+|the\s+)?(?P<about>.+?))"
+    r"(?:\s+(?:pattern|defect|signature)s?)?(?:\s+(?:on|in)\s+this\s+(?:wafer|map))?(?:,?\s+please)?\s*[?？.!]*",
     re.IGNORECASE,
 )
 _DEFINITION_ZH = re.compile(
-    r"(?:请问)?(?:(?:什么是|啥是|什么叫)(?P<what>.+?)|(?P<name>.+?)(?:是什么意思|是啥意思|指的是什么|是指什么|指什么|是什么|是啥))"
+    r"(?:请问)?(?:(?:什么是|啥是|什么叫)(?P<what>.+?)|(?P<name>.+?)(?:是什么意思|是啥意思|指的是什么|是指什么|指什么|是什么|是啥)"
+    r"|(?:请|麻烦)?(?:(?:再)?介绍一?下|讲讲|说说|解释一?下)(?P<about>.+?))"
     r"[？?。！!]*"
 )
 _DEFINITION_SUFFIXES_ZH = ("缺陷", "模式", "图案", "图形", "型")
 
 
 def defined_pattern(question: str) -> str | None:
-    """The pattern key when `question` asks only what one pattern's name means ("What does Edge-Loc mean?",
-    "what is a donut pattern?", "什么是划痕？", "Edge-Ring是什么意思"), else None ("What is the yield?",
+    """The pattern key when `question` asks only what one pattern's name means or for more about it ("What
+    does Edge-Loc mean?", "what is a donut pattern?", "tell me more about the scratch", "什么是划痕？",
+    "Edge-Ring是什么意思", "介绍一下边缘环"), else None ("What is the yield?",
     "这片是什么缺陷？", "what is wrong?")."""
     from data_tools.taxonomy import pattern_key
 

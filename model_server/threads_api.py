@@ -21,7 +21,8 @@ from collections.abc import Iterable
 
 from aiohttp import BodyPartReader, web
 
-from data_tools.answers import definition_answer
+from data_tools.answers import definition_answer, location_sentence
+from data_tools.locate import locate
 from data_tools.phrasing import defined_pattern, is_acknowledgement, language_of, opening_question
 from data_tools.wafer_map import WaferMap
 from finetune.yesno import ground_answer
@@ -199,15 +200,26 @@ def own_answer(question: str, defined: str | None, follow_up: bool, wafer: Wafer
     """The server's own answer to `question`, or None when the model answers it: `ACKNOWLEDGED` to a
     follow-up that only acknowledges, what pattern `defined` means ("what does Edge-Loc mean?",
     `data_tools.phrasing.defined_pattern`; whether this wafer shows it when the `recognised` patterns are
-    known), map or not, or `NEEDS_MAP` where the model answers only from a map and there is none."""
+    known, and where it sits when it does), map or not, or `NEEDS_MAP` where the model answers only from a map
+    and there is none."""
     language = language_of(question)
     if follow_up and is_acknowledgement(question):  # "thanks!" asks nothing
         return ACKNOWLEDGED[language]
     if defined is not None:
-        return definition_answer(defined, language, None if recognised is None else defined in recognised)
+        shown = None if recognised is None else defined in recognised
+        return definition_answer(defined, language, shown, place_on(wafer, recognised or (), defined, language) if shown else None)
     if wafer is None and needs_map:
         return NEEDS_MAP[language]
     return None
+
+
+def place_on(wafer: WaferMap | None, recognised: Iterable[str], key: str, language: str) -> str | None:
+    """Where pattern `key`, one of the `recognised` patterns, sits on `wafer`, in one sentence measured from
+    its die grid (`data_tools.locate`); None without a map."""
+    if wafer is None:
+        return None
+    facts = wafer.facts()
+    return next((location_sentence(loc, facts, language) for loc in locate(wafer, recognised) if loc.key == key), None)
 
 
 def without_acknowledgements(turns: Iterable[Turn]) -> tuple[Turn, ...]:

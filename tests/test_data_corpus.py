@@ -556,10 +556,13 @@ def test_a_reply_that_only_acknowledges_is_told_apart(text, acknowledges):
     ("what are scratches?", "Scratch"), ("What is Near-full?", "Near_Full"), ("what is meant by a Loc defect?", "Loc"),
     ("what does the edge-loc mean? thanks!", "Edge_Loc"), ("什么是边缘环？", "Edge_Ring"), ("划痕是什么意思", "Scratch"),
     ("Edge-Loc是什么意思？", "Edge_Loc"), ("什么是中心缺陷？", "Center"),
+    ("tell me more about the edge loc", "Edge_Loc"), ("Can you explain the donut pattern on this wafer?", "Donut"),
+    ("介绍一下边缘环", "Edge_Ring"), ("请讲讲划痕。", "Scratch"),
     # questions about this wafer, or about no pattern
     ("What is the yield?", None), ("这片是什么缺陷？", None), ("what is wrong?", None), ("What is the scratch?", None),
     ("What is it?", None), ("What pattern is this?", None), ("what does it mean?", None), ("what are the causes?", None),
     ("什么是良率？", None), ("这是什么？", None), ("Is there a scratch?", None), ("what is the meaning of this?", None),
+    ("tell me more about this wafer", None), ("explain the yield", None), ("说说这片晶圆", None),
 ])
 def test_a_question_about_what_a_patterns_name_means_is_told_apart(text, key):
     assert defined_pattern(text) == key
@@ -574,3 +577,6 @@ def test_what_a_pattern_means_is_told_from_the_knowledge_in_the_questions_langua
     assert chinese.startswith("划痕（Scratch）是一种晶圆图缺陷图案：一条由失效芯片组成的细线或弧线。")
     assert chinese.endswith("这片晶圆没有划痕缺陷。")
     assert not A.definition_answer("Donut", "en").endswith("it.")  # no map: nothing said about one
+    place = "The Loc pattern is a local cluster in the middle zone, in the north sector (N)."
+    assert A.definition_answer("Loc", "en", shown=True, place=place).endswith(f"This wafer shows it. {place}")
+    assert A.definition_answer("Loc", "en", shown=False, place=place).endswith("This wafer does not show it.")

@@ -443,17 +443,20 @@ def test_what_a_patterns_name_means_is_answered_from_the_taxonomy_with_or_withou
             await client.send_message("t", "what is wrong?", image=wafer_png("center"))
             center = await client.send_message("t", "what's a center pattern?")
             scratch = await client.send_message("t", "划痕是什么意思？")
+            more = await client.send_message("t", "介绍一下中心缺陷")
             with_map = await client.send_message("w", "what does EL stand for?", image=wafer_png("center"))
-            return unmapped, center, scratch, with_map
+            return unmapped, center, scratch, more, with_map
 
-    unmapped, center, scratch, with_map = asyncio.run(go())
+    unmapped, center, scratch, more, with_map = asyncio.run(go())
     # sent with a map: the map is recognised (its findings), the question answered from the taxonomy
     assert with_map.answer == definition_answer("Edge_Loc", "en", shown=False)
     assert with_map.findings is not None and with_map.findings.patterns == ["Center"]
     assert unmapped.answer == definition_answer("Edge_Loc", "en") and unmapped.findings is None
-    assert center.answer == definition_answer("Center", "en", shown=True)  # the thread's findings: a Center
-    assert center.answer.endswith("This wafer shows it.")
+    # the thread's findings: a Center, and where it sits, measured on the map
+    assert center.answer.startswith(definition_answer("Center", "en", shown=True) + " The Center pattern sits at the wafer centre: ")
+    assert center.answer.endswith(" centre-zone dies fail.")
     assert scratch.answer == definition_answer("Scratch", "zh", shown=False)
+    assert more.answer.startswith(definition_answer("Center", "zh", shown=True) + "中心缺陷位于晶圆中心：中心区 ")
     # each map's recognition question only, never the questions about names
     assert backend.questions == ["what is wrong?", "What defects does this wafer show?"]
 
