@@ -3,8 +3,8 @@
 The generator follows how the real MixedWM38 maps look (measured on the development data):
 defective maps carry background failing-die noise on about a fifth of the dies, and each base
 pattern is painted on top of it — Center blobs, Donut rings, Edge-Loc arcs hugging the rim,
-Edge-Ring rims, Loc blobs in the middle zone, thin Scratch lines (which, as in MixedWM38, may
-spill a die or two past the wafer outline). Normal maps carry lighter noise only. Near-full and
+Edge-Ring rims, Loc blobs in the middle zone, long thin Scratch lines in the outer half of the
+wafer (which, as in MixedWM38, may spill a die or two past the wafer outline). Normal maps carry lighter noise only. Near-full and
 Random maps come, as in MixedWM38, from coarser WM-811K-like maps enlarged onto the grid, so
 they look blocky and have their own round layout.
 
@@ -43,8 +43,10 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     # background noise: fraction of dies failing at random
     "noise": (0.191, 0.199),  # maps with at least one pattern
     "normal_noise": (0.01, 0.145),  # Normal maps
-    # fraction of a pattern's dies that fail (1 = solid)
+    # fraction of a pattern's dies that fail (1 = solid); a scratch, a line one or two dies wide, breaks
+    # into pieces at the same rate, unlike MixedWM38's, so it has its own
     "density": (0.88, 1.0),
+    "scratch_density": (0.96, 1.0),
     # Center: blob radius and offset of its centre from the wafer centre (fractions of the radius)
     "center_radius": (0.12, 0.36),
     "center_offset": (0.0, 0.1),
@@ -61,9 +63,9 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "loc_radius": (0.14, 0.32),
     "loc_distance": (0.5, 0.88),
     # Scratch: length (fractions of the radius), width (dies), curvature (1/radius), start distance
-    "scratch_length": (0.6, 1.4),
-    "scratch_width": (1.1, 2.0),
-    "scratch_curvature": (-1.2, 1.2),
+    "scratch_length": (1.0, 1.9),
+    "scratch_width": (1.0, 1.6),
+    "scratch_curvature": (-0.6, 0.6),
     "scratch_start": (0.0, 0.75),
     # Near-full / Random: failing fraction, side of the coarser source map (dies), clump size (dies of the
     # source map), grain (share of per-die noise in the texture)
@@ -259,8 +261,18 @@ def _loc(g: Geometry, p: _Params) -> np.ndarray:
     return _blob(g, p.rng, cy, cx, p("loc_radius") * g.radius)
 
 
-def _scratch(g: Geometry, p: _Params) -> np.ndarray:
-    """A thin line or gentle arc: a chain of points stamped with a round brush, not clipped."""
+#: A drawn scratch path is kept when this share of it lies on the wafer and the centroid of that part is
+#: this far out (fractions of the radius): MixedWM38's scratches are long lines in the outer half of the wafer
+#: (measured with `data_tools.locate` on 150 maps per class with a Scratch: the scratch's centroid at 0.6–0.8
+#: of the radius and ~70 dies in the median map). Paths whose parameters are all given are kept as they are.
+SCRATCH_MIN_ON_WAFER = 0.8
+SCRATCH_MIN_RADIUS = 0.55
+SCRATCH_TRIES = 50
+_SCRATCH_PATH_PARAMS = ("scratch_start", "scratch_angle", "scratch_direction", "scratch_length", "scratch_curvature")
+
+
+def _scratch_path(g: Geometry, p: _Params) -> np.ndarray:
+    """The points (row, col) of one scratch path, 0.4 dies apart."""
     start_r, start_angle = p("scratch_start") * g.radius, math.radians(p("scratch_angle"))
     y, x = g.cy - start_r * math.cos(start_angle), g.cx + start_r * math.sin(start_angle)
     heading = math.radians(p("scratch_direction"))
@@ -273,7 +285,25 @@ def _scratch(g: Geometry, p: _Params) -> np.ndarray:
         y -= step * math.cos(heading)
         x += step * math.sin(heading)
         heading += curvature * step
-    pts = np.asarray(points)
+    return np.asarray(points)
+
+
+def _lies_like_mixedwm38(g: Geometry, pts: np.ndarray) -> bool:
+    radius = np.hypot(pts[:, 0] - g.cy, pts[:, 1] - g.cx) / g.radius
+    on = radius < 1.0
+    return bool(on.mean() >= SCRATCH_MIN_ON_WAFER and np.hypot(
+        pts[on, 0].mean() - g.cy, pts[on, 1].mean() - g.cx) / g.radius >= SCRATCH_MIN_RADIUS)
+
+
+def _scratch(g: Geometry, p: _Params) -> np.ndarray:
+    """A thin line or gentle arc: a chain of points stamped with a round brush, not clipped. Drawn paths
+    are redrawn until one lies as MixedWM38's do (`_lies_like_mixedwm38`), at most `SCRATCH_TRIES` times."""
+    drawn = any(isinstance(p.given.get(name), tuple) or name not in p.given for name in _SCRATCH_PATH_PARAMS)
+    pts = _scratch_path(g, p)
+    for _ in range(SCRATCH_TRIES - 1 if drawn else 0):
+        if _lies_like_mixedwm38(g, pts):
+            break
+        pts = _scratch_path(g, p)
     half = p("scratch_width") * g.scale / 2
     lo_y, hi_y = int(max(pts[:, 0].min() - half - 1, 0)), int(min(pts[:, 0].max() + half + 2, g.mask.shape[0]))
     lo_x, hi_x = int(max(pts[:, 1].min() - half - 1, 0)), int(min(pts[:, 1].max() + half + 2, g.mask.shape[1]))
@@ -360,7 +390,7 @@ def generate_grid(
     overflow = p.flag("overflow", shape == MIXEDWM38_SHAPE)
     for key in cls.patterns:
         painted = PAINTERS[key](g, p)
-        painted &= rng.random(g.mask.shape) < p("density")
+        painted &= rng.random(g.mask.shape) < p("scratch_density" if key == "Scratch" else "density")
         if not (key == "Scratch" and overflow):
             painted &= g.mask
         grid[painted] = FAIL

@@ -81,7 +81,7 @@ def test_progress_is_reported_for_every_map():
 
 
 def test_fixed_parameters_take_effect():
-    quiet = {"noise": 0.0, "density": 1.0}
+    quiet = {"noise": 0.0, "density": 1.0, "scratch_density": 1.0}
     assert generate("Normal", _rng(), normal_noise=0.0).failing == 0
     small = generate("Center", _rng(), center_radius=0.15, center_offset=0.0, **quiet)
     large = generate("Center", _rng(), center_radius=0.35, center_offset=0.0, **quiet)
@@ -144,6 +144,24 @@ def test_command_line_parameters_are_parsed(text, expected):
 def test_bad_command_line_parameters_are_refused(text, message):
     with pytest.raises(SyntheticError, match=message):
         parse_param(text)
+
+
+def _failing_centroid_radius(wafer: WaferMap) -> float:
+    rows, cols = np.nonzero(wafer.grid == 2)
+    r = wafer.radial_position()
+    return float(r[rows, cols].mean()) if len(rows) else 0.0
+
+
+def test_drawn_scratches_are_long_lines_in_the_outer_half_as_in_mixedwm38():
+    quiet = {"noise": 0.0, "density": 1.0, "scratch_density": 1.0}
+    wafers = [generate("Scratch", _rng(seed), **quiet) for seed in range(40)]
+    radii = [_failing_centroid_radius(w) for w in wafers]
+    assert min(radii) >= 0.5 and np.median(radii) >= 0.55
+    assert np.median([w.failing for w in wafers]) >= 30  # long: ~70 dies in MixedWM38's median map with noise
+    # a path given in full is drawn as given, through the centre
+    through = generate("Scratch", _rng(), scratch_start=0.3, scratch_angle=180, scratch_direction=0,
+                       scratch_length=0.6, scratch_curvature=0.0, **quiet)
+    assert _failing_centroid_radius(through) < 0.3
 
 
 def test_overflow_only_when_asked():

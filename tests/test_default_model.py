@@ -29,6 +29,15 @@ from model_server.backends.hf import HFBackend
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "finetune" / "default_model"
 CLASSES = ("Center", "Edge_Ring", "Loc+Scratch")
+#: The synthetic map of each class the thread tests ask about, by its generator seed. These tests check what
+#: follows a recognition answer, so their maps are ones the model reads right; the recognition benchmark
+#: (`defect-glm eval`) measures how often it does. Since scratches are drawn as MixedWM38's lie (2026-12-08),
+#: the Loc+Scratch map of seed 2 hides its scratch in its Loc blob and is missed, so seed 3.
+CLASS_SEEDS = (0, 1, 3)
+
+
+def class_wafers() -> list[WaferMap]:
+    return [WaferMap(generate_grid(name, np.random.default_rng(seed))) for name, seed in zip(CLASSES, CLASS_SEEDS)]
 OPENERS = {"en": "What is wrong with this wafer?", "zh": "这片晶圆有什么问题？"}
 FOLLOW_UPS = {
     "en": (("How many dies are good?", "good"), ("And how many dies are good?", "good"),
@@ -48,7 +57,7 @@ def _expected(facts: dict, topic: str) -> str:
 
 @pytest.mark.parametrize("language", ["en", "zh"])
 def test_number_follow_ups_get_the_number_asked_for(backend, language):
-    wafers = [WaferMap(generate_grid(name, np.random.default_rng(seed))) for seed, name in enumerate(CLASSES)]
+    wafers = class_wafers()
     first = Turn("user", OPENERS[language])
     replies = backend.generate([GenerationRequest(first.text, wafer) for wafer in wafers])
     asked = [(wafer, question, topic, Turn("assistant", reply))
@@ -77,7 +86,7 @@ SWITCHED_THREADS = {
 @pytest.mark.parametrize("opened_in", ["en", "zh"])
 def test_a_question_in_the_other_language_deep_in_a_thread_is_answered_in_its_language(backend, opened_in):
     opening, switched = SWITCHED_THREADS[opened_in]
-    wafers = [WaferMap(generate_grid(name, np.random.default_rng(seed))) for seed, name in enumerate(CLASSES)]
+    wafers = class_wafers()
     histories: list[tuple[Turn, ...]] = [() for _ in wafers]
     for question in opening:  # the thread so far, with the model's own answers
         replies = backend.generate([GenerationRequest(question, wafer, history=history)
@@ -128,7 +137,7 @@ CHAT_TYPED = {"whats wrong with this wafer": "Whats wrong with this wafer?",
 
 
 def test_a_question_typed_as_in_chat_is_answered_as_its_corpus_form(backend):
-    wafers = [WaferMap(generate_grid(name, np.random.default_rng(seed))) for seed, name in enumerate(CLASSES)]
+    wafers = class_wafers()
     asked = [(typed, written, wafer) for typed, written in CHAT_TYPED.items() for wafer in wafers]
     typed = backend.generate([GenerationRequest(t, wafer) for t, _, wafer in asked])
     written = backend.generate([GenerationRequest(w, wafer) for _, w, wafer in asked])
@@ -148,7 +157,7 @@ SHORT_QUESTIONS = (("defects?", "patterns"), ("这片是什么缺陷？", "patte
 
 
 def test_a_short_question_or_request_is_answered_on_its_topic(backend):
-    wafers = [WaferMap(generate_grid(name, np.random.default_rng(seed))) for seed, name in enumerate(CLASSES)]
+    wafers = class_wafers()
     asked = [(question, topic, name, wafer) for question, topic in SHORT_QUESTIONS for name, wafer in zip(CLASSES, wafers)]
     answers = backend.generate([GenerationRequest(question, wafer) for question, _, _, wafer in asked])
     for (question, topic, name, wafer), answer in zip(asked, answers):
@@ -162,12 +171,29 @@ def test_a_short_question_or_request_is_answered_on_its_topic(backend):
             assert _expected(wafer.facts(), topic) in re.findall(r"\d+(?:\.\d+)?%?", answer), (question, answer)
 
 
+SAMPLES = Path(__file__).resolve().parents[1] / "model_server" / "web" / "static" / "samples"
+
+
+@pytest.mark.parametrize("question", ["What defects does this wafer show?", "这片晶圆有哪些缺陷？"])
+def test_the_demo_pages_samples_are_read_as_the_classes_they_are_labelled(backend, question):
+    """The first maps a new user tries: every sample of the demo page, as its PNG, read as its class."""
+    import json
+
+    from data_tools.image_reader import read_wafer_image
+
+    samples = json.loads((SAMPLES / "samples.json").read_text(encoding="utf-8"))["samples"]
+    wafers = [WaferMap(read_wafer_image(SAMPLES / sample["file"]).grid) for sample in samples]
+    answers = backend.generate([GenerationRequest(question, wafer, max_new_tokens=48) for wafer in wafers])
+    read = {sample["class"]: parse_answer(answer) for sample, answer in zip(samples, answers)}
+    assert read == {sample["class"]: tuple(sample["patterns"]) for sample in samples}
+
+
 @pytest.fixture(scope="module")
 def one_view() -> HFBackend:
     return HFBackend(DEFAULT_MODEL, views=1)
 
 
-@pytest.mark.parametrize(("name", "seed"), [("Center+Edge_Loc+Loc+Scratch", 1), ("Center+Edge_Loc+Loc", 3)])
+@pytest.mark.parametrize(("name", "seed"), [("Center+Edge_Loc+Loc+Scratch", 13), ("Center+Edge_Loc+Loc", 3)])
 def test_the_other_views_outvote_a_mistake_about_the_map_as_sent(backend, one_view, name, seed):
     """The model misreads these maps as sent (one misses the scratch, one sees a scratch that is not there)
     and reads their three other rotations right. Served as committed (four views, the other three asked
