@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import os
+import platform
 import re
 import warnings
 from pathlib import Path
@@ -141,6 +142,7 @@ def test_a_bf16_run_with_a_vision_stage_logs_the_towers_val_exact_match_and_save
     assert 0.0 <= ceiling["vision_val_exact_match"] <= 1.0 and ceiling["vision_val_n"] >= 1
     meta = json.loads((out / "train_meta.json").read_text())
     assert meta["config"]["count_fraction"] == 0.3 and meta["config"]["bf16"] is True
+    assert meta["flush_denormal"] is (platform.machine().lower() in ("x86_64", "amd64"))
     assert {t.dtype for t in _weights(out).values() if t.is_floating_point()} == {torch.float32}
     # On a CPU that only emulates bf16 (several times slower than fp32) the run says so and trains in fp32.
     native = bf16_is_native("cpu")
@@ -157,6 +159,18 @@ def test_training_on_a_cpu_bounds_onednns_kernel_cache_unless_the_environment_se
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
     bound_onednn_cache()
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
+
+
+def test_training_on_a_cpu_computes_denormal_floats_as_zero_and_as_usual_after():
+    from finetune.train import denormals_flushed
+
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # below float32's smallest normal number
+    with denormals_flushed("cpu") as flushed:
+        assert flushed is (platform.machine().lower() in ("x86_64", "amd64"))
+        assert (float((tiny * 1.5)[0]) == 0.0) is flushed
+    assert float((tiny * 1.5)[0]) > 0.0
+    with denormals_flushed("meta") as flushed:  # not a CPU run: left alone
+        assert flushed is False and float((tiny * 1.5)[0]) > 0.0
 
 
 def test_the_vision_stage_hands_stage_two_its_tower_in_the_default_layout(corpus_dir, tiny_model_dir):
