@@ -4,9 +4,9 @@ The generator follows how the real MixedWM38 maps look (measured on the developm
 defective maps carry background failing-die noise on about a fifth of the dies, and each base
 pattern is painted on top of it — Center blobs, Donut rings, Edge-Loc arcs hugging the rim,
 Edge-Ring rims, Loc blobs in the middle zone, long thin Scratch lines in the outer half of the
-wafer (which, as in MixedWM38, may spill a die or two past the wafer outline). Normal maps carry lighter noise only. Near-full and
-Random maps come, as in MixedWM38, from coarser WM-811K-like maps enlarged onto the grid, so
-they look blocky and have their own round layout.
+wafer (which, as in MixedWM38, may spill a die or two past the wafer outline). Normal maps carry
+lighter noise only. Near-full and Random maps come, as in MixedWM38, from coarser WM-811K-like
+maps enlarged onto the grid, so they look blocky and have their own round layout.
 
 Every geometric choice is a named parameter: pass it to `generate` to fix it, or leave it to be
 drawn from its range in `PARAM_RANGES` by the numpy Generator. Lengths are in units of the wafer
