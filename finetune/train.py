@@ -637,14 +637,12 @@ def run_training(cfg: TrainConfig) -> Path:
     checkpoint yet); the same settings plus `resume=True` continue it.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from tqdm import tqdm
 
     cfg.validate()
     check_quantization(cfg)
     # Some trainable weights may get no gradient (a Llava checkpoint reads its ViT's last hidden state,
     # so the post-layernorm is unused); on several GPUs DDP must be told, or the second step fails.
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    main = accelerator.is_main_process
     check_output(cfg)
     accelerator.wait_for_everyone()  # every process has checked --out before any writes into it
     if cfg.threads:
@@ -652,95 +650,104 @@ def run_training(cfg: TrainConfig) -> Path:
     if accelerator.device.type == "cpu":
         bound_onednn_cache()
     with denormals_flushed(accelerator.device) as flushed:
-        bf16 = cfg.bf16 and bf16_autocast_allowed(accelerator.device, warn=main)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-        corpus = Corpus(cfg.data, splits=("train", "val"))
-        sampler = ExampleSampler(corpus, "train", cfg.recognition_fraction, count_fraction=cfg.count_fraction,
-                                 location_fraction=cfg.location_fraction, yesno_fraction=cfg.yesno_fraction,
-                                 count_varied=cfg.count_varied, chat_style=cfg.chat_style)
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        model, processor = setup_model(cfg, corpus, accelerator)
-        facts = uses_measured_facts(model) if cfg.measured_facts is None else cfg.measured_facts
-        attention = training_attention(model, cfg, accelerator.device)
-        if not cfg.lora:
-            set_measured_facts(model, facts)  # saved in config.json: generation builds the same prompt
-        if not cfg.resume and main and not (cfg.out / "processor_config.json").is_file():
-            processor.save_pretrained(cfg.out)  # a resumed run needs the tokenizer it started with
-        vision_history = run_vision_stage(cfg, model, processor, corpus, accelerator, bf16) if not cfg.resume else []
-        train_mode(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        # Not passed to accelerator.prepare: Accelerate would step it once per process per step.
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-        start_step, history, smoothed = (0, vision_history, None)
-        if cfg.resume:
-            start_step, history, smoothed = load_state(cfg, optimizer, scheduler)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        tokenizer = getattr(processor, "tokenizer", processor)
-        # wall time of earlier sessions of a resumed run, so "seconds" stays cumulative
-        earlier = next((h["seconds"] for h in reversed(history) if "seconds" in h), 0.0)
-        started = time.monotonic() - earlier
-        last_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
-        bar = tqdm(total=cfg.steps, initial=start_step, desc="training", unit="step", disable=not (cfg.progress and main))
-        no_sync = (lambda: accelerator.no_sync(model)) if accelerator.num_processes > 1 else None
-        for step in range(start_step + 1, last_step + 1):
-            torch.manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
-            examples = sampler.batch((cfg.seed, step, accelerator.process_index), cfg.batch_size)
-            try:
-                encoded = [encode_example(processor, e, cfg.max_length, facts=facts) for e in examples]
-            except ValueError as exc:
-                raise TrainingError(f"step {step}: {exc}") from None
-            loss = torch.tensor(batch_loss(
-                model, encoded, tokenizer.pad_token_id, accelerator.device, cfg.micro_batches, accelerator.backward,
-                no_sync, bf16=bf16,
-            ), device=accelerator.device)
-            accelerator.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = float(accelerator.reduce(loss.detach(), reduction="mean"))
-            smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
-            bar.update(1)
-            bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                history.append({"step": step, "loss": round(smoothed, 5), "seconds": round(time.monotonic() - started, 1)})
-            is_eval = step % cfg.eval_every == 0 or step == cfg.steps
-            if is_eval and main:
-                scores = evaluate_during_training(accelerator.unwrap_model(model), processor, corpus, cfg)
-                if scores:
-                    history.append({"step": step, **scores})
-                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                                            for k, v in scores.items()))
-                plot_loss_curve(history, cfg.out / "loss_curve.png")
-            if (step % cfg.save_every == 0 or step == last_step) and main:
-                save_state(cfg, accelerator.unwrap_model(model), optimizer, scheduler, step, history, smoothed, processor)
-                write_log(history, cfg.out / "log.jsonl")
-            accelerator.wait_for_everyone()
-        bar.close()
-        if last_step < cfg.steps:
-            if main:
-                plot_loss_curve(history, cfg.out / "loss_curve.png")
-            return cfg.out
-        if main:
-            final = accelerator.unwrap_model(model)
-            save_final(cfg, final, processor)
-            write_log(history, cfg.out / "log.jsonl")
+        return train_session(cfg, accelerator, flushed)
+
+
+def train_session(cfg: TrainConfig, accelerator: Any, flushed: bool) -> Path:
+    """`run_training` from the data to the checkpoint, on a set-up `accelerator` (`flushed`: whether denormal
+    floats are computed as zero, recorded in `train_meta.json`)."""
+    from tqdm import tqdm
+
+    main = accelerator.is_main_process
+    bf16 = cfg.bf16 and bf16_autocast_allowed(accelerator.device, warn=main)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    corpus = Corpus(cfg.data, splits=("train", "val"))
+    sampler = ExampleSampler(corpus, "train", cfg.recognition_fraction, count_fraction=cfg.count_fraction,
+                             location_fraction=cfg.location_fraction, yesno_fraction=cfg.yesno_fraction,
+                             count_varied=cfg.count_varied, chat_style=cfg.chat_style)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    model, processor = setup_model(cfg, corpus, accelerator)
+    facts = uses_measured_facts(model) if cfg.measured_facts is None else cfg.measured_facts
+    attention = training_attention(model, cfg, accelerator.device)
+    if not cfg.lora:
+        set_measured_facts(model, facts)  # saved in config.json: generation builds the same prompt
+    if not cfg.resume and main and not (cfg.out / "processor_config.json").is_file():
+        processor.save_pretrained(cfg.out)  # a resumed run needs the tokenizer it started with
+    vision_history = run_vision_stage(cfg, model, processor, corpus, accelerator, bf16) if not cfg.resume else []
+    train_mode(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Not passed to accelerator.prepare: Accelerate would step it once per process per step.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    start_step, history, smoothed = (0, vision_history, None)
+    if cfg.resume:
+        start_step, history, smoothed = load_state(cfg, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    # wall time of earlier sessions of a resumed run, so "seconds" stays cumulative
+    earlier = next((h["seconds"] for h in reversed(history) if "seconds" in h), 0.0)
+    started = time.monotonic() - earlier
+    last_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="training", unit="step", disable=not (cfg.progress and main))
+    no_sync = (lambda: accelerator.no_sync(model)) if accelerator.num_processes > 1 else None
+    for step in range(start_step + 1, last_step + 1):
+        torch.manual_seed(step_seed(cfg.seed, step, accelerator.process_index))
+        examples = sampler.batch((cfg.seed, step, accelerator.process_index), cfg.batch_size)
+        try:
+            encoded = [encode_example(processor, e, cfg.max_length, facts=facts) for e in examples]
+        except ValueError as exc:
+            raise TrainingError(f"step {step}: {exc}") from None
+        loss = torch.tensor(batch_loss(
+            model, encoded, tokenizer.pad_token_id, accelerator.device, cfg.micro_batches, accelerator.backward,
+            no_sync, bf16=bf16,
+        ), device=accelerator.device)
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = float(accelerator.reduce(loss.detach(), reduction="mean"))
+        smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
+        bar.update(1)
+        bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            history.append({"step": step, "loss": round(smoothed, 5), "seconds": round(time.monotonic() - started, 1)})
+        is_eval = step % cfg.eval_every == 0 or step == cfg.steps
+        if is_eval and main:
+            scores = evaluate_during_training(accelerator.unwrap_model(model), processor, corpus, cfg)
+            if scores:
+                history.append({"step": step, **scores})
+                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                        for k, v in scores.items()))
             plot_loss_curve(history, cfg.out / "loss_curve.png")
-            meta = {
-                "config": _jsonable(asdict(cfg)),
-                "steps": cfg.steps,
-                "seconds_total": round(time.monotonic() - started, 1),
-                "resumed_at_seconds": earlier or None,
-                "last_eval": next((h for h in reversed(history) if "val_loss" in h), None),
-                "torch_threads": torch.get_num_threads(),
-                "device": str(accelerator.device),
-                "bf16_autocast": bf16,
-                "attention": attention,
-                "flush_denormal": flushed,
-                "measured_facts": uses_measured_facts(final),
-                "processes": accelerator.num_processes,
-            }
-            (cfg.out / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if (step % cfg.save_every == 0 or step == last_step) and main:
+            save_state(cfg, accelerator.unwrap_model(model), optimizer, scheduler, step, history, smoothed, processor)
+            write_log(history, cfg.out / "log.jsonl")
+        accelerator.wait_for_everyone()
+    bar.close()
+    if last_step < cfg.steps:
+        if main:
+            plot_loss_curve(history, cfg.out / "loss_curve.png")
         return cfg.out
+    if main:
+        final = accelerator.unwrap_model(model)
+        save_final(cfg, final, processor)
+        write_log(history, cfg.out / "log.jsonl")
+        plot_loss_curve(history, cfg.out / "loss_curve.png")
+        meta = {
+            "config": _jsonable(asdict(cfg)),
+            "steps": cfg.steps,
+            "seconds_total": round(time.monotonic() - started, 1),
+            "resumed_at_seconds": earlier or None,
+            "last_eval": next((h for h in reversed(history) if "val_loss" in h), None),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(accelerator.device),
+            "bf16_autocast": bf16,
+            "attention": attention,
+            "flush_denormal": flushed,
+            "measured_facts": uses_measured_facts(final),
+            "processes": accelerator.num_processes,
+        }
+        (cfg.out / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return cfg.out
