@@ -207,7 +207,8 @@ def own_answer(question: str, defined: str | None, follow_up: bool, wafer: Wafer
         return ACKNOWLEDGED[language]
     if defined is not None:
         shown = None if recognised is None else defined in recognised
-        return definition_answer(defined, language, shown, place_on(wafer, recognised or (), defined, language) if shown else None)
+        place = place_on(wafer, recognised or (), defined, language) if shown else None
+        return definition_answer(defined, language, shown, place)
     if wafer is None and needs_map:
         return NEEDS_MAP[language]
     return None
